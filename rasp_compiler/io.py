@@ -1,0 +1,158 @@
+"""Model files: `weights.safetensors` + `model.json` in one directory; never pickle.
+
+`model.json` holds the format name and version, the config, the codec (token values with their
+exact Python types), the ground-truth annotation, the program source and the sha256 of the weights
+file. `load` checks every piece and reports damage as `ModelFileError` naming the file and problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rasp_compiler.model import Codec, CompiledModel, ModelConfig, ModelError, expected_weight_shapes
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load", "save"]
+
+FORMAT_NAME = "rasp_compiler.model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+JSON_FILE = "model.json"
+
+
+class ModelFileError(ValueError):
+    """A model directory is missing, damaged, or does not match itself."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(model: CompiledModel, directory: str | os.PathLike) -> Path:
+    """Write `model` into `directory` (created if needed); returns the directory path."""
+    from safetensors.numpy import save_file
+
+    if not isinstance(model, CompiledModel):
+        raise TypeError(f"save expects a CompiledModel, got {type(model).__name__}")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    wpath = d / WEIGHTS_FILE
+    tmp = d / (WEIGHTS_FILE + ".tmp")
+    save_file({n: np.ascontiguousarray(w, dtype=np.float32) for n, w in model.weights.items()}, str(tmp),
+              metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    os.replace(tmp, wpath)
+    try:
+        annotation = model.annotation_json()
+        doc = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "config": model.config.to_json(),
+            "codec": model.codec.to_json(),
+            "annotation": annotation,
+            # "Annotation": rebuilt with rasp_compiler.annotation.Annotation.from_json; "json": kept as data
+            "annotation_type": "Annotation" if hasattr(model.annotation, "to_json") else "json",
+            "program_source": model.program_source,
+            "weights_file": WEIGHTS_FILE,
+            "weights_sha256": _sha256(wpath),
+        }
+        text = json.dumps(doc, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"model cannot be written as JSON: {e}") from e
+    jtmp = d / (JSON_FILE + ".tmp")
+    jtmp.write_text(text, encoding="utf-8")
+    os.replace(jtmp, d / JSON_FILE)
+    return d
+
+
+def _load_annotation(data: Any, kind: Any) -> Any:
+    """Rebuild the Annotation object if one was saved; plain JSON annotations come back as data."""
+    if data is None or kind != "Annotation":
+        return data
+    try:
+        from rasp_compiler.annotation import Annotation  # written by the compiler
+    except ImportError:
+        return data
+    from_json = getattr(Annotation, "from_json", None)
+    if from_json is None:
+        return data
+    try:
+        return from_json(data)
+    except Exception as e:  # noqa: BLE001 - any failure here means a damaged annotation
+        raise ModelFileError(f"{JSON_FILE}: annotation is malformed ({type(e).__name__}: {e})") from e
+
+
+def load(directory: str | os.PathLike) -> CompiledModel:
+    """Read a model saved by `save`, checking format, version, hash, tensor names and shapes."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise ModelFileError(f"model directory {str(d)!r} does not exist")
+    jpath, wpath = d / JSON_FILE, d / WEIGHTS_FILE
+    if not jpath.is_file():
+        raise ModelFileError(f"{JSON_FILE} is missing in {str(d)!r}")
+    if not wpath.is_file():
+        raise ModelFileError(f"{WEIGHTS_FILE} is missing in {str(d)!r}")
+    try:
+        doc = json.loads(jpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{JSON_FILE} is not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise ModelFileError(f"{JSON_FILE} must hold a JSON object")
+    if doc.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{JSON_FILE}: format is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = doc.get("version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"{JSON_FILE}: unknown format version {version!r} (this library reads version "
+                             f"{FORMAT_VERSION})")
+    for key in ("config", "codec", "weights_sha256"):
+        if key not in doc:
+            raise ModelFileError(f"{JSON_FILE} lacks the field {key!r}")
+    try:
+        config = ModelConfig.from_json(doc["config"])
+        codec = Codec.from_json(doc["codec"])
+    except (ModelError, TypeError) as e:
+        raise ModelFileError(f"{JSON_FILE}: {e}") from e
+
+    try:
+        weights = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{WEIGHTS_FILE} is truncated or corrupt ({e})") from e
+    digest = _sha256(wpath)
+    if digest != doc["weights_sha256"]:
+        raise ModelFileError(f"{WEIGHTS_FILE} does not match {JSON_FILE}: sha256 {digest[:16]}... differs "
+                             f"from the recorded {str(doc['weights_sha256'])[:16]}... "
+                             "(file changed or damaged)")
+    expected = expected_weight_shapes(config)
+    missing = [n for n in expected if n not in weights]
+    if missing:
+        raise ModelFileError(f"{WEIGHTS_FILE} lacks tensor(s) {missing[:6]} that the config requires")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise ModelFileError(f"{WEIGHTS_FILE} has tensor(s) {extra[:6]} that the config does not know")
+    for name, shape in expected.items():
+        if weights[name].shape != shape:
+            raise ModelFileError(f"{WEIGHTS_FILE}: tensor {name} has shape {list(weights[name].shape)}, "
+                                 f"the config says {list(shape)}")
+        if weights[name].dtype != np.float32:
+            raise ModelFileError(f"{WEIGHTS_FILE}: tensor {name} has dtype {weights[name].dtype}, "
+                                 "expected float32")
+    annotation = _load_annotation(doc.get("annotation"), doc.get("annotation_type"))
+    source = doc.get("program_source", "")
+    if not isinstance(source, str):
+        raise ModelFileError(f"{JSON_FILE}: program_source must be a string")
+    try:
+        return CompiledModel(config=config, weights=weights, codec=codec, annotation=annotation,
+                             program_source=source)
+    except ModelError as e:
+        raise ModelFileError(f"model files are inconsistent: {e}") from e
