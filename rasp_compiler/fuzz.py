@@ -1,0 +1,810 @@
+"""Differential fuzzing of the compiler: evaluator vs compiled model (numpy, torch, C++ engine).
+
+`run_compiler_campaign(n_programs, seed)` samples programs (`rasp_compiler.generate`), compiles each,
+runs every backend on random valid inputs, and compares each decoded output with `rasp.evaluate`.
+Failures (compile errors, crashes, mismatches) are shrunk to a minimal program and input and saved as
+JSON regression files that the test suite replays (`tests/test_fuzz_differential.py`).
+
+Command line (long campaigns)::
+
+    python -m rasp_compiler.fuzz compiler --programs 1000 --seed 0 [--inputs 10] [--backends numpy,torch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rasp_compiler import generate, rasp
+from rasp_compiler.source import from_source, to_source
+
+__all__ = [
+    "BACKENDS",
+    "CampaignSummary",
+    "Failure",
+    "available_backends",
+    "check_program",
+    "fuzz_tool",
+    "ToolCampaignSummary",
+    "ToolDataset",
+    "load_regression",
+    "main",
+    "regression_files",
+    "replay_regression",
+    "run_compiler_campaign",
+    "save_regression",
+    "shrink_failure",
+]
+
+BACKENDS: tuple[str, ...] = ("numpy", "torch", "engine")
+ATOL = 1e-4
+RTOL = 1e-4
+REGRESSION_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+@dataclasses.dataclass
+class Failure:
+    """One failing case: a program (with its compile settings), the input, and what went wrong."""
+
+    kind: str  # "compile_error" | "crash" | "mismatch"
+    program: Any
+    vocab: tuple
+    max_seq_len: int
+    input: list | None = None
+    expected: list | None = None
+    got: list | None = None
+    backend: str | None = None
+    message: str = ""
+
+    def signature(self) -> str:
+        """What makes two failures 'the same bug' while shrinking."""
+        if self.kind == "mismatch":
+            return f"mismatch:{self.backend}"
+        return f"{self.kind}:{_first_line(self.message)[:60]}"
+
+    def describe(self) -> str:
+        head = f"[{self.kind}{'/' + self.backend if self.backend else ''}] vocab={list(self.vocab)} " \
+               f"max_seq_len={self.max_seq_len}"
+        lines = [head]
+        if self.message:
+            lines.append(f"  {_first_line(self.message)}")
+        if self.input is not None:
+            lines.append(f"  input    {self.input}")
+        if self.expected is not None:
+            lines.append(f"  expected {self.expected}")
+            lines.append(f"  got      {self.got}")
+        lines.append(_indent(to_source(self.program, strict=False)))
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class CampaignSummary:
+    """Counts of a campaign, and the (shrunk) failures it found."""
+
+    seed: int
+    n_programs: int = 0
+    n_compiled: int = 0
+    n_pairs: int = 0  # (program, input) pairs compared, per backend
+    n_checks: int = 0  # pairs x backends
+    backends: tuple = ()
+    mismatches: Counter = dataclasses.field(default_factory=Counter)  # by backend
+    compile_errors: Counter = dataclasses.field(default_factory=Counter)  # by first message line
+    crashes: Counter = dataclasses.field(default_factory=Counter)
+    coverage: Counter = dataclasses.field(default_factory=Counter)
+    failures: list = dataclasses.field(default_factory=list)  # shrunk Failure per distinct signature
+    saved: list = dataclasses.field(default_factory=list)  # regression file paths
+    seconds: float = 0.0
+    n_failing_programs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatches or self.compile_errors or self.crashes)
+
+    def report(self) -> str:
+        lines = [
+            f"compiler fuzz campaign: seed {self.seed}, {self.n_programs} programs, backends "
+            f"{', '.join(self.backends)}, {self.seconds:.1f} s",
+            f"  compiled              {self.n_compiled}/{self.n_programs}",
+            f"  (program, input) pairs {self.n_pairs}  ({self.n_checks} backend checks)",
+            f"  mismatches            {sum(self.mismatches.values())}"
+            + (f"  {dict(self.mismatches)}" if self.mismatches else ""),
+            f"  compile errors        {sum(self.compile_errors.values())}",
+            f"  crashes               {sum(self.crashes.values())}",
+        ]
+        for what, counter in (("compile error", self.compile_errors), ("crash", self.crashes)):
+            for msg, n in counter.most_common(10):
+                lines.append(f"    {n:5d} x {what}: {msg}")
+        lines.append("  op coverage: " + ", ".join(f"{k}={self.coverage[k]}" for k in generate.OP_KINDS))
+        lines.append("  comparisons: " + ", ".join(
+            f"{c}={self.coverage['select_' + c]}" for c in generate.COMPARISONS))
+        for f in self.failures:
+            lines.append("  shrunk failure:")
+            lines.append(_indent(f.describe(), 4))
+        for p in self.saved:
+            lines.append(f"  saved regression: {p}")
+        return "\n".join(lines)
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _indent(text: str, n: int = 2) -> str:
+    return "\n".join(" " * n + line if line else line for line in text.splitlines())
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+
+def available_backends() -> tuple[str, ...]:
+    """Backends usable here: numpy always; torch and the C++ engine when they import."""
+    out = ["numpy"]
+    try:
+        import torch  # noqa: F401
+
+        out.append("torch")
+    except ImportError:
+        pass
+    try:
+        from rasp_compiler import engine  # noqa: F401
+
+        out.append("engine")
+    except ImportError:
+        pass
+    return tuple(out)
+
+
+def _compile(program: Any, vocab: Sequence, max_seq_len: int) -> Any:
+    from rasp_compiler import compiling
+
+    return compiling.compile_rasp_to_model(program, set(vocab), max_seq_len)
+
+
+class _Runner:
+    """Runs one compiled model on batches of inputs with one backend; returns decoded values (no BOS)."""
+
+    def __init__(self, model: Any, backend: str) -> None:
+        self.model = model
+        self.backend = backend
+        if backend == "torch":
+            import torch
+
+            self.torch = torch
+            self.module = model.to_torch()
+            self.module.eval()
+        elif backend == "engine":
+            from rasp_compiler.engine import Engine
+
+            self.engine = Engine(model, threads=1)
+        elif backend != "numpy":
+            raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        if self.backend == "numpy":
+            return np.asarray(self.model.forward_numpy(ids))
+        if self.backend == "torch":
+            with self.torch.no_grad():
+                out = self.module(self.torch.as_tensor(ids, dtype=self.torch.long))
+            return out.detach().cpu().numpy()
+        return np.asarray(self.engine.run(ids))
+
+    def run(self, inputs: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        results: list[list[Any] | None] = [None] * len(inputs)
+        by_len: dict[int, list[int]] = {}
+        for i, xs in enumerate(inputs):
+            by_len.setdefault(len(xs), []).append(i)
+        for idx in by_len.values():
+            bos = self.model.codec.bos
+            ids = np.array([self.model.encode([bos, *inputs[i]]) for i in idx], dtype=np.int64)
+            out = self.logits(ids)
+            for row, i in enumerate(idx):
+                results[i] = self.model.decode(out[row])[1:]
+        return results  # type: ignore[return-value]
+
+
+def _same(expected: list, got: list, numerical: bool) -> bool:
+    if len(expected) != len(got):
+        return False
+    if not numerical:
+        return expected == got
+    for e, g in zip(expected, got, strict=True):
+        if e is None or g is None:
+            if e is not g:
+                return False
+            continue
+        try:
+            if not math.isclose(float(e), float(g), rel_tol=RTOL, abs_tol=ATOL):
+                return False
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+def check_program(program: Any, vocab: Sequence, max_seq_len: int, inputs: Sequence[Sequence[Any]],
+                  backends: Sequence[str] = ("numpy",), *, model: Any = None) -> tuple[list[Failure], Any]:
+    """Compile `program` (unless `model` is given) and compare every backend with the evaluator.
+
+    Returns (failures, model). A compile error or backend crash is one failure; each mismatching
+    (input, backend) is one failure.
+    """
+    vocab = tuple(vocab)
+
+    def fail(kind: str, **kw: Any) -> Failure:
+        return Failure(kind, program, vocab, max_seq_len, **kw)
+
+    if model is None:
+        try:
+            model = _compile(program, vocab, max_seq_len)
+        except Exception as e:  # noqa: BLE001 - every compiler failure on a valid program is a finding
+            return [fail("compile_error", message=f"{type(e).__name__}: {e}")], None
+    numerical = rasp.is_numerical(program)
+    expected = [rasp.evaluate(program, list(xs)) for xs in inputs]
+    out: list[Failure] = []
+    for backend in backends:
+        try:
+            got = _Runner(model, backend).run(inputs)
+        except Exception as e:  # noqa: BLE001
+            tb = traceback.format_exc(limit=-3)
+            out.append(fail("crash", backend=backend, input=list(inputs[0]) if inputs else None,
+                            message=f"{type(e).__name__}: {e}\n{tb}"))
+            continue
+        for xs, exp, g in zip(inputs, expected, got, strict=True):
+            if not _same(exp, g, numerical):
+                out.append(fail("mismatch", backend=backend, input=list(xs), expected=exp, got=g))
+    return out, model
+
+
+# ------------------------------------------------------------------------------------------------ shrinking
+
+
+def _fails_alike(f: Failure, program: Any, vocab: tuple, max_seq_len: int, xs: list | None) -> Failure | None:
+    backends = (f.backend,) if f.backend else ("numpy",)
+    inputs = [xs] if xs is not None else []
+    try:
+        found, _ = check_program(program, vocab, max_seq_len, inputs, backends)
+    except Exception:  # noqa: BLE001 - e.g. the evaluator rejects a candidate input: not alike
+        return None
+    for g in found:
+        if g.signature() == f.signature():
+            return g
+    return None
+
+
+def shrink_failure(f: Failure, max_rounds: int = 50) -> Failure:
+    """Greedy shrinking: smaller sub-program, shorter max_seq_len and vocab, shorter and plainer input.
+
+    Every candidate is a sub-program of a valid program on a subset of its valid inputs, so it stays
+    valid; a candidate is kept when it fails the same way (same kind, backend and first message line).
+    """
+    cur = f
+    for _ in range(max_rounds):
+        nxt = _shrink_step(cur)
+        if nxt is None:
+            break
+        cur = nxt
+    return cur
+
+
+def _size(program: Any) -> int:
+    return sum(1 for e in rasp.topological_order(program) if e.children)
+
+
+def _rebuild(e: Any, kids: list) -> Any:
+    """`e` with new children, same function/predicate/default and annotations (name, encoding)."""
+    if isinstance(e, rasp.Map):
+        new = rasp.Map(e.f, kids[0], simplify=False)
+    elif isinstance(e, rasp.LinearSequenceMap):
+        new = rasp.LinearSequenceMap(kids[0], kids[1], e.fst_fac, e.snd_fac)
+    elif isinstance(e, rasp.SequenceMap):
+        new = rasp.SequenceMap(e.f, kids[0], kids[1])
+    elif isinstance(e, rasp.Select):
+        new = rasp.Select(kids[0], kids[1], e.predicate)
+    elif isinstance(e, rasp.Aggregate):
+        new = rasp.Aggregate(kids[0], kids[1], default=e.default)
+    elif isinstance(e, rasp.SelectorWidth):
+        new = rasp.SelectorWidth(kids[0])
+    elif isinstance(e, rasp.SelectorAnd):
+        new = rasp.SelectorAnd(kids[0], kids[1])
+    elif isinstance(e, rasp.SelectorOr):
+        new = rasp.SelectorOr(kids[0], kids[1])
+    elif isinstance(e, rasp.SelectorNot):
+        new = rasp.SelectorNot(kids[0])
+    else:
+        raise TypeError(f"cannot rebuild {type(e).__name__}")
+    return rasp.annotate(new, **dict(e.annotations))
+
+
+def _substitute(program: Any, target: Any, replacement: Any) -> Any:
+    """The program with every use of `target` replaced by `replacement` (shared nodes stay shared)."""
+    new: dict[int, Any] = {id(target): replacement}
+    for e in rasp.topological_order(program):
+        if id(e) in new or not e.children:
+            continue
+        kids = [new.get(id(c), c) for c in e.children]
+        if any(k is not c for k, c in zip(kids, e.children, strict=True)):
+            new[id(e)] = _rebuild(e, kids)
+    return new.get(id(program), program)
+
+
+def _candidates(program: Any) -> list[Any]:
+    """Smaller programs: sub-programs, then the program with one op bypassed (a combinator replaced by
+    one of its selectors, an SOp by a child of the same encoding)."""
+    order = rasp.topological_order(program)
+    subs = [e for e in order if isinstance(e, rasp.SOp) and e.children and e is not program]
+    subs.sort(key=_size)
+    out = list(subs)
+    for e in order:
+        if isinstance(e, (rasp.SelectorAnd, rasp.SelectorOr, rasp.SelectorNot)):
+            options = [c for c in e.children if isinstance(c, rasp.Selector)]
+        elif isinstance(e, rasp.SOp) and e.children and e is not program:
+            options = [c for c in e.children
+                       if isinstance(c, rasp.SOp) and rasp.get_encoding(c) == rasp.get_encoding(e)]
+        else:
+            continue
+        for c in options:
+            try:
+                out.append(_substitute(program, e, c))
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def _total_on(program: Any, inputs: list[list]) -> bool:
+    """Every SOp evaluates without error or None on `inputs`: the candidate is still a valid test."""
+    try:
+        for e in rasp.topological_order(program):
+            if isinstance(e, rasp.SOp):
+                for xs in inputs:
+                    if any(v is None for v in rasp.evaluate(e, xs)):
+                        return False
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _shrink_step(f: Failure) -> Failure | None:
+    xs = f.input
+    # 1. a smaller program, still total on the failing input and on random valid inputs
+    probe = generate.sample_inputs(generate.GeneratedProgram(f.program, f.vocab, f.max_seq_len), 12, 0)
+    probe += [xs] if xs is not None else []
+    size = _size(f.program)
+    for cand in _candidates(f.program):
+        if _size(cand) >= size or not _total_on(cand, probe):
+            continue
+        g = _fails_alike(f, cand, f.vocab, f.max_seq_len, xs)
+        if g is not None:
+            return g
+    # 2. the input: drop a position, then lower each token
+    if xs is not None:
+        for i in range(len(xs)):
+            if len(xs) > 1:
+                g = _fails_alike(f, f.program, f.vocab, f.max_seq_len, xs[:i] + xs[i + 1:])
+                if g is not None:
+                    return g
+        low = min(f.vocab, key=generate_sort_key)
+        for i in range(len(xs)):
+            if xs[i] != low:
+                g = _fails_alike(f, f.program, f.vocab, f.max_seq_len, xs[:i] + [low] + xs[i + 1:])
+                if g is not None:
+                    return g
+    # 3. compile settings
+    need = len(xs) if xs is not None else 1
+    for n in sorted({need, (need + f.max_seq_len) // 2, f.max_seq_len - 1}):
+        if need <= n < f.max_seq_len:
+            g = _fails_alike(f, f.program, f.vocab, n, xs)
+            if g is not None:
+                return g
+    used = set(xs) if xs is not None else set()
+    for v in sorted(f.vocab, key=generate_sort_key, reverse=True):
+        if v not in used and len(f.vocab) > 1:
+            smaller = tuple(u for u in f.vocab if u != v)
+            g = _fails_alike(f, f.program, smaller, f.max_seq_len, xs)
+            if g is not None:
+                return g
+    return None
+
+
+def generate_sort_key(v: Any) -> tuple:
+    return (type(v).__name__, v) if not isinstance(v, (int, float)) else ("0", v)
+
+
+# ------------------------------------------------------------------------------------------------ regressions
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def save_regression(f: Failure, directory: str | Path, *, found_by: str = "", status: str = "open") -> Path:
+    """Write a failure as `<directory>/<kind>_<hash>.json` (program as source text, never pickle)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    src = to_source(f.program)
+    data = {
+        "version": REGRESSION_VERSION,
+        "kind": f.kind,
+        "status": status,  # "open": the bug is not fixed yet (replayed as xfail); "fixed": must pass
+        "backend": f.backend,
+        "source": src,
+        "vocab": _jsonable(list(f.vocab)),
+        "max_seq_len": f.max_seq_len,
+        "inputs": [] if f.input is None else [_jsonable(f.input)],
+        "expected": None if f.expected is None else _jsonable(f.expected),
+        "got": None if f.got is None else _jsonable(f.got),
+        "message": _first_line(f.message),
+        "found_by": found_by,
+    }
+    digest = hashlib.sha256(json.dumps([src, data["vocab"], data["max_seq_len"], data["inputs"]],
+                                       sort_keys=True).encode()).hexdigest()[:10]
+    path = directory / f"{f.kind}_{digest}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def regression_files(directory: str | Path) -> list[Path]:
+    return sorted(Path(directory).glob("*.json"))
+
+
+def load_regression(path: str | Path) -> dict[str, Any]:
+    """Read a regression file; `program` is rebuilt from its source."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"regression file {path}: cannot read it ({e})") from e
+    for key in ("source", "vocab", "max_seq_len", "inputs"):
+        if key not in data:
+            raise ValueError(f"regression file {path}: missing field {key!r}")
+    if data.get("version") != REGRESSION_VERSION:
+        raise ValueError(
+            f"regression file {path}: version {data.get('version')!r}, expected {REGRESSION_VERSION}"
+        )
+    data["program"] = from_source(data["source"])
+    return data
+
+
+def replay_regression(path: str | Path, backends: Sequence[str] | None = None, n_random: int = 20
+                      ) -> list[Failure]:
+    """Replay a saved case (its inputs plus `n_random` random valid ones) on every available backend."""
+    data = load_regression(path)
+    vocab = tuple(data["vocab"])
+    gp = generate.GeneratedProgram(data["program"], vocab, data["max_seq_len"])
+    inputs = [list(x) for x in data["inputs"]] + generate.sample_inputs(gp, n_random, 0)
+    failures, _ = check_program(data["program"], vocab, data["max_seq_len"], inputs,
+                                backends or available_backends())
+    return failures
+
+
+# ------------------------------------------------------------------------------------------------ campaign
+
+
+def _inputs_for(gp: generate.GeneratedProgram, n: int, rng: random.Random) -> list[list]:
+    """All valid inputs when there are at most `n`, else `n` random ones (one of them full length)."""
+    total = sum(len(gp.vocab) ** k for k in gp.lengths)
+    if total <= n:
+        import itertools
+
+        return [list(p) for k in gp.lengths for p in itertools.product(gp.vocab, repeat=k)]
+    out = generate.sample_inputs(gp, n - 1, rng)
+    out.append([rng.choice(gp.vocab) for _ in range(max(gp.lengths))])
+    return out
+
+
+def run_compiler_campaign(
+    n_programs: int,
+    seed: int,
+    *,
+    inputs_per_program: int = 10,
+    backends: Sequence[str] | None = None,
+    shrink: bool = True,
+    save_dir: str | Path | None = None,
+    progress: bool = True,
+    limits: dict[str, Any] | None = None,
+    max_shrunk: int = 5,
+    on_program: Callable[[int, generate.GeneratedProgram], None] | None = None,
+) -> CampaignSummary:
+    """Sample `n_programs` programs (seeded), compile each, compare every backend with the evaluator.
+
+    Distinct failures (by kind, backend and message) are shrunk (at most `max_shrunk`) and, with
+    `save_dir`, written there as regression files.
+    """
+    backends = tuple(backends or available_backends())
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"unknown backend {b!r}; choose from {BACKENDS}")
+    summary = CampaignSummary(seed=seed, backends=backends)
+    t0 = time.perf_counter()
+    programs = generate.sample_programs(n_programs, seed, **(limits or {}))
+    rng = random.Random(f"rasp-fuzz-inputs:{seed}")
+    first_of_kind: dict[str, tuple[int, Failure]] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_programs, desc="fuzz compiler", unit="prog", file=sys.stderr)
+    for i, gp in enumerate(programs):
+        if on_program is not None:
+            on_program(i, gp)
+        summary.n_programs += 1
+        summary.coverage.update(generate.op_kinds(gp.program))
+        inputs = _inputs_for(gp, inputs_per_program, rng)
+        failures, model = check_program(gp.program, gp.vocab, gp.max_seq_len, inputs, backends)
+        if model is not None:
+            summary.n_compiled += 1
+            summary.n_pairs += len(inputs)
+            summary.n_checks += len(inputs) * len(backends)
+        for f in failures:
+            if f.kind == "compile_error":
+                summary.compile_errors[_first_line(f.message)[:150]] += 1
+            elif f.kind == "crash":
+                summary.crashes[f"{f.backend}: {_first_line(f.message)[:150]}"] += 1
+            else:
+                summary.mismatches[f.backend] += 1
+            first_of_kind.setdefault(f.signature(), (i, f))
+        if failures:
+            summary.n_failing_programs += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(pairs=summary.n_pairs, mismatch=sum(summary.mismatches.values()),
+                            compile_err=sum(summary.compile_errors.values()), refresh=False)
+    if bar is not None:
+        bar.close()
+    for sig, (i, f) in list(first_of_kind.items())[:max_shrunk]:
+        small = shrink_failure(f) if shrink else f
+        summary.failures.append(small)
+        if save_dir is not None:
+            path = save_regression(small, save_dir, found_by=f"seed {seed} program {i} ({sig})")
+            summary.saved.append(str(path))
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ tools
+
+
+@dataclasses.dataclass
+class ToolDataset:
+    """What a circuit-discovery tool gets: clean and corrupted inputs, pairwise of equal length.
+
+    `clean` / `corrupted`: token lists without BOS; `clean_ids` / `corrupted_ids`: id arrays `[B, T+1]`
+    with BOS first, grouped by nothing (all inputs of a dataset share one length).
+    """
+
+    clean: list
+    corrupted: list
+    clean_ids: np.ndarray
+    corrupted_ids: np.ndarray
+
+
+@dataclasses.dataclass
+class ToolCase:
+    index: int
+    program: Any
+    vocab: tuple
+    max_seq_len: int
+    f1: float
+    precision: float
+    recall: float
+    kinds: Counter
+    error: str = ""
+
+
+@dataclasses.dataclass
+class ToolCampaignSummary:
+    """Scores of a tool on many compiled programs: mean, worst, per op kind; shrunk worst failures."""
+
+    level: str
+    threshold: float
+    cases: list = dataclasses.field(default_factory=list)
+    shrunk: list = dataclasses.field(default_factory=list)  # ToolCase, smallest failing programs
+
+    @property
+    def mean_f1(self) -> float:
+        return float(np.mean([c.f1 for c in self.cases])) if self.cases else float("nan")
+
+    @property
+    def worst(self) -> ToolCase | None:
+        return min(self.cases, key=lambda c: c.f1) if self.cases else None
+
+    @property
+    def failing(self) -> list:
+        return [c for c in self.cases if c.f1 < self.threshold]
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.failing)
+
+    def per_kind(self) -> dict[str, float]:
+        """Mean F1 over the programs containing each op kind."""
+        out = {}
+        for kind in generate.OP_KINDS:
+            scores = [c.f1 for c in self.cases if c.kinds[kind]]
+            if scores:
+                out[kind] = float(np.mean(scores))
+        return out
+
+    def report(self) -> str:
+        w = self.worst
+        lines = [f"tool fuzz: {len(self.cases)} programs, {self.level}-level F1 mean {self.mean_f1:.3f}, "
+                 f"worst {w.f1 if w else float('nan'):.3f}, {len(self.failing)} below {self.threshold}"]
+        lines += [f"  {k:28s} mean F1 {v:.3f}" for k, v in self.per_kind().items()]
+        for c in self.shrunk:
+            lines.append(f"  shrunk failure (F1 {c.f1:.3f}, vocab {list(c.vocab)}, "
+                         f"max_seq_len {c.max_seq_len}):")
+            lines.append(_indent(to_source(c.program, strict=False), 4))
+        return "\n".join(lines)
+
+
+def _tool_dataset(model: Any, gp: generate.GeneratedProgram, n: int, rng: random.Random) -> ToolDataset:
+    length = max(gp.lengths)
+    clean = [[rng.choice(gp.vocab) for _ in range(length)] for _ in range(n)]
+    corrupted = [[rng.choice(gp.vocab) for _ in range(length)] for _ in range(n)]
+    bos = model.codec.bos
+    enc = lambda rows: np.array([model.encode([bos, *r]) for r in rows], dtype=np.int64)  # noqa: E731
+    return ToolDataset(clean, corrupted, enc(clean), enc(corrupted))
+
+
+def _score_tool(tool: Callable[[Any, ToolDataset], Any], program: Any, vocab: tuple, max_seq_len: int,
+                level: str, n_inputs: int, seed: int) -> tuple[float, float, float, str]:
+    import verify
+
+    try:
+        model = _compile(program, vocab, max_seq_len)
+    except Exception as e:  # noqa: BLE001 - not the tool's fault: skip
+        return float("nan"), float("nan"), float("nan"), f"compile: {type(e).__name__}: {e}"
+    gp = generate.GeneratedProgram(program, vocab, max_seq_len)
+    data = _tool_dataset(model, gp, n_inputs, random.Random(f"rasp-tool:{seed}"))
+    truth = verify.ground_truth(model)
+    if not truth.items(level):  # a constant output has an empty circuit: nothing to discover, skip
+        return float("nan"), float("nan"), float("nan"), "empty ground truth"
+    try:
+        found = tool(model, data)
+        r = verify.score(found, truth, level)
+    except Exception as e:  # noqa: BLE001 - a crashing tool scores 0
+        return 0.0, 0.0, 0.0, f"tool: {type(e).__name__}: {e}"
+    return r.f1, r.precision, r.recall, ""
+
+
+def fuzz_tool(tool: Callable[[Any, ToolDataset], Any],
+              programs: int | Sequence[generate.GeneratedProgram] = 100, seed: int = 0, *,
+              level: str = "edge", threshold: float = 0.999, n_inputs: int = 16,
+              limits: dict[str, Any] | None = None, shrink: bool = True, max_shrunk: int = 2,
+              progress: bool = False) -> ToolCampaignSummary:
+    """Score a circuit-discovery `tool` against the ground truth on random compiled programs.
+
+    `tool(model, dataset)` gets a `CompiledModel` and a `ToolDataset` and returns a `verify.Circuit`,
+    a set of edges (`"w->r<in>"` or `verify.Edge`) or a dict of edge scores. Programs scoring below
+    `threshold` (F1 at `level`) fail; the worst `max_shrunk` are shrunk to minimal programs.
+    """
+    if isinstance(programs, int):
+        gps = generate.sample_programs(programs, seed, **(limits or {}))
+    else:
+        gps = list(programs)
+    summary = ToolCampaignSummary(level, threshold)
+    it = enumerate(gps)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=len(gps), desc="fuzz tool", unit="prog", file=sys.stderr)
+    for i, gp in it:
+        f1, p, r, err = _score_tool(tool, gp.program, gp.vocab, gp.max_seq_len, level, n_inputs, seed + i)
+        if math.isnan(f1):
+            continue
+        summary.cases.append(ToolCase(i, gp.program, gp.vocab, gp.max_seq_len, f1, p, r,
+                                      generate.op_kinds(gp.program), err))
+    if shrink:
+        for case in sorted(summary.failing, key=lambda c: c.f1)[:max_shrunk]:
+            summary.shrunk.append(_shrink_tool_case(tool, case, summary, n_inputs))
+    return summary
+
+
+def _shrink_tool_case(tool: Callable[[Any, ToolDataset], Any], case: ToolCase, summary: ToolCampaignSummary,
+                      n_inputs: int, max_rounds: int = 40) -> ToolCase:
+    """Greedy: smaller programs (as in `shrink_failure`), then smaller max_seq_len and vocab, while the
+    tool still scores below the threshold."""
+
+    def bad(program: Any, vocab: tuple, msl: int) -> ToolCase | None:
+        f1, p, r, err = _score_tool(tool, program, vocab, msl, summary.level, n_inputs, case.index)
+        if math.isnan(f1) or f1 >= summary.threshold:
+            return None
+        return ToolCase(case.index, program, vocab, msl, f1, p, r, generate.op_kinds(program), err)
+
+    cur = case
+    for _ in range(max_rounds):
+        nxt = None
+        gp = generate.GeneratedProgram(cur.program, cur.vocab, cur.max_seq_len)
+        probe = generate.sample_inputs(gp, 12, 0)
+        size = _size(cur.program)
+        for cand in _candidates(cur.program):
+            if _size(cand) < size and _total_on(cand, probe):
+                nxt = bad(cand, cur.vocab, cur.max_seq_len)
+                if nxt is not None:
+                    break
+        if nxt is None and cur.max_seq_len > 1:
+            nxt = bad(cur.program, cur.vocab, max(1, cur.max_seq_len // 2)) or bad(
+                cur.program, cur.vocab, cur.max_seq_len - 1)
+        if nxt is None and len(cur.vocab) > 1:
+            nxt = bad(cur.program, cur.vocab[: max(1, len(cur.vocab) // 2)], cur.max_seq_len)
+        if nxt is None:
+            break
+        cur = nxt
+    return cur
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _default_save_dir() -> Path:
+    here = Path("tests/regressions")
+    return here if here.parent.is_dir() else Path("fuzz_failures")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m rasp_compiler.fuzz compiler --programs N --seed S`; exit status 1 when anything failed."""
+    parser = argparse.ArgumentParser(prog="python -m rasp_compiler.fuzz", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="target", required=True)
+    p = sub.add_parser("compiler", help="differential campaign: evaluator vs compiled model backends")
+    p.add_argument("--programs", type=int, default=1000, help="number of random programs (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inputs", type=int, default=10, help="inputs per program (all of them when fewer exist)")
+    p.add_argument("--backends", default=None,
+                   help=f"comma-separated subset of {','.join(BACKENDS)} (default: all available)")
+    p.add_argument("--no-shrink", action="store_true", help="save failures as found, unshrunk")
+    p.add_argument("--save-dir", default=None,
+                   help="where failing cases go as JSON (default tests/regressions if ./tests exists)")
+    p.add_argument("--no-save", action="store_true", help="do not write regression files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-ops", type=int, default=None, help="generator steps per program (Limits.max_ops)")
+    p.add_argument("--max-seq-len", type=int, default=None, help="largest max_seq_len drawn (Limits)")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="any generate.Limits field, e.g. --limit constant_sop=true --limit max_vocab=6")
+    args = parser.parse_args(argv)
+
+    limits: dict[str, Any] = {}
+    fields = {f.name for f in dataclasses.fields(generate.Limits)}
+    for item in args.limit:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            parser.error(f"--limit {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+        try:
+            limits[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parser.error(f"--limit {item!r}: VALUE must be a number, true or false")
+    if args.max_ops is not None:
+        limits["max_ops"] = args.max_ops
+    if args.max_seq_len is not None:
+        limits["max_seq_len"] = args.max_seq_len
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else None
+    save_dir = None if args.no_save else Path(args.save_dir) if args.save_dir else _default_save_dir()
+    summary = run_compiler_campaign(args.programs, args.seed, inputs_per_program=args.inputs,
+                                    backends=backends, shrink=not args.no_shrink, save_dir=save_dir,
+                                    progress=not args.quiet, limits=limits)
+    print(summary.report())
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""Differential fuzzing: the compiled model (numpy, torch, C++ engine) must decode exactly what the
+evaluator computes, on random well-typed programs and random valid inputs; saved regressions replay.
+
+CI runs a fixed-seed slice; long campaigns: `python -m rasp_compiler.fuzz compiler --programs 1000`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from rasp_compiler import fuzz, rasp
+from rasp_compiler import generate as gen
+from rasp_compiler.source import to_source
+
+REGRESSIONS = Path(__file__).parent / "regressions"
+SLICE_PROGRAMS = 400
+SLICE_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def campaign() -> fuzz.CampaignSummary:
+    return fuzz.run_compiler_campaign(SLICE_PROGRAMS, SLICE_SEED, inputs_per_program=8, shrink=False,
+                                      save_dir=None, progress=False)
+
+
+def test_slice_all_backends_agree_with_evaluator(campaign: fuzz.CampaignSummary) -> None:
+    print("\n" + campaign.report())
+    assert campaign.n_programs == SLICE_PROGRAMS
+    assert set(campaign.backends) >= {"numpy", "torch"}
+    assert not campaign.mismatches, campaign.report()
+    assert not campaign.crashes, campaign.report()
+
+
+def test_slice_every_program_compiles(campaign: fuzz.CampaignSummary) -> None:
+    assert not campaign.compile_errors, campaign.report()
+    assert campaign.n_compiled == SLICE_PROGRAMS
+    assert campaign.n_pairs >= SLICE_PROGRAMS * 4
+
+
+def test_thousand_programs_compile() -> None:
+    failures = []
+    for i, gp in enumerate(gen.sample_programs(1000, 1)):
+        try:
+            fuzz._compile(gp.program, gp.vocab, gp.max_seq_len)
+        except Exception as e:  # noqa: BLE001 - collected and reported together
+            failures.append(f"#{i} {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    assert not failures, f"{len(failures)} of 1000 failed to compile:\n" + "\n".join(failures[:10])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gen.programs_with_inputs(n_inputs=4))
+def test_hypothesis_programs_numpy_forward(case: tuple[gen.GeneratedProgram, list]) -> None:
+    gp, inputs = case
+    failures, _ = fuzz.check_program(gp.program, gp.vocab, gp.max_seq_len, inputs, ("numpy",))
+    assert not failures, failures[0].describe()
+
+
+# --------------------------------------------------------------------------------------------- regressions
+
+
+def _regression_params() -> list:
+    params = []
+    for path in fuzz.regression_files(REGRESSIONS):
+        status = json.loads(path.read_text()).get("status", "open")
+        why = f"{path.name} records an open bug; set status 'fixed' once it passes"
+        marks = [pytest.mark.xfail(reason=why, strict=False)] if status == "open" else []
+        params.append(pytest.param(path, id=path.stem, marks=marks))
+    return params or [pytest.param(None, id="none", marks=pytest.mark.skip(reason="no regression files"))]
+
+
+@pytest.mark.parametrize("path", _regression_params())
+def test_regression_replays(path: Path) -> None:
+    failures = fuzz.replay_regression(path)
+    assert not failures, "\n".join(f.describe() for f in failures[:3])
+
+
+# --------------------------------------------------------------------------------------------- harness
+
+
+def test_shrinks_a_planted_compile_error_and_round_trips_it(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    """A compiler that rejects SelectorNot: the campaign finds it and shrinks to a few ops."""
+    real = fuzz._compile
+
+    def picky(program, vocab, max_seq_len):  # noqa: ANN001, ANN202
+        if any(isinstance(e, rasp.SelectorNot) for e in rasp.topological_order(program)):
+            raise RuntimeError("planted: SelectorNot unsupported")
+        return real(program, vocab, max_seq_len)
+
+    monkeypatch.setattr(fuzz, "_compile", picky)
+    s = fuzz.run_compiler_campaign(60, 3, backends=("numpy",), save_dir=tmp_path, progress=False)
+    planted = [f for f in s.failures if "planted" in f.message]
+    assert planted, s.report()
+    small = planted[0]
+    kinds = gen.op_kinds(small.program)
+    assert kinds["selector_not"] >= 1
+    assert sum(1 for e in rasp.topological_order(small.program) if e.children) <= 4, to_source(small.program)
+    assert small.max_seq_len == 1 and len(small.vocab) == 1
+    saved = [p for p in s.saved if "compile_error" in p]
+    data = fuzz.load_regression(saved[0])
+    assert to_source(data["program"]) == data["source"]
+    assert any(isinstance(e, rasp.SelectorNot) for e in rasp.topological_order(data["program"]))
+    monkeypatch.setattr(fuzz, "_compile", real)
+
+
+def test_shrinks_a_planted_mismatch_to_a_short_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend that corrupts the last position when the input holds the vocab's largest token."""
+    real_run = fuzz._Runner.run
+
+    def corrupt(self, inputs):  # noqa: ANN001, ANN202
+        out = real_run(self, inputs)
+        vocab_max = max(self.model.codec.vocab)
+        for xs, o in zip(inputs, out, strict=True):
+            if vocab_max in xs and o:
+                o[-1] = "corrupted"
+        return out
+
+    monkeypatch.setattr(fuzz._Runner, "run", corrupt)
+    s = fuzz.run_compiler_campaign(20, 4, backends=("numpy",), progress=False)
+    assert s.mismatches["numpy"] > 0
+    small = [f for f in s.failures if f.kind == "mismatch"][0]
+    assert small.input is not None and len(small.input) == 1, small.describe()
+    assert small.got == ["corrupted"]
+    assert sum(1 for e in rasp.topological_order(small.program) if e.children) == 1, small.describe()
+
+
+def test_cli_runs_a_small_campaign(capsys: pytest.CaptureFixture) -> None:
+    code = fuzz.main(["compiler", "--programs", "4", "--seed", "5", "--no-save", "--quiet",
+                      "--backends", "numpy"])
+    out = capsys.readouterr().out
+    assert "compiler fuzz campaign: seed 5, 4 programs" in out
+    assert code in (0, 1)
+    with pytest.raises(SystemExit):
+        fuzz.main(["compiler", "--backends"])
+    with pytest.raises(SystemExit):
+        fuzz.main(["compiler", "--limit", "no_such=1"])
+    assert fuzz.main(["compiler", "--programs", "3", "--no-save", "--quiet", "--backends", "numpy",
+                      "--limit", "constant_sop=true", "--limit", "max_ops=2"]) in (0, 1)
+    with pytest.raises(ValueError, match="unknown backend"):
+        fuzz.run_compiler_campaign(1, 0, backends=("tpu",), progress=False)
+
+
+def test_bad_regression_file_is_rejected(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read"):
+        fuzz.load_regression(bad)
+    bad.write_text(json.dumps({"version": 1, "source": "x = 1", "vocab": [1], "max_seq_len": 2}))
+    with pytest.raises(ValueError, match="missing field 'inputs'"):
+        fuzz.load_regression(bad)
+
+
+# --------------------------------------------------------------------------------------------- tool fuzzing
+
+
+def _truth_from_weights(model, data):  # noqa: ANN001, ANN202
+    """A correct 'discovery method': reads the circuit off the weights (independent of the annotation)."""
+    import verify
+
+    return verify.ground_truth(model, method="weights")
+
+
+def _never_reports_qk(model, data):  # noqa: ANN001, ANN202
+    """A deliberately broken tool: right edges, except that it never reports query/key inputs."""
+    return [e for e in _truth_from_weights(model, data).edges if e.input not in ("q", "k")]
+
+
+def test_fuzz_tool_passes_a_correct_tool() -> None:
+    s = fuzz.fuzz_tool(_truth_from_weights, programs=60, seed=2)
+    print("\n" + s.report())
+    assert len(s.cases) >= 50  # programs with a constant output have an empty circuit and are skipped
+    assert not s.flagged and s.worst.f1 == 1.0
+
+
+def test_fuzz_tool_flags_and_shrinks_a_broken_tool() -> None:
+    s = fuzz.fuzz_tool(_never_reports_qk, programs=60, seed=2)
+    print("\n" + s.report())
+    assert s.flagged and s.worst.f1 < 0.9
+    assert s.per_kind()["aggregate_categorical"] < 1.0
+    small = s.shrunk[0]
+    assert small.f1 < s.threshold
+    assert sum(1 for e in rasp.topological_order(small.program) if e.children) <= 3, to_source(small.program)
+    assert any(isinstance(e, rasp.Select) for e in rasp.topological_order(small.program))
+    assert small.max_seq_len == 1 and len(small.vocab) == 1
