@@ -208,7 +208,8 @@ def make_nary_sequencemap(f: Callable[..., Any], *sops: rasp.SOp) -> rasp.SOp:
     """Elementwise f(x1, ..., xn) over n SOps, built from binary SequenceMaps over tuples.
 
     The tuple-valued intermediates are categorical and their value sets multiply, so keep the
-    inputs' value sets small. Example:
+    inputs' value sets small. With a single SOp this is just Map(f, sop) (tracr would unpack the value
+    into f's arguments). Example:
     ``make_nary_sequencemap(lambda a, b, c: a + b + c, rasp.tokens, rasp.indices, rasp.tokens)([1, 2])
     == [2, 5]``.
     """
