@@ -1,0 +1,241 @@
+"""Baseline circuit-discovery methods, run on any compiled model; scores in the `verify.Circuit` vocabulary.
+
+* `activation_patching`: node level; a node's score is the divergence (KL to the clean output, or MSE
+  for numerical outputs) when its output is ablated for every reader.
+* `acdc`: edge level (Conmy et al. 2023): start from the complete graph; visit readers from the output
+  backwards (reverse topological order), and for each of a reader's input edges try ablating it on
+  top of those already removed; remove it when the divergence grows by less than the threshold.
+  Run for a sweep of thresholds; an edge's score is the largest threshold at which it survives.
+* `eap`: edge attribution patching (Syed et al. 2023): one forward and backward pass through the
+  PyTorch module; score(w -> r<inp>) = |(a_w^ablated - a_w^clean) . dM/d(input inp of r)| per example,
+  averaged, with M the log-probability of the clean answer (numerical outputs: the output value).
+* `eap_ig`: the same with the gradient averaged over `steps` points on the straight line from the clean
+  to the ablated input embeddings (EAP-IG, Hanna et al. 2024).
+
+Ablations as in `verify.causal`: resample, mean, zero. Methods that patch (activation patching, ACDC)
+run on the C++ engine (`backend="engine"`) or on PyTorch hooks (`backend="torch"`), with identical
+semantics, so their runtimes compare like for like. No method sees the ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from verify.causal import Dataset, Patcher, divergence
+from verify.circuit import OUTPUT, Edge, legal_edges, node_sort_key
+from verify.patching_reference import HookPatcher, PatchValue, ablation_values, writer_nodes
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "DiscoveryResult",
+    "acdc",
+    "activation_patching",
+    "eap",
+    "eap_ig",
+    "run_method",
+]
+
+DEFAULT_THRESHOLDS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+METHODS = ("activation_patching", "acdc", "eap", "eap_ig")
+
+
+@dataclasses.dataclass
+class DiscoveryResult:
+    """Scores per edge (`"w->r<in>"`) or per node, and how they were obtained."""
+
+    method: str
+    ablation: str
+    level: str  # "edge" or "node"
+    scores: dict[str, float]
+    runtime_s: float
+    backend: str
+    n_forward: int
+    circuits: dict[float, list[str]] = dataclasses.field(
+        default_factory=dict
+    )  # ACDC: threshold -> kept edges
+
+
+def activation_patching(
+    model: Any, dataset: Dataset, ablation: str = "resample", *, backend: str = "auto"
+) -> DiscoveryResult:
+    """Node scores: divergence from the clean output when the node's output is ablated (all in one sweep)."""
+    t0 = time.perf_counter()
+    runner = Patcher(model, dataset, ablation, backend)
+    nodes = writer_nodes(model.config.n_layers, model.config.n_heads)
+    outs = runner.outputs([[n] for n in nodes])
+    clean = runner.clean()
+    scores = {n: _floor(divergence(model, clean, outs[i])) for i, n in enumerate(nodes)}
+    return DiscoveryResult(
+        "activation_patching",
+        ablation,
+        "node",
+        scores,
+        time.perf_counter() - t0,
+        runner.backend,
+        runner.n_forward,
+    )
+
+
+NOISE_FLOOR = (
+    1e-7  # float32 round-off: divergences below this are zero (engine and PyTorch round differently)
+)
+
+
+def _floor(x: float) -> float:
+    return 0.0 if abs(x) < NOISE_FLOOR else float(x)
+
+
+def _acdc_once(
+    model: Any, runner: Patcher, clean: np.ndarray, edges: list[Edge], threshold: float
+) -> tuple[set[Edge], dict[Edge, float]]:
+    """One ACDC pass at one threshold; returns the kept edges and each tested edge's divergence increase."""
+    removed: list[Edge] = []
+    kept = set(edges)
+    deltas: dict[Edge, float] = {}
+    current = divergence(model, clean, runner.outputs([[]])[0])
+    readers = sorted(
+        {(e.reader, e.input) for e in edges},
+        key=lambda ri: (node_sort_key(ri[0]), "qkvin".index(ri[1][0])),
+        reverse=True,
+    )
+    into: dict[tuple[str, str], list[Edge]] = {}
+    for e in edges:
+        into.setdefault((e.reader, e.input), []).append(e)
+    for reader, inp in readers:
+        if reader != OUTPUT and not any(e.writer == reader for e in kept):
+            for e in into[(reader, inp)]:  # a reader that reaches nothing: its inputs cannot matter
+                kept.discard(e)
+                removed.append(e)
+            continue
+        for e in sorted(into[(reader, inp)], key=lambda x: node_sort_key(x.writer), reverse=True):
+            trial = divergence(model, clean, runner.outputs([removed + [e]])[0])
+            deltas[e] = trial - current
+            if trial - current < threshold:
+                removed.append(e)
+                kept.discard(e)
+                current = trial
+    return kept, deltas
+
+
+def acdc(
+    model: Any,
+    dataset: Dataset,
+    ablation: str = "resample",
+    *,
+    thresholds: Any = DEFAULT_THRESHOLDS,
+    backend: str = "auto",
+) -> DiscoveryResult:
+    """ACDC over a sweep of thresholds. Score of an edge: the largest threshold at which it is kept
+    (0 if it is never kept), so ranking by score reproduces the sweep's ROC points."""
+    t0 = time.perf_counter()
+    runner = Patcher(model, dataset, ablation, backend)
+    clean = runner.clean()
+    edges = legal_edges(model.config.n_layers, model.config.n_heads)
+    scores = {str(e): 0.0 for e in edges}
+    circuits: dict[float, list[str]] = {}
+    for t in sorted(float(x) for x in thresholds):
+        kept, _ = _acdc_once(model, runner, clean, edges, t)
+        circuits[t] = sorted(str(e) for e in kept)
+        for e in kept:
+            scores[str(e)] = max(scores[str(e)], t)
+    return DiscoveryResult(
+        "acdc", ablation, "edge", scores, time.perf_counter() - t0, runner.backend, runner.n_forward, circuits
+    )
+
+
+def _reader_inputs(n_layers: int, n_heads: int) -> list[tuple[str, str]]:
+    return sorted({(e.reader, e.input) for e in legal_edges(n_layers, n_heads)})
+
+
+def _eap_grads(
+    model: Any, hp: HookPatcher, dataset: Dataset, ablated: dict[str, torch.Tensor], steps: int | None
+) -> dict[tuple[str, str], torch.Tensor]:
+    """Per reader input, dM/d(input) `[B, T, d_model]` (averaged over the IG path when `steps`)."""
+    cfg = model.config
+    ids = hp.tokens(dataset.clean_ids)
+    with torch.no_grad():
+        clean_out = hp.run(ids)
+    answer = clean_out.argmax(dim=-1)
+    clean_writers = hp.writer_outputs(ids)
+    readers = _reader_inputs(cfg.n_layers, cfg.n_heads)
+    alphas = [1.0] if steps is None else [(k + 0.5) / steps for k in range(steps)]
+    total: dict[tuple[str, str], torch.Tensor] = {}
+    for alpha in alphas:
+        deltas = {
+            ri: torch.zeros(ids.shape[0], ids.shape[1], cfg.d_model, requires_grad=True) for ri in readers
+        }
+        nodes = {}
+        if steps is not None:
+            for w in ("embed", "pos_embed"):
+                start, end = clean_writers[w], ablated[w]
+                nodes[w] = PatchValue(start + alpha * (end - start))
+        out = hp.run(ids, nodes=nodes, reader_deltas=deltas, grad=True)
+        if cfg.output_encoding == "categorical":
+            logp = torch.log_softmax(out[:, 1:], dim=-1)
+            metric = logp.gather(-1, answer[:, 1:, None]).sum()
+        else:
+            metric = out[:, 1:, 0].sum()
+        grads = torch.autograd.grad(metric, [deltas[ri] for ri in readers], allow_unused=True)
+        for ri, g in zip(readers, grads, strict=True):
+            g = torch.zeros_like(deltas[ri]) if g is None else g
+            total[ri] = total.get(ri, 0) + g / len(alphas)
+    return total
+
+
+def _eap_scores(
+    model: Any, dataset: Dataset, ablation: str, steps: int | None
+) -> tuple[dict[str, float], int]:
+    hp = HookPatcher(model)
+    ablated = ablation_values(hp, dataset.clean_ids, dataset.corrupt_ids, ablation)
+    clean_writers = hp.writer_outputs(dataset.clean_ids)
+    grads = _eap_grads(model, hp, dataset, ablated, steps)
+    scores: dict[str, float] = {}
+    for e in legal_edges(model.config.n_layers, model.config.n_heads):
+        diff = ablated[e.writer].expand_as(clean_writers[e.writer]) - clean_writers[e.writer]
+        per_example = (diff * grads[(e.reader, e.input)]).sum(dim=(1, 2))
+        scores[str(e)] = float(per_example.abs().mean())
+    return scores, (1 if steps is None else steps)
+
+
+def eap(model: Any, dataset: Dataset, ablation: str = "resample") -> DiscoveryResult:
+    """Edge attribution patching: first-order estimate of each edge's effect (gradients through PyTorch)."""
+    t0 = time.perf_counter()
+    scores, n = _eap_scores(model, dataset, ablation, None)
+    return DiscoveryResult("eap", ablation, "edge", scores, time.perf_counter() - t0, "torch-grad", n)
+
+
+def eap_ig(model: Any, dataset: Dataset, ablation: str = "resample", *, steps: int = 5) -> DiscoveryResult:
+    """EAP with integrated gradients over the input embeddings (clean -> ablated), `steps` midpoints."""
+    t0 = time.perf_counter()
+    scores, n = _eap_scores(model, dataset, ablation, steps)
+    return DiscoveryResult("eap_ig", ablation, "edge", scores, time.perf_counter() - t0, "torch-grad", n)
+
+
+def run_method(
+    name: str, model: Any, dataset: Dataset, ablation: str, *, backend: str = "auto", **kwargs: Any
+) -> DiscoveryResult:
+    """Dispatch by method name (one of METHODS)."""
+    if name == "activation_patching":
+        return activation_patching(model, dataset, ablation, backend=backend)
+    if name == "acdc":
+        return acdc(model, dataset, ablation, backend=backend, **kwargs)
+    if name == "eap":
+        return eap(model, dataset, ablation)
+    if name == "eap_ig":
+        return eap_ig(model, dataset, ablation, **kwargs)
+    raise ValueError(f"unknown discovery method {name!r}; expected one of {METHODS}")
+
+
+def node_scores_to_edges(model: Any, scores: dict[str, float]) -> dict[str, float]:
+    """Edge scores from node scores: an edge scores the smaller of its ends (the output counts as +inf)."""
+    out = {}
+    for e in legal_edges(model.config.n_layers, model.config.n_heads):
+        w = scores.get(e.writer, 0.0)
+        r = np.inf if e.reader == OUTPUT else scores.get(e.reader, 0.0)
+        out[str(e)] = float(min(w, r))
+    return out
