@@ -1,0 +1,7 @@
+"""`python -m rasp_compiler ...` runs the `rasp-compiler` command."""
+
+import sys
+
+from rasp_compiler.cli import main
+
+sys.exit(main())

@@ -1,0 +1,754 @@
+"""The `rasp-compiler` command: compile, run, circuit, suite, verify, fuzz, demo, list.
+
+Every command reports a problem it can name (a missing file, an unknown component, a program file
+without the function) as one line on stderr and exits with status 1 (2 for bad usage); `--traceback`
+shows the full Python traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIError", "load_program", "main", "parse_input", "read_circuit_file"]
+
+PROG = "rasp-compiler"
+
+
+class CLIError(Exception):
+    """A problem with what the user asked for; printed as one line, exit status 1."""
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _parse_value(text: str) -> Any:
+    """A vocab value from the command line: an int or float if it reads as one, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_vocab(text: str) -> list[Any]:
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise CLIError(f"--vocab {text!r}: empty token (give comma-separated tokens, e.g. a,b,c or 1,2,3)")
+    return [_parse_value(t) for t in items]
+
+
+def load_program(
+    target: str, vocab: str | None = None, max_seq_len: int | None = None
+) -> tuple[Any, list[Any], int, str]:
+    """(program, vocab, max_seq_len, name) for a library name or `path/to/file.py:function`.
+
+    A program file's function is called without arguments and must return a RASP SOp (or the name may
+    be bound to the SOp itself). Vocab and length come from the flags, else from `VOCAB` and
+    `MAX_SEQ_LEN` in the file; a library program's defaults can be overridden by the flags.
+    """
+    from rasp_compiler import rasp
+    from rasp_compiler.lib import LIBRARY
+
+    if ":" in target and (target.rsplit(":", 1)[0].endswith(".py") or os.sep in target or "/" in target):
+        path_text, func = target.rsplit(":", 1)
+        path = Path(path_text)
+        if not path.is_file():
+            raise CLIError(f"program file {path} does not exist")
+        if not func.isidentifier():
+            raise CLIError(f"{func!r} is not a Python name (use path/to/file.py:function)")
+        spec = importlib.util.spec_from_file_location(f"rasp_program_{abs(hash(str(path.resolve())))}", path)
+        if spec is None or spec.loader is None:
+            raise CLIError(f"cannot load {path} as a Python file")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - the user's file; report what went wrong in it
+            raise CLIError(f"running {path} failed: {type(e).__name__}: {e}") from e
+        if not hasattr(module, func):
+            defined = sorted(
+                n
+                for n, v in vars(module).items()
+                if not n.startswith("_")
+                and (callable(v) or isinstance(v, rasp.RASPExpr))
+                and getattr(v, "__module__", module.__name__) == module.__name__
+            )
+            raise CLIError(
+                f"{path} does not define {func!r}"
+                + (f" (it defines: {', '.join(defined[:8])})" if defined else "")
+            )
+        obj = getattr(module, func)
+        if callable(obj) and not isinstance(obj, rasp.RASPExpr):
+            try:
+                obj = obj()
+            except TypeError as e:
+                raise CLIError(f"{path}:{func} must take no arguments and return a RASP program ({e})") from e
+        if not isinstance(obj, rasp.SOp):
+            raise CLIError(f"{path}:{func} gives a {type(obj).__name__}, not a RASP SOp")
+        file_vocab = getattr(module, "VOCAB", None)
+        file_len = getattr(module, "MAX_SEQ_LEN", None)
+        vocab_list = _parse_vocab(vocab) if vocab else (list(file_vocab) if file_vocab is not None else None)
+        length = max_seq_len if max_seq_len is not None else file_len
+        if vocab_list is None or length is None:
+            raise CLIError(
+                f"{path}:{func}: give --vocab and --max-seq-len (or define VOCAB and MAX_SEQ_LEN in the file)"
+            )
+        return obj, vocab_list, int(length), func
+    if target not in LIBRARY:
+        close = [n for n in sorted(LIBRARY) if target.lower() in n or n in target.lower()]
+        hint = f"; did you mean {', '.join(close[:4])}?" if close else "; `rasp-compiler list` shows them"
+        raise CLIError(f"{target!r} is neither a library program nor path/to/file.py:function{hint}")
+    entry = LIBRARY[target]
+    return (
+        entry.builder(),
+        _parse_vocab(vocab) if vocab else sorted(entry.vocab, key=repr),
+        max_seq_len if max_seq_len is not None else entry.max_seq_len,
+        target,
+    )
+
+
+def _load_model(directory: str) -> Any:
+    from rasp_compiler.io import load
+
+    return load(directory)
+
+
+def parse_input(text: str, vocab: Sequence[Any]) -> list[Any]:
+    """One input from the command line: a JSON list, tokens separated by commas or spaces, or the
+    characters of one word when every character is a token ("abc")."""
+    by_text = {str(v): v for v in vocab}
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CLIError(f"input {text!r} is not a valid JSON list ({e})") from None
+        if not isinstance(items, list):
+            raise CLIError(f"input {text!r} must be a JSON list")
+        parts = items
+    else:
+        parts = [p for p in re.split(r"[,\s]+", text) if p]
+        if len(parts) == 1 and parts[0] not in by_text and all(ch in by_text for ch in parts[0]):
+            parts = list(parts[0])
+    out = []
+    for p in parts:
+        key = p if isinstance(p, str) else str(p)
+        if isinstance(p, str) and p in by_text:
+            out.append(by_text[p])
+        elif not isinstance(p, str) and p in list(vocab):
+            out.append(p)
+        elif key in by_text:
+            out.append(by_text[key])
+        else:
+            raise CLIError(
+                f"token {p!r} in input {text!r} is not in the model's vocabulary {[v for v in vocab]}"
+            )
+    if not out:
+        raise CLIError("empty input (give at least one token)")
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+# ------------------------------------------------------------------------------------------- circuit files
+
+
+def read_circuit_file(
+    path: str | Path, model: Any, threshold: float = 0.0
+) -> tuple[Any, dict[str, float] | None, str]:
+    """(Circuit, edge scores or None, form name) from a discovered-circuit file in any supported form.
+
+    Forms: verify's circuit JSON; ACDC edges (the suite's `circuit.acdc.json` rows, or a JSON object
+    `{"child|child_index|parent|parent_index": bool}`); auto-circuit edge names (a list, or
+    `{"edges": [...]}`) or prune scores (`{"prune_scores": {module: nested lists}}`); EAP-IG's graph
+    JSON (`{"nodes": ..., "edges": {name: {"score", "in_graph"}}}`) or edge names; our edge names
+    (`"L0.H0->L1.MLP<in>"`), as a list or as `{edge: score}`.
+    """
+    from verify import formats
+    from verify.circuit import CircuitError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"circuit file {p} does not exist")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CLIError(f"circuit file {p} is not valid JSON ({e})") from None
+    form = "?"
+    try:
+        if isinstance(data, dict) and data.get("format") == "verify.circuit":
+            form = "verify JSON"
+            return formats.from_json(data, model), None, form
+        if isinstance(data, dict) and data.get("format") == "acdc" or _looks_acdc(data):
+            form = "ACDC"
+            rows = data["edges"] if isinstance(data, dict) and "edges" in data else data
+            return formats.from_acdc(_acdc_dict(rows), model), None, form
+        if isinstance(data, dict) and (data.get("format") == "tl-hooks" or "hooks" in data):
+            form = "TransformerLens hooks"
+            hooks = [tuple(h) if isinstance(h, list) else h for h in data["hooks"]]
+            return formats.from_tl_hooks(hooks, model), None, form
+        if isinstance(data, dict) and "prune_scores" in data:
+            form = "auto-circuit prune scores"
+            threshold = data.get("threshold")
+            circ = formats.from_autocircuit_scores(data["prune_scores"], model, threshold=threshold)
+            return circ, None, form
+        if isinstance(data, dict) and isinstance(data.get("edges"), dict) and "nodes" in data:
+            form = "EAP-IG JSON"
+            return (
+                formats.from_eapig_json(data, model),
+                {str(k): v for k, v in formats.eapig_json_scores(data, model).items()},
+                form,
+            )
+        names = data.get("edges") if isinstance(data, dict) and isinstance(data.get("edges"), list) else data
+        if isinstance(names, list) and all(isinstance(x, str) for x in names):
+            form = _edge_name_form(names)
+            if form == "auto-circuit":
+                return formats.from_autocircuit(names, model), None, form
+            if form == "EAP-IG":
+                return formats.from_eapig(names, model), None, form
+            if form == "nodes":
+                return formats.from_nodes(model, names), None, form
+            return formats.from_edges(model, names), None, form
+        if (
+            isinstance(data, dict)
+            and data
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in data.values())
+        ):
+            form = "edge scores"
+            scores = {str(k): float(v) for k, v in data.items()}
+            chosen = [k for k, v in scores.items() if v > threshold]
+            return formats.from_edges(model, chosen), scores, form
+    except CircuitError as e:
+        raise CLIError(f"{p} ({form}): {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise CLIError(f"{p} ({form}): malformed circuit file ({type(e).__name__}: {e})") from None
+    raise CLIError(f"{p}: unrecognised circuit form (expected verify JSON, ACDC, auto-circuit or EAP-IG)")
+
+
+def _looks_acdc(data: Any) -> bool:
+    if isinstance(data, list) and data and all(isinstance(r, list) and len(r) == 5 for r in data):
+        return True
+    return isinstance(data, dict) and bool(data) and all("|" in str(k) for k in data)
+
+
+def _acdc_dict(rows: Any) -> dict[tuple, Any]:
+    def idx(x: Any) -> tuple:
+        if x is None:
+            return (None,)
+        if isinstance(x, list):
+            return tuple(x)
+        if isinstance(x, str):
+            return tuple(
+                None if t.strip() in ("None", ":", "") else int(t)
+                for t in x.strip("()[] ").split(",")
+                if t.strip() != "" or x.strip("()[] ") == ""
+            )
+        return (x,)
+
+    out: dict[tuple, Any] = {}
+    if isinstance(rows, dict):
+        for k, v in rows.items():
+            child, ci, parent, pi = str(k).split("|")
+            out[(child, idx(ci), parent, idx(pi))] = v
+        return out
+    for child, ci, parent, pi, present in rows:
+        out[(child, idx(ci), parent, idx(pi))] = present
+    return out
+
+
+def _edge_name_form(names: list[str]) -> str:
+    if not names:
+        return "edges"
+    if all("->" not in n for n in names):
+        return "nodes"
+    if any(re.search(r"Resid (Start|End)|(^|->)A\d+\.\d+|MLP \d+", n) for n in names):
+        return "auto-circuit"
+    if any(re.search(r"(^|->)(input|logits|a\d+\.h\d+|m\d+)(<|$)", n) for n in names):
+        return "EAP-IG"
+    return "edges"
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rasp_compiler.lib import LIBRARY
+
+    width = max(len(n) for n in LIBRARY)
+    for name in sorted(LIBRARY):
+        e = LIBRARY[name]
+        vocab = ",".join(str(v) for v in sorted(e.vocab, key=repr))
+        print(f"{name.ljust(width)}  vocab {vocab:<10} max_seq_len {e.max_seq_len}  {e.summary}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import verify
+    from rasp_compiler import compiling, rasp
+    from verify import formats
+
+    program, vocab, max_seq_len, name = load_program(args.target, args.vocab, args.max_seq_len)
+    try:
+        model = compiling.compile_rasp_to_model(
+            program, vocab, max_seq_len, compiler_pad=args.pad if args.pad else None
+        )
+    except (compiling.CompileError, rasp.RASPError) as e:
+        raise CLIError(f"cannot compile {name}: {e}") from None
+    out = Path(args.out or Path("out") / name)
+    model.save(out)
+    truth = verify.ground_truth(model)
+    (out / "circuit.json").write_text(json.dumps(formats.to_json(truth), indent=1, sort_keys=True) + "\n")
+    cfg = model.config
+    print(
+        f"compiled {name}: {cfg.n_layers} layers, d_model {cfg.d_model}, heads per layer "
+        f"{cfg.heads_per_layer}, MLP widths {cfg.mlp_width_per_layer}, {model.n_params} parameters"
+    )
+    print(
+        f"ground truth: {len(truth.node_names())} components, {len(truth.edges)} edges "
+        f"(rasp-compiler circuit {out})"
+    )
+    print(f"saved to {out}/ (weights.safetensors, model.json, circuit.json)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    model = _load_model(args.model)
+    texts = list(args.inputs)
+    if args.file:
+        f = Path(args.file)
+        if not f.is_file():
+            raise CLIError(f"input file {f} does not exist")
+        texts += [line for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise CLIError('no inputs: give them as arguments (e.g. "a b c") or with --file')
+    vocab = model.codec.vocab
+    inputs = [parse_input(t, vocab) for t in texts]
+    for x in inputs:
+        if len(x) > model.max_seq_len:
+            raise CLIError(f"input {x} has {len(x)} tokens; this model takes at most {model.max_seq_len}")
+    outs = model.apply_batch([[model.codec.bos, *x] for x in inputs])
+    for x, y in zip(inputs, outs, strict=True):
+        if args.json:
+            print(json.dumps({"input": x, "output": y[1:]}))
+        else:
+            print(f"{' '.join(_fmt(v) for v in x)}  ->  {' '.join(_fmt(v) for v in y[1:])}")
+    return 0
+
+
+def cmd_circuit(args: argparse.Namespace) -> int:
+    import verify
+    from verify import formats
+
+    model = _load_model(args.model)
+    truth = verify.ground_truth(model, method=args.method)
+    if args.format == "table":
+        print(
+            f"ground-truth circuit of {truth.output!r} ({args.method}): "
+            f"{len(truth.node_names())} components, "
+            f"{len(truth.edges)} of {len(truth.universe('edge'))} edges"
+        )
+        print(truth.describe())
+    else:
+        if args.format == "json":
+            doc: Any = formats.to_json(truth)
+        elif args.format == "acdc":
+            doc = sorted(
+                (
+                    [c, list(ci), p, list(pi), bool(on)]
+                    for (c, ci, p, pi), on in formats.to_acdc(truth).items()
+                ),
+                key=json.dumps,
+            )
+        elif args.format == "autocircuit":
+            doc = sorted(formats.to_autocircuit(truth))
+        else:
+            doc = formats.to_eapig_json(truth)
+        text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+        if args.out:
+            Path(args.out).write_text(text)
+            print(f"wrote {args.format} circuit to {args.out}")
+        else:
+            sys.stdout.write(text)
+    if args.draw:
+        path = truth.draw(
+            args.draw,
+            heads_per_layer=model.config.heads_per_layer,
+            title=f"ground-truth circuit of {truth.output}",
+        )
+        print(f"diagram: {path}")
+    if args.pictures:
+        _pictures(model, truth, Path(args.pictures), args.input)
+    return 0
+
+
+def _pictures(model: Any, truth: Any, out: Path, input_text: str | None) -> None:
+    """Circuit diagram, residual-stream picture and the attention of every circuit head on one input."""
+    from rasp_compiler import pictures
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = model.codec.vocab
+    if input_text:
+        tokens = parse_input(input_text, vocab)
+        if len(tokens) > model.max_seq_len:
+            raise CLIError(f"--input has {len(tokens)} tokens; this model takes at most {model.max_seq_len}")
+    else:
+        tokens = [vocab[i % len(vocab)] for i in range(model.max_seq_len)]
+    written = [
+        truth.draw(
+            out / "circuit.png",
+            heads_per_layer=model.config.heads_per_layer,
+            title=f"ground-truth circuit of {truth.output}",
+        ),
+        pictures.residual_stream(model, out / "residual_stream.png", highlight=truth.node_names()),
+    ]
+    for node in truth.node_names():
+        if ".H" in node:
+            layer, head = (int(x) for x in node[1:].split(".H"))
+            written.append(
+                pictures.attention_pattern(model, tokens, layer, head, out / f"attention_{node}.png")
+            )
+    print(f"pictures ({len(written)}) in {out}/: " + ", ".join(Path(p).name for p in written))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import verify
+
+    model = _load_model(args.model)
+    truth = verify.ground_truth(model)
+    circuit, scores, form = read_circuit_file(args.circuit, truth, args.threshold)
+    levels = {"both": ["node", "edge"], "all": ["node", "edge", "subspace"]}.get(args.level, [args.level])
+    results = {}
+    for level in levels:
+        # the circuit decides precision/recall/F1; per-edge scores, when the file has them, rank for the ROC
+        r = verify.score(circuit, truth, level)
+        if scores is not None and level == "edge":
+            ranked = verify.score(scores, truth, level, threshold=args.threshold)
+            r.roc_auc, r.fpr, r.tpr, r.thresholds = ranked.roc_auc, ranked.fpr, ranked.tpr, ranked.thresholds
+        results[level] = r
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    lvl: {
+                        "precision": r.precision,
+                        "recall": r.recall,
+                        "f1": r.f1,
+                        "roc_auc": r.roc_auc,
+                        "tp": r.tp,
+                        "fp": r.fp,
+                        "fn": r.fn,
+                        "false_positives": r.false_positives,
+                        "false_negatives": r.false_negatives,
+                    }
+                    for lvl, r in results.items()
+                },
+                indent=1,
+                sort_keys=True,
+            )
+        )
+        return 0
+    print(
+        f"model {args.model} (output {truth.output!r}); discovered circuit {args.circuit} ({form}): "
+        f"{len(circuit.node_names())} components, {len(circuit.edges)} edges"
+    )
+    print(
+        f"{'level':<9} {'precision':>9} {'recall':>7} {'F1':>6} {'ROC-AUC':>8} "
+        f"{'TP':>4} {'FP':>4} {'FN':>4}  truth"
+    )
+    for lvl, r in results.items():
+        print(
+            f"{lvl:<9} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} {r.roc_auc:>8.3f} "
+            f"{r.tp:>4} {r.fp:>4} "
+            f"{r.fn:>4}  {r.n_positive} of {r.n_positive + r.n_negative}"
+        )
+    for lvl, r in results.items():
+        if r.false_negatives:
+            print(
+                f"missed ({lvl}): "
+                + ", ".join(r.false_negatives[:12])
+                + (f" ... (+{len(r.false_negatives) - 12})" if len(r.false_negatives) > 12 else "")
+            )
+        if r.false_positives:
+            print(
+                f"extra ({lvl}): "
+                + ", ".join(r.false_positives[:12])
+                + (f" ... (+{len(r.false_positives) - 12})" if len(r.false_positives) > 12 else "")
+            )
+    return 0
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from rasp_compiler import suite
+
+    if args.ray is not None and args.workers is not None:
+        raise CLIError("--ray and --workers exclude each other (Ray decides the parallelism)")
+    if args.ray is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise CLIError(
+                "--ray needs the optional 'ray' package: pip install 'rasp-compiler[ray]'"
+            ) from None
+    try:
+        summary = suite.generate_suite(
+            args.n,
+            args.seed,
+            args.out,
+            workers=args.workers,
+            pairs=args.pairs,
+            use_ray=args.ray is not None,
+            ray_address=None if args.ray in (None, "local") else args.ray,
+            progress=not args.quiet,
+        )
+    except suite.SuiteError as e:
+        raise CLIError(str(e)) from None
+    print(summary.report())
+    return 0 if summary.ok else 1
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from rasp_compiler import fuzz
+
+    if args.ray is not None:
+        raise CLIError("fuzz --ray is not available yet (suite --ray is); run fuzz locally")
+    if args.target == "tool":
+        run_tool = getattr(fuzz, "run_tool_campaign", None)
+        if run_tool is None:
+            raise CLIError("fuzz tool: rasp_compiler.fuzz has no tool campaign yet (run_tool_campaign)")
+        summary = run_tool(args.programs, args.seed, tool=args.tool, progress=not args.quiet)
+        print(summary.report())
+        return 0 if getattr(summary, "ok", True) else 1
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else None
+    save_dir = None if args.no_save else Path(args.save_dir or "out/fuzz_failures")
+    limits = {"max_ops": args.max_ops} if args.max_ops else None
+    try:
+        summary = fuzz.run_compiler_campaign(
+            args.programs,
+            args.seed,
+            inputs_per_program=args.inputs,
+            backends=backends,
+            shrink=not args.no_shrink,
+            save_dir=save_dir,
+            progress=not args.quiet,
+            limits=limits,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(summary.report())
+    return 0 if summary.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rasp_compiler import report
+
+    programs = [p.strip() for p in args.programs.split(",")] if args.programs else None
+    result = report.run_demo(args.out, programs=programs, focus=args.focus, progress=not args.quiet)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+# ----------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compile RASP programs into transformers whose circuits are known exactly; run them; "
+        "build benchmark suites; score discovered circuits against the truth.",
+        epilog="Start with `rasp-compiler demo`. Each command has its own --help.",
+    )
+    p.add_argument(
+        "--traceback", action="store_true", help="show Python tracebacks instead of one-line errors"
+    )
+    from rasp_compiler import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("list", help="list the library programs", description="List the library programs.")
+    c.set_defaults(func=cmd_list)
+
+    c = sub.add_parser(
+        "compile",
+        help="compile a program into a model directory",
+        description="Compile a library program (by name) or path/to/file.py:function into a model "
+        "directory (weights.safetensors, model.json, circuit.json).",
+    )
+    c.add_argument("target", help="library program name (see `list`) or path/to/file.py:function")
+    c.add_argument("--out", "-o", help="model directory to write (default: out/<name>)")
+    c.add_argument(
+        "--vocab", help="comma-separated input tokens (default: the library's, or VOCAB in the file)"
+    )
+    c.add_argument("--max-seq-len", type=int, help="longest input (default: the library's, or MAX_SEQ_LEN)")
+    c.add_argument("--pad", help="add a padding token with this name")
+    c.set_defaults(func=cmd_compile)
+
+    c = sub.add_parser(
+        "run",
+        help="run a model on inputs",
+        description="Run a compiled model. Each input is one argument: tokens separated by spaces "
+        'or commas, a JSON list, or a word whose characters are tokens ("abc").',
+    )
+    c.add_argument("model", help="model directory")
+    c.add_argument("inputs", nargs="*", help="inputs, e.g. \"a b c\" or abc or '[1, 2, 3]'")
+    c.add_argument("--file", "-f", help="file with one input per line")
+    c.add_argument("--json", action="store_true", help="print one JSON object per input")
+    c.set_defaults(func=cmd_run)
+
+    c = sub.add_parser(
+        "circuit",
+        help="print or draw a model's ground-truth circuit",
+        description="Print the ground-truth circuit (component, RASP op, reads, writes), write it "
+        "in a tool's format, and/or draw the diagram.",
+    )
+    c.add_argument("model", help="model directory")
+    c.add_argument("--draw", metavar="PATH", help="write the circuit diagram (.png or .svg)")
+    c.add_argument(
+        "--pictures",
+        metavar="DIR",
+        help="write circuit.png, residual_stream.png and attention_<head>.png for every circuit head",
+    )
+    c.add_argument("--input", help="the input for the attention pictures (default: the vocab repeated)")
+    c.add_argument(
+        "--format",
+        default="table",
+        choices=["table", "json", "acdc", "autocircuit", "eapig"],
+        help="what to print (default: a table)",
+    )
+    c.add_argument("--out", help="write the chosen format to this file instead of stdout")
+    c.add_argument(
+        "--method",
+        default="annotation",
+        choices=["annotation", "weights"],
+        help="derive the truth from the compiler's annotation (default) or from the weights alone",
+    )
+    c.set_defaults(func=cmd_circuit)
+
+    c = sub.add_parser(
+        "suite",
+        help="generate a reproducible benchmark suite",
+        description="Compile N models (library + generated programs) with ground-truth circuits, "
+        "datasets and cards. Resumable; the same seed gives identical files.",
+    )
+    c.add_argument("--n", type=int, required=True, help="number of models")
+    c.add_argument("--seed", type=int, default=0, help="suite seed (default 0)")
+    c.add_argument("--out", required=True, help="suite directory")
+    c.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    c.add_argument("--pairs", type=int, default=32, help="clean/corrupted input pairs per model (default 32)")
+    c.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run the work items as Ray tasks (an existing cluster's ADDRESS, or a local instance)",
+    )
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_suite)
+
+    c = sub.add_parser(
+        "verify",
+        help="score a discovered circuit against a model's truth",
+        description="Score a discovered circuit file (verify JSON, ACDC, auto-circuit, EAP-IG, or "
+        "edge names/scores) against the model's ground truth.",
+    )
+    c.add_argument("model", help="model directory (a suite's models/<id> works)")
+    c.add_argument("circuit", help="discovered circuit file (JSON)")
+    c.add_argument(
+        "--level",
+        default="both",
+        choices=["both", "all", "node", "edge", "subspace"],
+        help="both: node and edge (default); all: also subspace",
+    )
+    c.add_argument("--threshold", type=float, default=0.0, help="scores above this are 'in the circuit'")
+    c.add_argument("--json", action="store_true", help="print the scores as JSON")
+    c.set_defaults(func=cmd_verify)
+
+    c = sub.add_parser(
+        "fuzz",
+        help="fuzz the compiler (or a tool) with random programs",
+        description="Differential fuzzing: random programs, compiled, compared with the evaluator. "
+        "Failures are shrunk and saved as regression files.",
+    )
+    c.add_argument("target", choices=["compiler", "tool"], help="what to fuzz")
+    c.add_argument("--programs", type=int, default=100, help="number of random programs (default 100)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--inputs", type=int, default=10, help="inputs per program")
+    c.add_argument("--backends", help="comma-separated subset of numpy,torch,engine")
+    c.add_argument("--max-ops", type=int, help="generator steps per program")
+    c.add_argument("--no-shrink", action="store_true")
+    c.add_argument("--save-dir", help="where shrunk failing cases go as JSON (default out/fuzz_failures)")
+    c.add_argument("--no-save", action="store_true", help="do not write regression files")
+    c.add_argument("--tool", help="fuzz tool: which discovery method to test")
+    c.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_fuzz)
+
+    c = sub.add_parser(
+        "demo",
+        help="the tour: compile, check, discover, score, report",
+        description="Compile a handful of library programs, check each against the evaluator, run "
+        "a discovery baseline on one, score it against the truth and write a report "
+        "(report.md + report.html with pictures).",
+    )
+    c.add_argument("--out", default="out/demo", help="report directory (default out/demo)")
+    c.add_argument("--programs", help="comma-separated library programs (default: a built-in handful)")
+    c.add_argument("--focus", help="the program to run discovery on (default: sort)")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
+    c.set_defaults(func=cmd_demo)
+    return p
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `rasp-compiler` and `python -m rasp_compiler`; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure becomes one readable line unless --traceback
+        if args.traceback:
+            raise
+        known = isinstance(e, CLIError) or type(e).__name__ in (
+            "ModelFileError",
+            "CircuitError",
+            "CompileError",
+            "UnsupportedProgramError",
+            "SuiteError",
+            "RASPError",
+            "RASPTypeError",
+            "RASPEvaluationError",
+            "EngineError",
+            "ModelError",
+            "SourceError",
+        )
+        prefix = "" if known else f"{type(e).__name__}: "
+        print(f"{PROG} {args.command}: error: {prefix}{_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,689 @@
+"""A reproducible benchmark suite: N compiled models with their ground truth, datasets and cards.
+
+`generate_suite(n, seed, out)` writes::
+
+    out/suite.json                 the settings (format, version, seed, n, pairs); a resumed run must match
+    out/index.json                 one row per model (sizes, circuit size, status) + the failures
+    out/models/<id>/               one directory per model (also a model directory for `rasp-compiler run`)
+        weights.safetensors, model.json    the model (rasp_compiler.io)
+        program.py                         the program as Python source (`rasp_compiler.source.to_source`)
+        circuit.json                       ground truth, verify's JSON form
+        circuit.acdc.json, circuit.autocircuit.json, circuit.eapig.json, circuit.tl_hooks.json
+        dataset.json                       clean / corrupted input pairs with the evaluator's outputs
+        card.json                          program, sizes, op kinds, layers, circuit size
+
+Models are library programs (`rasp_compiler.lib.LIBRARY`) and generated ones
+(`rasp_compiler.generate`). Each model is one work item whose every random choice is seeded from
+`(seed, item index)` alone, so results do not depend on the worker count or on the order items
+finish. A model directory is built completely in memory, written to `<id>.tmp-<pid>` and renamed:
+a directory without the `.tmp` suffix is complete, and a second run skips it (resumable). The same
+seed gives byte-identical files: JSON with sorted keys, no timestamps, canonical safetensors headers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SUITE_FORMAT",
+    "SUITE_VERSION",
+    "SuiteError",
+    "SuiteSummary",
+    "WorkItem",
+    "available_cores",
+    "build_item",
+    "generate_suite",
+    "plan",
+    "restart_ids",
+    "read_index",
+]
+
+SUITE_FORMAT = "rasp_compiler.suite"
+SUITE_VERSION = 1
+DATASET_FORMAT = "rasp_compiler.dataset"
+MAX_ATTEMPTS = 12  # generated programs: draws per item until one compiles exactly
+# RASP ids restart here for every program, so default labels (map_1003) repeat exactly. Above the ids that
+# importing the package uses (under 10 today), so a program never shares an id with a module-level expression.
+_ID_BASE = 1000
+_ATOL = 1e-4
+
+
+# Generated programs come in three sizes (by item index), so the suite spans 1 to ~8 layers.
+GENERATED_LIMITS: dict[str, dict[str, int]] = {
+    "small": {"min_ops": 2, "max_ops": 6},
+    "medium": {"min_ops": 5, "max_ops": 10, "max_layers": 6, "max_depth": 10},
+    "large": {"min_ops": 8, "max_ops": 16, "max_layers": 8, "max_depth": 14, "max_seq_len": 6},
+}
+_SIZES = ("small", "medium", "large")
+
+
+class SuiteError(ValueError):
+    """A suite cannot be generated or resumed as asked (wrong directory, settings mismatch, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    """One model of the suite: its position, directory name, origin and the suite seed."""
+
+    index: int
+    model_id: str
+    origin: str  # "library" | "generated"
+    name: str  # library program name, or "generated"
+    seed: int
+    pairs: int
+
+
+@dataclasses.dataclass
+class SuiteSummary:
+    """What a `generate_suite` run did."""
+
+    out: Path
+    n: int
+    seed: int
+    built: int = 0
+    skipped: int = 0
+    failed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rejected_drafts: int = 0
+    seconds: float = 0.0
+    workers: int = 1
+    layers: list[int] = dataclasses.field(default_factory=list)
+    origins: Counter = dataclasses.field(default_factory=Counter)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def report(self) -> str:
+        lay = sorted(self.layers)
+        span = f"{lay[0]}..{lay[-1]} (median {lay[len(lay) // 2]})" if lay else "-"
+        lines = [
+            f"suite: {self.n} models (seed {self.seed}) in {self.out}",
+            f"  built {self.built}, skipped {self.skipped} already complete, failed {len(self.failed)}; "
+            f"{self.seconds:.1f} s with {self.workers} worker(s)",
+            "  origins: " + ", ".join(f"{k} {v}" for k, v in sorted(self.origins.items())),
+            f"  layers: {span}; generated drafts rejected and redrawn: {self.rejected_drafts}",
+            f"  index: {self.out / 'index.json'}",
+        ]
+        for f in self.failed[:10]:
+            lines.append(f"  FAILED {f['id']}: {f['error']}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- plan
+
+
+def plan(n: int, seed: int, pairs: int = 32) -> list[WorkItem]:
+    """The suite's work items: about half library programs (all of them when n >= 60), then generated."""
+    from rasp_compiler.lib import LIBRARY
+
+    if n < 1:
+        raise SuiteError(f"--n must be at least 1, got {n}")
+    if pairs < 1:
+        raise SuiteError(f"pairs must be at least 1, got {pairs}")
+    names = sorted(LIBRARY)
+    n_lib = min(len(names), max(1, n // 2))
+    chosen = names if n_lib == len(names) else random.Random(f"suite-library:{seed}").sample(names, n_lib)
+    items = [WorkItem(i, f"{i:04d}-{name}", "library", name, seed, pairs) for i, name in enumerate(chosen)]
+    items += [
+        WorkItem(i, f"{i:04d}-generated", "generated", "generated", seed, pairs) for i in range(n_lib, n)
+    ]
+    return items
+
+
+# ----------------------------------------------------------------------------------------------- one item
+
+
+def restart_ids() -> None:
+    """Make default labels (`map_<id>`) independent of what this process built before.
+
+    Workaround until rasp offers a public way (docs/CONTRACTS.md, Requests): labels of unnamed ops come
+    from a process-wide counter, so the same program built after different others gets other labels.
+    """
+    from rasp_compiler import rasp
+
+    rasp.RASPExpr._ids = itertools.count(_ID_BASE)
+
+
+def _item_seed(item: WorkItem, what: str, attempt: int = 0) -> int:
+    digest = hashlib.sha256(f"suite:{item.seed}:{item.index}:{what}:{attempt}".encode()).hexdigest()
+    return int(digest[:15], 16)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return repr(v)
+
+
+def _dump(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def _same(expected: Sequence[Any], got: Sequence[Any], numerical: bool) -> bool:
+    if len(expected) != len(got):
+        return False
+    for e, g in zip(expected, got, strict=True):
+        if numerical and e is not None and g is not None:
+            try:
+                if abs(float(e) - float(g)) > _ATOL + _ATOL * abs(float(e)):
+                    return False
+            except (TypeError, ValueError):
+                return False
+        elif e != g:
+            return False
+    return True
+
+
+def make_pairs(
+    program: Any,
+    vocab: Sequence[Any],
+    lengths: Sequence[int],
+    n: int,
+    rng: random.Random,
+    *,
+    distinct: bool = False,
+) -> list[dict[str, Any]]:
+    """`n` clean/corrupted input pairs of equal length, each with the evaluator's outputs.
+
+    Corrupted inputs differ from clean ones where possible (resample-ablation datasets); inputs on which
+    the evaluator raises (a program undefined there) are redrawn.
+    """
+    from rasp_compiler import rasp
+
+    vocab = list(vocab)
+    lengths = [k for k in lengths if not distinct or k <= len(vocab)]
+
+    def draw(k: int) -> list[Any]:
+        return rng.sample(vocab, k) if distinct else [rng.choice(vocab) for _ in range(k)]
+
+    out: list[dict[str, Any]] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n:
+            raise SuiteError(f"could not draw {n} valid input pairs (the evaluator fails on most inputs)")
+        k = rng.choice(lengths)
+        clean = draw(k)
+        corrupted = draw(k)
+        for _ in range(4):
+            if corrupted != clean or len(vocab) ** k <= 1:
+                break
+            corrupted = draw(k)
+        try:
+            ce = rasp.evaluate(program, clean)
+            xe = rasp.evaluate(program, corrupted)
+        except rasp.RASPError:
+            continue
+        out.append({"clean": clean, "corrupted": corrupted, "clean_expected": ce, "corrupted_expected": xe})
+    return out
+
+
+def _canonical_safetensors(directory: Path) -> None:
+    """Rewrite the safetensors header with sorted metadata and fix the recorded hash in model.json.
+
+    safetensors writes its `__metadata__` map in per-process hash order, so the same weights give
+    different bytes in different processes. The header keeps its length (only the order changes).
+    """
+    wpath, jpath = directory / "weights.safetensors", directory / "model.json"
+    raw = wpath.read_bytes()
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + hlen])
+    meta = header.pop("__metadata__", None)
+    canon: dict[str, Any] = {}
+    if meta is not None:
+        canon["__metadata__"] = dict(sorted(meta.items()))
+    canon.update(sorted(header.items()))
+    text = json.dumps(canon, separators=(",", ":")).encode()
+    if len(text) > hlen:
+        return  # cannot happen for a reordering; leave the file as written
+    text += b" " * (hlen - len(text))
+    new = raw[:8] + text + raw[8 + hlen :]
+    if new == raw:
+        return
+    old_sha, new_sha = hashlib.sha256(raw).hexdigest(), hashlib.sha256(new).hexdigest()
+    wpath.write_bytes(new)
+    jtext = jpath.read_text(encoding="utf-8")
+    if old_sha in jtext:
+        jpath.write_text(jtext.replace(old_sha, new_sha), encoding="utf-8")
+
+
+def _layers(annotation: dict[str, Any] | None, n_layers: int) -> list[dict[str, Any]]:
+    """Per layer: which op each real head and MLP block implements (from the annotation)."""
+    layers: list[dict[str, Any]] = [{"layer": lay, "heads": [], "mlp": []} for lay in range(n_layers)]
+    for b in (annotation or {}).get("blocks", []):
+        if b.get("component") == "attn":
+            layers[b["layer"]]["heads"].append(
+                {"head": b["head"], "op": b["op"], "selectors": sorted(b.get("selectors", []))}
+            )
+        elif b.get("component") == "mlp":
+            layers[b["layer"]]["mlp"].append({"op": b["op"], "neurons": list(b.get("neurons", []))})
+    for lay in layers:
+        lay["heads"].sort(key=lambda h: (h["head"], h["op"]))
+        lay["mlp"].sort(key=lambda m: (m["neurons"], m["op"]))
+    return layers
+
+
+def _circuit_files(truth: Any) -> dict[str, bytes]:
+    from verify import formats
+
+    acdc = sorted(
+        [child, list(ci), parent, list(pi), bool(on)]
+        for (child, ci, parent, pi), on in formats.to_acdc(truth).items()
+    )
+    acdc.sort(key=lambda r: json.dumps(r))
+    return {
+        "circuit.json": _dump(formats.to_json(truth)),
+        "circuit.acdc.json": _dump(
+            {
+                "format": "acdc",
+                "version": 1,
+                "output": truth.output,
+                "columns": ["child", "child_index", "parent", "parent_index", "present"],
+                "edges": acdc,
+            }
+        ),
+        "circuit.autocircuit.json": _dump(
+            {
+                "format": "auto-circuit",
+                "version": 1,
+                "output": truth.output,
+                "edges": sorted(formats.to_autocircuit(truth)),
+            }
+        ),
+        "circuit.eapig.json": _dump(formats.to_eapig_json(truth)),
+        "circuit.tl_hooks.json": _dump(
+            {
+                "format": "tl-hooks",
+                "version": 1,
+                "output": truth.output,
+                "hooks": sorted([h, i] for h, i in formats.to_tl_hooks(truth)),
+            }
+        ),
+    }
+
+
+def _draft(item: WorkItem, attempt: int) -> tuple[Any, tuple, int, tuple[int, ...], bool, str]:
+    """(program, vocab, max_seq_len, lengths, distinct_tokens, summary) for one attempt at an item."""
+    from rasp_compiler import generate
+    from rasp_compiler.lib import LIBRARY  # imported before the restart: its module-level programs take ids
+    from rasp_compiler.model import sort_values
+
+    restart_ids()
+    if item.origin == "library":
+        e = LIBRARY[item.name]
+        return (
+            e.builder(),
+            tuple(sort_values(e.vocab)),
+            e.max_seq_len,
+            tuple(range(1, e.max_seq_len + 1)),
+            e.distinct_tokens,
+            e.summary,
+        )
+    size = _SIZES[item.index % len(_SIZES)]
+    gp = generate.sample_programs(1, _item_seed(item, "program", attempt), **GENERATED_LIMITS[size])[0]
+    return gp.program, tuple(gp.vocab), gp.max_seq_len, gp.lengths, False, f"generated program ({size})"
+
+
+def build_item(item: WorkItem) -> dict[str, Any]:
+    """Compile, check and describe one model; returns {"id", "files": {name: bytes}, "card"} or an error.
+
+    Pure function of `item` (runs in worker processes or Ray tasks; nothing is written outside a
+    private temporary directory).
+    """
+    import verify
+    from rasp_compiler import compiling, rasp
+    from rasp_compiler.generate import op_kinds
+    from rasp_compiler.source import to_source
+
+    rejected: Counter = Counter()
+    attempts = 1 if item.origin == "library" else MAX_ATTEMPTS
+    last_error = ""
+    for attempt in range(attempts):
+        try:
+            program, vocab, max_seq_len, lengths, distinct, summary = _draft(item, attempt)
+            model = compiling.compile_rasp_to_model(program, vocab, max_seq_len)
+        except (compiling.CompileError, rasp.RASPError) as e:
+            rejected["compile_error"] += 1
+            last_error = f"compile error: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            continue
+        numerical = model.config.output_encoding == "numerical"
+        rng = random.Random(_item_seed(item, "data", attempt))
+        try:
+            pairs = make_pairs(program, vocab, lengths, item.pairs, rng, distinct=distinct)
+        except SuiteError as e:
+            rejected["evaluator_error"] += 1
+            last_error = str(e)
+            continue
+        inputs = [p[k] for p in pairs for k in ("clean", "corrupted")]
+        wanted = [p[k] for p in pairs for k in ("clean_expected", "corrupted_expected")]
+        got = model.apply_batch([[model.codec.bos, *x] for x in inputs])
+        bad = [i for i, (w, g) in enumerate(zip(wanted, got, strict=True)) if not _same(w, g[1:], numerical)]
+        if bad:
+            rejected["mismatch"] += 1
+            i = bad[0]
+            last_error = (
+                f"model disagrees with the evaluator on {len(bad)} of {len(inputs)} inputs, e.g. "
+                f"{inputs[i]}: expected {wanted[i]}, got {got[i][1:]}"
+            )
+            continue
+        truth = verify.ground_truth(model)
+        truth_w = verify.ground_truth(model, method="weights")
+        files: dict[str, bytes] = {}
+        with tempfile.TemporaryDirectory(prefix="rasp-suite-") as tmp:
+            model.save(tmp)
+            _canonical_safetensors(Path(tmp))
+            for name in ("weights.safetensors", "model.json"):
+                files[name] = (Path(tmp) / name).read_bytes()
+        try:
+            source = to_source(program, strict=False)
+        except Exception as e:  # noqa: BLE001 - a card without source is still a card
+            source = f"# source unavailable: {type(e).__name__}\n"
+        files["program.py"] = source.encode()
+        files.update(_circuit_files(truth))
+        files["dataset.json"] = _dump(
+            {
+                "format": DATASET_FORMAT,
+                "version": 1,
+                "output": truth.output,
+                "output_encoding": model.config.output_encoding,
+                "bos": _jsonable(model.codec.bos),
+                "pairs": _jsonable_pairs(pairs),
+            }
+        )
+        cfg = model.config
+        card = {
+            "id": item.model_id,
+            "index": item.index,
+            "origin": item.origin,
+            "name": item.name,
+            "summary": summary,
+            "attempt": attempt,
+            "rejected_drafts": dict(sorted(rejected.items())),
+            "program_source": source,
+            "program_graph": model.program_source,
+            "vocab": _jsonable(list(vocab)),
+            "max_seq_len": max_seq_len,
+            "input_lengths": list(lengths),
+            "distinct_tokens": distinct,
+            "output": truth.output,
+            "output_encoding": cfg.output_encoding,
+            "sizes": {
+                "n_layers": cfg.n_layers,
+                "d_model": cfg.d_model,
+                "n_heads": cfg.n_heads,
+                "d_head": cfg.d_head,
+                "d_mlp": cfg.d_mlp,
+                "d_vocab": cfg.d_vocab,
+                "d_vocab_out": cfg.d_vocab_out,
+                "n_ctx": cfg.n_ctx,
+                "n_params": model.n_params,
+                "heads_per_layer": list(cfg.heads_per_layer),
+                "mlp_width_per_layer": list(cfg.mlp_width_per_layer),
+            },
+            "op_kinds": dict(sorted(op_kinds(program).items())),
+            "n_ops": sum(1 for e in rasp.topological_order(program) if e.children),
+            "layers": _layers(model.annotation_json(), cfg.n_layers),
+            "circuit": {
+                "nodes": len(truth.node_names()),
+                "edges": len(truth.edges),
+                "model_nodes": len(truth.universe("node")),
+                "model_edges": len(truth.universe("edge")),
+                "weights_truth_agrees": truth == truth_w,
+            },
+            "checked_inputs": len(inputs),
+        }
+        files["card.json"] = _dump(card)
+        return {"id": item.model_id, "files": files, "card": card}
+    return {
+        "id": item.model_id,
+        "error": last_error or "no attempt succeeded",
+        "rejected_drafts": dict(sorted(rejected.items())),
+    }
+
+
+def _jsonable_pairs(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: _jsonable(v) for k, v in p.items()} for p in pairs]
+
+
+def _build_safely(item: WorkItem) -> dict[str, Any]:
+    """`build_item` that reports a crash as a failed item (one line) instead of killing the pool."""
+    try:
+        return build_item(item)
+    except Exception as e:  # noqa: BLE001 - recorded in the index and the summary
+        return {
+            "id": item.model_id,
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        }
+
+
+# ----------------------------------------------------------------------------------------------- runners
+
+
+def _init_worker() -> None:
+    """Each worker is one core: no BLAS threads; import the heavy modules once, up front."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import rasp_compiler.compiling  # noqa: F401
+    import rasp_compiler.generate  # noqa: F401
+    import rasp_compiler.lib  # noqa: F401
+    import verify  # noqa: F401
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_local(items: list[WorkItem], workers: int) -> Iterator[dict[str, Any]]:
+    if workers <= 1 or len(items) <= 1:
+        for it in items:
+            yield _build_safely(it)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(processes=min(workers, len(items)), initializer=_init_worker) as pool:
+        yield from pool.imap_unordered(_build_safely, items, chunksize=1)
+
+
+def _run_ray(items: list[WorkItem], address: str | None) -> Iterator[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise SuiteError(
+            "--ray needs the optional 'ray' package (pip install 'rasp-compiler[ray]')"
+        ) from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(
+            address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False
+        ) if address else ray.init(log_to_driver=False, include_dashboard=False)
+        started = True
+    try:
+        task = ray.remote(_build_safely)
+        pending = [task.remote(it) for it in items]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------- suite
+
+
+def _write_model(out: Path, result: dict[str, Any]) -> None:
+    models = out / "models"
+    tmp = models / f"{result['id']}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, data in sorted(result["files"].items()):
+        (tmp / name).write_bytes(data)
+    os.replace(tmp, models / result["id"])
+
+
+def _complete(out: Path, model_id: str) -> bool:
+    d = out / "models" / model_id
+    return d.is_dir() and (d / "card.json").is_file()
+
+
+def read_index(out: str | Path) -> dict[str, Any]:
+    """The suite's index.json as data."""
+    p = Path(out) / "index.json"
+    if not p.is_file():
+        raise SuiteError(f"{p} does not exist (not a finished suite directory)")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def _write_index(
+    out: Path, items: list[WorkItem], n: int, seed: int, pairs: int, failed: dict[str, dict[str, Any]]
+) -> None:
+    rows = []
+    for it in items:
+        if not _complete(out, it.model_id):
+            continue
+        card = json.loads((out / "models" / it.model_id / "card.json").read_text(encoding="utf-8"))
+        rows.append(
+            {
+                "id": it.model_id,
+                "dir": f"models/{it.model_id}",
+                "origin": card["origin"],
+                "name": card["name"],
+                "output": card["output"],
+                "output_encoding": card["output_encoding"],
+                "n_layers": card["sizes"]["n_layers"],
+                "d_model": card["sizes"]["d_model"],
+                "n_params": card["sizes"]["n_params"],
+                "n_ops": card["n_ops"],
+                "circuit_nodes": card["circuit"]["nodes"],
+                "circuit_edges": card["circuit"]["edges"],
+                "model_edges": card["circuit"]["model_edges"],
+                "weights_truth_agrees": card["circuit"]["weights_truth_agrees"],
+            }
+        )
+    index = {
+        "format": SUITE_FORMAT,
+        "version": SUITE_VERSION,
+        "seed": seed,
+        "n": n,
+        "pairs": pairs,
+        "complete": len(rows) == n,
+        "models": rows,
+        "failed": [failed[k] for k in sorted(failed)],
+        "files": [
+            "weights.safetensors",
+            "model.json",
+            "program.py",
+            "circuit.json",
+            "circuit.acdc.json",
+            "circuit.autocircuit.json",
+            "circuit.eapig.json",
+            "circuit.tl_hooks.json",
+            "dataset.json",
+            "card.json",
+        ],
+    }
+    tmp = out / "index.json.tmp"
+    tmp.write_bytes(_dump(index))
+    os.replace(tmp, out / "index.json")
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    p = out / "suite.json"
+    if p.is_file():
+        try:
+            old = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise SuiteError(f"{p} is damaged; remove it or use another --out") from None
+        if old != settings:
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+            raise SuiteError(f"{out} holds a suite made with other settings ({diff}); use another --out")
+    elif out.exists() and any(p for p in out.iterdir() if p.name != "models"):
+        raise SuiteError(f"{out} exists and is not a suite directory; use an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(_dump(settings))
+
+
+def generate_suite(
+    n: int,
+    seed: int,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    pairs: int = 32,
+    ray_address: str | None = None,
+    use_ray: bool = False,
+    progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> SuiteSummary:
+    """Build (or finish) the suite of `n` models for `seed` in `out`; see the module docstring."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    items = plan(n, seed, pairs)
+    settings = {"format": SUITE_FORMAT, "version": SUITE_VERSION, "seed": seed, "n": n, "pairs": pairs}
+    _check_settings(out, settings)
+    models = out / "models"
+    models.mkdir(exist_ok=True)
+    for leftover in models.glob("*.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    todo = [it for it in items if not _complete(out, it.model_id)]
+    workers = max(1, workers if workers is not None else available_cores())
+    summary = SuiteSummary(
+        out=out, n=n, seed=seed, skipped=len(items) - len(todo), workers=1 if use_ray else workers
+    )
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), initial=summary.skipped, desc="suite", unit="model", file=sys.stderr)
+    failed: dict[str, dict[str, Any]] = {}
+    runner = _run_ray(todo, ray_address) if use_ray else _run_local(todo, workers)
+    try:
+        for result in runner:
+            if "files" in result:
+                _write_model(out, result)
+                summary.built += 1
+            else:
+                failed[result["id"]] = {"id": result["id"], "error": result["error"]}
+            if on_result is not None:
+                on_result(result)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(failed=len(failed), refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    _write_index(out, items, n, seed, pairs, failed)
+    for it in items:
+        if _complete(out, it.model_id):
+            card = json.loads((models / it.model_id / "card.json").read_text(encoding="utf-8"))
+            summary.layers.append(card["sizes"]["n_layers"])
+            summary.origins[card["origin"]] += 1
+            summary.rejected_drafts += sum(card["rejected_drafts"].values())
+    summary.failed = [failed[k] for k in sorted(failed)]
+    summary.seconds = time.perf_counter() - t0
+    return summary

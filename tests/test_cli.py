@@ -1,0 +1,293 @@
+"""The `rasp-compiler` command, run as a user runs it: a subprocess per command, checking its files.
+
+Expected outputs come from plain-Python oracles written here (reversal, length, counting) or from
+the RASP evaluator, never from the command under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "rasp_compiler", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode not in (0, None), p.stdout
+    err = p.stderr.strip()
+    assert "Traceback" not in p.stderr, p.stderr
+    assert err and "\n" not in err, f"expected one line on stderr, got:\n{p.stderr}"
+    for n in needles:
+        assert n in err, f"{n!r} not in {err!r}"
+
+
+@pytest.fixture(scope="module")
+def reverse_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli") / "reverse_model"
+    p = cli("compile", "reverse", "--out", str(d))
+    assert p.returncode == 0, p.stderr
+    assert "compiled reverse" in p.stdout
+    return d
+
+
+def test_help_lists_every_command() -> None:
+    p = cli("--help")
+    assert p.returncode == 0
+    for cmd in ("compile", "run", "circuit", "suite", "verify", "fuzz", "demo", "list"):
+        assert cmd in p.stdout
+
+
+def test_list_shows_library() -> None:
+    from rasp_compiler.lib import LIBRARY
+
+    p = cli("list")
+    assert p.returncode == 0, p.stderr
+    names = {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
+    assert names == set(LIBRARY)
+
+
+def test_compile_writes_a_loadable_model(reverse_dir: Path) -> None:
+    from rasp_compiler.io import load
+
+    for name in ("weights.safetensors", "model.json", "circuit.json"):
+        assert (reverse_dir / name).is_file()
+    model = load(reverse_dir)
+    assert model.apply(["BOS", "a", "b", "c"]).decoded[1:] == ["c", "b", "a"]
+    doc = json.loads((reverse_dir / "circuit.json").read_text())
+    assert doc["format"] == "verify.circuit" and doc["output"] == "reverse"
+
+
+def test_run_inputs_from_argv_and_file(reverse_dir: Path, tmp_path: Path) -> None:
+    inputs = [["a", "b", "c"], ["c", "a", "a", "b"], ["b"], ["a", "c", "b", "b", "a"]]
+    f = tmp_path / "inputs.txt"
+    f.write_text("\n".join(",".join(x) for x in inputs[2:]) + "\n")
+    p = cli("run", str(reverse_dir), "a b c", "caab", "--file", str(f), "--json")
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r["input"] for r in rows] == inputs
+    assert [r["output"] for r in rows] == [x[::-1] for x in inputs]  # oracle: reversal
+    p = cli("run", str(reverse_dir), "a b c")
+    assert p.stdout.split() == ["a", "b", "c", "->", "c", "b", "a"]
+
+
+def test_run_rejects_unknown_token_and_long_input(reverse_dir: Path) -> None:
+    assert_one_line_error(cli("run", str(reverse_dir), "a z"), "'z'", "vocabulary")
+    assert_one_line_error(cli("run", str(reverse_dir), "a a a a a a a a"), "at most 5")
+
+
+def test_circuit_table_json_and_drawing(reverse_dir: Path, tmp_path: Path) -> None:
+    import verify
+    from rasp_compiler.io import load
+
+    png, out = tmp_path / "c.png", tmp_path / "c.json"
+    p = cli("circuit", str(reverse_dir), "--draw", str(png))
+    assert p.returncode == 0, p.stderr
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+    truth = verify.ground_truth(load(reverse_dir))
+    for node in truth.node_names():  # the table names every component of the circuit
+        assert node in p.stdout
+    p = cli("circuit", str(reverse_dir), "--format", "json", "--out", str(out), "--method", "weights")
+    assert p.returncode == 0, p.stderr
+    got = verify.formats.from_json(out.read_text())
+    assert got == truth  # truth from the weights alone equals the annotation's
+    pics = tmp_path / "pics"
+    p = cli("circuit", str(reverse_dir), "--pictures", str(pics), "--input", "a b c")
+    assert p.returncode == 0, p.stderr
+    heads = [n for n in truth.node_names() if ".H" in n]
+    names = ["circuit.png", "residual_stream.png"] + [f"attention_{h}.png" for h in heads]
+    assert sorted(x.name for x in pics.iterdir()) == sorted(names)
+    for name in names:
+        assert (pics / name).read_bytes()[:8] == PNG_MAGIC
+    svg = tmp_path / "c.svg"
+    assert cli("circuit", str(reverse_dir), "--draw", str(svg), "--format", "autocircuit").returncode == 0
+    assert "reverse" in svg.read_text()
+
+
+def _score_line(stdout: str, level: str) -> list[str]:
+    line = next(x for x in stdout.splitlines() if x.startswith(level + " "))
+    return line.split()
+
+
+def test_verify_scores_each_form(reverse_dir: Path, tmp_path: Path) -> None:
+    import verify
+    from rasp_compiler.io import load
+
+    truth = verify.ground_truth(load(reverse_dir))
+    edges = sorted(str(e) for e in truth.edges)
+    # the full truth in our edge-name form scores 1.0 everywhere
+    f = tmp_path / "full.json"
+    f.write_text(json.dumps(edges))
+    p = cli("verify", str(reverse_dir), str(f))
+    assert p.returncode == 0, p.stderr
+    assert _score_line(p.stdout, "edge")[1:4] == ["1.000", "1.000", "1.000"]
+    # drop the edge into the output: recall (E-1)/E, precision 1 (computed here, not by verify)
+    dropped = next(e for e in edges if "->output" in e)
+    f.write_text(json.dumps([e for e in edges if e != dropped]))
+    p = cli("verify", str(reverse_dir), str(f), "--level", "edge", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)["edge"]
+    assert r["fn"] >= 1 and dropped in r["false_negatives"]
+    assert r["precision"] == 1.0
+    # ACDC and auto-circuit forms of the truth, written by hand from the naming conventions
+    ac = [
+        ("Resid Start" if e.writer in ("embed", "pos_embed") else _ac_src(e.writer))
+        + "->"
+        + _ac_dst(e.reader, e.input)
+        for e in truth.edges
+    ]
+    g = tmp_path / "ac.json"
+    g.write_text(json.dumps(sorted(set(ac))))
+    p = cli("verify", str(reverse_dir), str(g))
+    assert p.returncode == 0, p.stderr
+    assert "auto-circuit" in p.stdout
+    assert _score_line(p.stdout, "node")[1:4] == ["1.000", "1.000", "1.000"]
+
+
+def _ac_src(node: str) -> str:
+    if node.endswith(".MLP"):
+        return f"MLP {node[1:].split('.')[0]}"
+    layer, head = node[1:].split(".H")
+    return f"A{layer}.{head}"
+
+
+def _ac_dst(node: str, inp: str) -> str:
+    if node == "output":
+        return "Resid End"
+    if node.endswith(".MLP"):
+        return f"MLP {node[1:].split('.')[0]}"
+    layer, head = node[1:].split(".H")
+    return f"A{layer}.{head}.{inp.upper()}"
+
+
+def test_verify_unknown_component_is_one_line_error(reverse_dir: Path, tmp_path: Path) -> None:
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(["L0.H0->L9.H7<q>"]))
+    assert_one_line_error(cli("verify", str(reverse_dir), str(f)), "L9")
+    f.write_text(json.dumps(["A7.3->Resid End"]))
+    assert_one_line_error(cli("verify", str(reverse_dir), str(f)), "A7.3")
+
+
+def test_incomplete_model_dir_is_one_line_error(reverse_dir: Path, tmp_path: Path) -> None:
+    d = tmp_path / "broken"
+    d.mkdir()
+    (d / "model.json").write_bytes((reverse_dir / "model.json").read_bytes())
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps([]))
+    assert_one_line_error(cli("verify", str(d), str(f)), "weights.safetensors")
+    assert_one_line_error(cli("run", str(d), "a b"), "weights.safetensors")
+    assert_one_line_error(cli("circuit", str(tmp_path / "nowhere")), "does not exist")
+
+
+PROGRAM_FILE = """
+from rasp_compiler import rasp
+
+VOCAB = ["x", "y"]
+MAX_SEQ_LEN = 4
+
+
+def count_x():
+    is_x = rasp.numerical(rasp.Map(lambda t: 1 if t == "x" else 0, rasp.tokens)).named("is_x")
+    return rasp.numerical(rasp.Aggregate(rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ),
+                                         is_x, default=0)).named("frac_x")
+"""
+
+
+def test_compile_program_file_and_missing_function(tmp_path: Path) -> None:
+    src = tmp_path / "prog.py"
+    src.write_text(PROGRAM_FILE)
+    out = tmp_path / "m"
+    p = cli("compile", f"{src}:count_x", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    p = cli("run", str(out), "x y x x", "--json")
+    got = json.loads(p.stdout)["output"]
+    xs = "x y x x".split()
+    want = [sum(t == "x" for t in xs[: i + 1]) / (i + 1) for i in range(len(xs))]  # oracle: running fraction
+    assert got == pytest.approx(want, abs=1e-4)
+    assert_one_line_error(cli("compile", f"{src}:nope"), "does not define 'nope'", "count_x")
+    assert_one_line_error(cli("compile", f"{tmp_path / 'missing.py'}:f"), "does not exist")
+    assert_one_line_error(cli("compile", "no_such_program"), "no_such_program")
+
+
+def test_fuzz_compiler_small_campaign(tmp_path: Path) -> None:
+    p = cli(
+        "fuzz",
+        "compiler",
+        "--programs",
+        "3",
+        "--seed",
+        "1",
+        "--inputs",
+        "3",
+        "--backends",
+        "numpy",
+        "--no-save",
+        "--quiet",
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "3" in p.stdout  # the campaign summary counts the programs
+    assert_one_line_error(cli("fuzz", "compiler", "--programs", "1", "--backends", "nope", "--quiet"), "nope")
+
+
+def test_demo_writes_report_with_pictures(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    p = cli("demo", "--out", str(out), "--programs", "reverse,sort,frac_prevs", "--quiet")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert str(out / "report.html") in p.stdout
+    for name in ("circuit.png", "residual_stream.png", "attention.png", "roc.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, name
+        assert f"]({name})" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert "0 mismatches" in p.stdout and "FAILED" not in p.stdout
+    for name in ("reverse", "sort", "frac_prevs"):
+        assert (out / "models" / name / "weights.safetensors").is_file()
+
+
+def test_demo_baseline_reference_matches_model_and_engine(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from rasp_compiler import report
+    from rasp_compiler.lib import LIBRARY
+
+    for name in ("sort", "frac_prevs"):
+        _, model, truth, program = report.check_program(name, tmp_path, random.Random(0))
+        e = LIBRARY[name]
+        clean, corrupted = report._pairs(
+            model, program, model.codec.vocab, e.max_seq_len, 8, False, random.Random(1)
+        )
+        # unpatched, the per-component forward is the model's own forward
+        out, _ = report._patched_forward(model, clean, None, None)
+        np.testing.assert_allclose(out, model.forward_numpy(clean), atol=1e-5)
+        ref, used = report.edge_patching_scores(model, clean, corrupted, backend="numpy")
+        assert used == "numpy" and len(ref) == len(truth.universe("edge"))
+        # the edge into the output carries the answer: patching it must change the output
+        assert max(v for k, v in ref.items() if k.endswith("->output<in>")) > 1e-2
+        try:
+            fast, _ = report.edge_patching_scores(model, clean, corrupted, backend="engine")
+        except ImportError as exc:
+            pytest.skip(f"C++ engine not built: {exc}")
+        assert fast.keys() == ref.keys()
+        assert max(abs(fast[k] - ref[k]) for k in ref) < 1e-4
