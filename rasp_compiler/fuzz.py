@@ -38,13 +38,12 @@ __all__ = [
     "available_backends",
     "check_program",
     "fuzz_tool",
-    "ToolCampaignSummary",
-    "ToolDataset",
     "load_regression",
     "main",
     "regression_files",
     "replay_regression",
     "run_compiler_campaign",
+    "run_tool_campaign",
     "save_regression",
     "shrink_failure",
 ]
@@ -583,175 +582,37 @@ def run_compiler_campaign(
 
 
 # ------------------------------------------------------------------------------------------------ tools
+# Fuzzing a circuit-discovery tool lives in `verify.fuzz` (it needs the ground truth and the causal
+# checks); these names delegate there so that `rasp_compiler.fuzz` stays the one door for campaigns.
+
+_TOOL_NAMES = {"ToolDataset": "ToolDataset", "ToolCase": "ToolCase", "ToolCampaignSummary": "ToolFuzzSummary"}
 
 
-@dataclasses.dataclass
-class ToolDataset:
-    """What a circuit-discovery tool gets: clean and corrupted inputs, pairwise of equal length.
+def __getattr__(name: str) -> Any:
+    if name in _TOOL_NAMES:
+        from verify import fuzz as vfuzz
 
-    `clean` / `corrupted`: token lists without BOS; `clean_ids` / `corrupted_ids`: id arrays `[B, T+1]`
-    with BOS first, grouped by nothing (all inputs of a dataset share one length).
-    """
-
-    clean: list
-    corrupted: list
-    clean_ids: np.ndarray
-    corrupted_ids: np.ndarray
+        return getattr(vfuzz, _TOOL_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclasses.dataclass
-class ToolCase:
-    index: int
-    program: Any
-    vocab: tuple
-    max_seq_len: int
-    f1: float
-    precision: float
-    recall: float
-    kinds: Counter
-    error: str = ""
+def fuzz_tool(tool: Callable[..., Any], programs: Any = 100, seed: int = 0, **kwargs: Any) -> Any:
+    """`verify.fuzz.fuzz_tool`: score a circuit-discovery tool on random compiled programs."""
+    from verify.fuzz import fuzz_tool as run
+
+    return run(tool, programs, seed, **kwargs)
 
 
-@dataclasses.dataclass
-class ToolCampaignSummary:
-    """Scores of a tool on many compiled programs: mean, worst, per op kind; shrunk worst failures."""
+def run_tool_campaign(n_programs: int, seed: int, *, tool: Any, progress: bool = True, **kwargs: Any) -> Any:
+    """For `rasp-compiler fuzz tool`: `tool` is a callable, a built-in baseline name (`acdc`, `eap`, ...)
+    or `package.module:function`. Returns a summary with `.report()` and `.ok` (False when flagged)."""
+    from verify.fuzz import ToolFuzzError, load_tool
 
-    level: str
-    threshold: float
-    cases: list = dataclasses.field(default_factory=list)
-    shrunk: list = dataclasses.field(default_factory=list)  # ToolCase, smallest failing programs
-
-    @property
-    def mean_f1(self) -> float:
-        return float(np.mean([c.f1 for c in self.cases])) if self.cases else float("nan")
-
-    @property
-    def worst(self) -> ToolCase | None:
-        return min(self.cases, key=lambda c: c.f1) if self.cases else None
-
-    @property
-    def failing(self) -> list:
-        return [c for c in self.cases if c.f1 < self.threshold]
-
-    @property
-    def flagged(self) -> bool:
-        return bool(self.failing)
-
-    def per_kind(self) -> dict[str, float]:
-        """Mean F1 over the programs containing each op kind."""
-        out = {}
-        for kind in generate.OP_KINDS:
-            scores = [c.f1 for c in self.cases if c.kinds[kind]]
-            if scores:
-                out[kind] = float(np.mean(scores))
-        return out
-
-    def report(self) -> str:
-        w = self.worst
-        lines = [f"tool fuzz: {len(self.cases)} programs, {self.level}-level F1 mean {self.mean_f1:.3f}, "
-                 f"worst {w.f1 if w else float('nan'):.3f}, {len(self.failing)} below {self.threshold}"]
-        lines += [f"  {k:28s} mean F1 {v:.3f}" for k, v in self.per_kind().items()]
-        for c in self.shrunk:
-            lines.append(f"  shrunk failure (F1 {c.f1:.3f}, vocab {list(c.vocab)}, "
-                         f"max_seq_len {c.max_seq_len}):")
-            lines.append(_indent(to_source(c.program, strict=False), 4))
-        return "\n".join(lines)
-
-
-def _tool_dataset(model: Any, gp: generate.GeneratedProgram, n: int, rng: random.Random) -> ToolDataset:
-    length = max(gp.lengths)
-    clean = [[rng.choice(gp.vocab) for _ in range(length)] for _ in range(n)]
-    corrupted = [[rng.choice(gp.vocab) for _ in range(length)] for _ in range(n)]
-    bos = model.codec.bos
-    enc = lambda rows: np.array([model.encode([bos, *r]) for r in rows], dtype=np.int64)  # noqa: E731
-    return ToolDataset(clean, corrupted, enc(clean), enc(corrupted))
-
-
-def _score_tool(tool: Callable[[Any, ToolDataset], Any], program: Any, vocab: tuple, max_seq_len: int,
-                level: str, n_inputs: int, seed: int) -> tuple[float, float, float, str]:
-    import verify
-
-    try:
-        model = _compile(program, vocab, max_seq_len)
-    except Exception as e:  # noqa: BLE001 - not the tool's fault: skip
-        return float("nan"), float("nan"), float("nan"), f"compile: {type(e).__name__}: {e}"
-    gp = generate.GeneratedProgram(program, vocab, max_seq_len)
-    data = _tool_dataset(model, gp, n_inputs, random.Random(f"rasp-tool:{seed}"))
-    truth = verify.ground_truth(model)
-    if not truth.items(level):  # a constant output has an empty circuit: nothing to discover, skip
-        return float("nan"), float("nan"), float("nan"), "empty ground truth"
-    try:
-        found = tool(model, data)
-        r = verify.score(found, truth, level)
-    except Exception as e:  # noqa: BLE001 - a crashing tool scores 0
-        return 0.0, 0.0, 0.0, f"tool: {type(e).__name__}: {e}"
-    return r.f1, r.precision, r.recall, ""
-
-
-def fuzz_tool(tool: Callable[[Any, ToolDataset], Any],
-              programs: int | Sequence[generate.GeneratedProgram] = 100, seed: int = 0, *,
-              level: str = "edge", threshold: float = 0.999, n_inputs: int = 16,
-              limits: dict[str, Any] | None = None, shrink: bool = True, max_shrunk: int = 2,
-              progress: bool = False) -> ToolCampaignSummary:
-    """Score a circuit-discovery `tool` against the ground truth on random compiled programs.
-
-    `tool(model, dataset)` gets a `CompiledModel` and a `ToolDataset` and returns a `verify.Circuit`,
-    a set of edges (`"w->r<in>"` or `verify.Edge`) or a dict of edge scores. Programs scoring below
-    `threshold` (F1 at `level`) fail; the worst `max_shrunk` are shrunk to minimal programs.
-    """
-    if isinstance(programs, int):
-        gps = generate.sample_programs(programs, seed, **(limits or {}))
-    else:
-        gps = list(programs)
-    summary = ToolCampaignSummary(level, threshold)
-    it = enumerate(gps)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, total=len(gps), desc="fuzz tool", unit="prog", file=sys.stderr)
-    for i, gp in it:
-        f1, p, r, err = _score_tool(tool, gp.program, gp.vocab, gp.max_seq_len, level, n_inputs, seed + i)
-        if math.isnan(f1):
-            continue
-        summary.cases.append(ToolCase(i, gp.program, gp.vocab, gp.max_seq_len, f1, p, r,
-                                      generate.op_kinds(gp.program), err))
-    if shrink:
-        for case in sorted(summary.failing, key=lambda c: c.f1)[:max_shrunk]:
-            summary.shrunk.append(_shrink_tool_case(tool, case, summary, n_inputs))
-    return summary
-
-
-def _shrink_tool_case(tool: Callable[[Any, ToolDataset], Any], case: ToolCase, summary: ToolCampaignSummary,
-                      n_inputs: int, max_rounds: int = 40) -> ToolCase:
-    """Greedy: smaller programs (as in `shrink_failure`), then smaller max_seq_len and vocab, while the
-    tool still scores below the threshold."""
-
-    def bad(program: Any, vocab: tuple, msl: int) -> ToolCase | None:
-        f1, p, r, err = _score_tool(tool, program, vocab, msl, summary.level, n_inputs, case.index)
-        if math.isnan(f1) or f1 >= summary.threshold:
-            return None
-        return ToolCase(case.index, program, vocab, msl, f1, p, r, generate.op_kinds(program), err)
-
-    cur = case
-    for _ in range(max_rounds):
-        nxt = None
-        gp = generate.GeneratedProgram(cur.program, cur.vocab, cur.max_seq_len)
-        probe = generate.sample_inputs(gp, 12, 0)
-        size = _size(cur.program)
-        for cand in _candidates(cur.program):
-            if _size(cand) < size and _total_on(cand, probe):
-                nxt = bad(cand, cur.vocab, cur.max_seq_len)
-                if nxt is not None:
-                    break
-        if nxt is None and cur.max_seq_len > 1:
-            nxt = bad(cur.program, cur.vocab, max(1, cur.max_seq_len // 2)) or bad(
-                cur.program, cur.vocab, cur.max_seq_len - 1)
-        if nxt is None and len(cur.vocab) > 1:
-            nxt = bad(cur.program, cur.vocab[: max(1, len(cur.vocab) // 2)], cur.max_seq_len)
-        if nxt is None:
-            break
-        cur = nxt
-    return cur
+    if tool is None:
+        raise ToolFuzzError("fuzz tool: name the tool (a built-in baseline or 'package.module:function')")
+    name = tool if isinstance(tool, str) else None
+    fn = load_tool(tool, kwargs.get("ablation", "resample")) if isinstance(tool, str) else tool
+    return fuzz_tool(fn, n_programs, seed, progress=progress, name=name, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
