@@ -357,8 +357,12 @@ class Circuit:
     (or None for heads and embeddings). `edges[Edge]` is the frozenset of residual labels carried.
     Equality compares the output, the model shape, nodes with their ops and neuron ranges, and edges
     with their labels; `extra_ops` (selector labels folded into heads, fused ops) is descriptive and
-    not compared, since the weights alone cannot name a selector.
+    not compared, since the weights alone cannot name a selector. `approximate` / `accuracy`: set by
+    `ground_truth` for compressed models (the truth holds up to that accuracy).
     """
+
+    approximate: bool = False
+    accuracy: float | None = None
 
     def __init__(
         self,

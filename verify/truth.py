@@ -28,6 +28,9 @@ From the weights alone (docs/CONTRACTS.md section 2), with residual labels from
   is attention-sink machinery and goes with `one`, as the compiler's annotation records it.
 * Under a rotated residual basis the overlap test (`overlaps`) still decides edges; labels and op
   names need the labelled basis (a rotation within each variable's directions changes nothing).
+  Rotated variants (rasp_compiler/variants.py) record each labelled direction's vector in the
+  annotation's "variant" section; the weights are read in that frame (`residual_frame`). Compressed
+  variants have no weight-derived truth (their annotation truth is marked approximate).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ __all__ = [
     "model_graph",
     "graph_from_annotation",
     "graph_from_weights",
+    "residual_frame",
 ]
 
 TOL = 1e-6
@@ -85,6 +89,33 @@ def annotation_dict(model: Any) -> dict | None:
     return ann
 
 
+def residual_frame(model: Any) -> tuple[list[str] | None, np.ndarray | None, dict]:
+    """The labelled frame a variant records (rasp_compiler/variants.py, annotation "variant"): its labels,
+    each label's vector in the model's residual coordinates (`[n_labels, d_model]`, None = identity),
+    and the card. `(None, None, {})` for a model whose basis vectors are its labels."""
+    ann = annotation_dict(model)
+    card = ann.get("variant") if ann is not None else None
+    if not isinstance(card, dict):
+        return None, None, {}
+    labels = [str(x) for x in card.get("labels") or []] or None
+    basis = None if card.get("basis") is None else np.asarray(card["basis"], dtype=np.float64)
+    return labels, basis, card
+
+
+def _to_frame(weights: dict[str, np.ndarray], basis: np.ndarray) -> dict[str, np.ndarray]:
+    """Weights in labelled coordinates: writers `W @ R.T`, readers `R @ W` (R orthogonal)."""
+    out = {}
+    for name, w in weights.items():
+        w = np.asarray(w, dtype=np.float64)
+        if name in ("W_E", "W_pos") or name.endswith(("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")):
+            out[name] = w @ basis.T
+        elif name == "W_U" or name.endswith(("attn.W_Q", "attn.W_K", "attn.W_V", "mlp.W_in")):
+            out[name] = basis @ w
+        else:
+            out[name] = w
+    return out
+
+
 def _outputs(ann: dict) -> list[str]:
     if "outputs" in ann:
         return [str(o) for o in ann["outputs"]]
@@ -93,6 +124,8 @@ def _outputs(ann: dict) -> list[str]:
 
 def _pick_output(ann: dict | None, output: str | None, fallback: list[str]) -> str:
     choices = _outputs(ann) if ann is not None else fallback
+    if ann is not None and output is not None and output in (ann.get("output_names") or {}):
+        output = str(ann["output_names"][output])  # multi-output models: an output's name -> its op label
     if output is None:
         if len(choices) != 1:
             raise CircuitError(f"the model has several outputs {choices}; pass output=")
@@ -163,7 +196,7 @@ def graph_from_annotation(model: Any, output: str | None = None) -> ModelGraph:
     if ann is None:
         raise CircuitError("the model has no annotation; use method='weights'")
     n_layers, n_heads = int(_cfg(model, "n_layers")), int(_cfg(model, "n_heads"))
-    known = set(_cfg(model, "residual_labels") or ())
+    known = set(residual_frame(model)[0] or _cfg(model, "residual_labels") or ())
     ops = ann.get("ops", {})
     out_op = _pick_output(ann, output, [])
     if out_op not in ops:
@@ -269,7 +302,15 @@ def graph_from_weights(model: Any, output: str | None = None) -> ModelGraph:
         int(_cfg(model, "n_heads")),
         int(_cfg(model, "d_model")),
     )
-    labels = [str(s) for s in _cfg(model, "residual_labels")]
+    frame_labels, basis, _ = residual_frame(model)
+    labels = [str(s) for s in (frame_labels or _cfg(model, "residual_labels"))]
+    if basis is not None:  # rotated residual: read the weights in the recorded labelled frame
+        square = basis.shape == (d_model, d_model)
+        if not square or not np.allclose(basis @ basis.T, np.eye(d_model), atol=1e-6):
+            raise CircuitError("the model's residual stream is compressed (its variant basis is not "
+                               "orthogonal): the weights cannot name its directions; use "
+                               "method='annotation' (approximate)")
+        w = _to_frame(w, basis)
     if len(labels) != d_model:
         raise CircuitError(f"config.residual_labels has {len(labels)} labels, d_model is {d_model}")
     heads = {lab.split(":", 1)[0] for lab in labels if ":" in lab} | {
@@ -431,4 +472,9 @@ def ground_truth(model: Any, output: str | None = None, method: str = "annotatio
     Only ancestors of the output are in it. `method="annotation"` reads the compiler's bookkeeping,
     `method="weights"` the weight matrices; the two must agree (tests check that they do).
     """
-    return model_graph(model, output, method).circuit()
+    circuit = model_graph(model, output, method).circuit()
+    card = residual_frame(model)[2]
+    if card.get("approximate"):  # compressed variants: the truth holds up to the stored accuracy
+        circuit.approximate = True
+        circuit.accuracy = card.get("accuracy")
+    return circuit
