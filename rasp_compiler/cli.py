@@ -502,6 +502,17 @@ def cmd_suite(args: argparse.Namespace) -> int:
                 "--ray needs the optional 'ray' package: pip install 'rasp-compiler[ray]'"
             ) from None
     try:
+        noise = args.noise
+        variants = suite.SuiteVariants(
+            multi=args.multi,
+            noise_heads=args.noise_heads if args.noise_heads is not None else (2 if noise else 0),
+            noise_neurons=args.noise_neurons if args.noise_neurons is not None else (4 if noise else 0),
+            cancel_pairs=args.cancel_pairs if args.cancel_pairs is not None else (1 if noise else 0),
+            weight_noise=args.weight_noise if args.weight_noise is not None else (0.01 if noise else 0.0),
+            rotate=args.rotate,
+            compress=args.compress,
+            compress_method=args.compress_method,
+        )
         summary = suite.generate_suite(
             args.n,
             args.seed,
@@ -511,6 +522,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
             use_ray=args.ray is not None,
             ray_address=None if args.ray in (None, "local") else args.ray,
             progress=not args.quiet,
+            variants=variants,
         )
     except suite.SuiteError as e:
         raise CLIError(str(e)) from None
@@ -522,14 +534,38 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     from rasp_compiler import fuzz
 
     if args.ray is not None:
-        raise CLIError("fuzz --ray is not available yet (suite --ray is); run fuzz locally")
+        raise CLIError(
+            "fuzz --ray is not available: campaigns draw inputs from one sequential RNG and cannot be split "
+            "into work items yet (suite --ray works); run fuzz locally"
+        )
     if args.target == "tool":
-        run_tool = getattr(fuzz, "run_tool_campaign", None)
-        if run_tool is None:
-            raise CLIError("fuzz tool: rasp_compiler.fuzz has no tool campaign yet (run_tool_campaign)")
-        summary = run_tool(args.programs, args.seed, tool=args.tool, progress=not args.quiet)
+        from verify.fuzz import ToolFuzzError
+
+        if not args.tool:
+            raise CLIError(
+                "fuzz tool needs --tool: acdc, activation_patching, eap, eap_ig or package.module:function"
+            )
+        try:
+            summary = fuzz.run_tool_campaign(
+                args.programs,
+                args.seed,
+                tool=args.tool,
+                progress=not args.quiet,
+                truth=args.truth,
+                ablation=args.ablation,
+                level=args.level,
+                metric=args.metric,
+                threshold=args.threshold,
+                n_inputs=args.inputs,
+                limits={"max_ops": args.max_ops} if args.max_ops else None,
+                shrink=not args.no_shrink,
+            )
+        except ToolFuzzError as e:
+            raise CLIError(str(e)) from None
         print(summary.report())
-        return 0 if getattr(summary, "ok", True) else 1
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary.to_json(), indent=1) + "\n", encoding="utf-8")
+        return 0 if summary.ok else 1
     backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else None
     save_dir = None if args.no_save else Path(args.save_dir or "out/fuzz_failures")
     limits = {"max_ops": args.max_ops} if args.max_ops else None
@@ -657,6 +693,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the work items as Ray tasks (an existing cluster's ADDRESS, or a local instance)",
     )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = c.add_argument_group("variants (harder ground truth; recorded in each card and the index)")
+    g.add_argument(
+        "--multi",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K programs per model in one residual stream (each output its own circuit)",
+    )
+    g.add_argument(
+        "--noise",
+        action="store_true",
+        help="distractors: 2 heads, 4 neurons, 1 cancelling pair, weight noise 0.01 (each overridable below)",
+    )
+    g.add_argument("--noise-heads", type=int, metavar="N", help="distractor heads")
+    g.add_argument("--noise-neurons", type=int, metavar="N", help="distractor MLP neurons")
+    g.add_argument("--cancel-pairs", type=int, metavar="N", help="cancelling head pairs and neuron pairs")
+    g.add_argument(
+        "--weight-noise", type=float, metavar="X", help="relative weight noise (outputs stay exact)"
+    )
+    g.add_argument("--rotate", action="store_true", help="random orthogonal residual basis")
+    g.add_argument(
+        "--compress",
+        type=float,
+        metavar="FRACTION",
+        help="residual width = FRACTION * d_model (approximate; accuracy recorded)",
+    )
+    g.add_argument(
+        "--compress-method",
+        choices=("random", "pca", "learned"),
+        default="pca",
+        help="projection for --compress (default pca)",
+    )
     c.set_defaults(func=cmd_suite)
 
     c = sub.add_parser(
@@ -686,14 +754,44 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("target", choices=["compiler", "tool"], help="what to fuzz")
     c.add_argument("--programs", type=int, default=100, help="number of random programs (default 100)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--inputs", type=int, default=10, help="inputs per program")
+    c.add_argument("--inputs", type=int, default=10, help="inputs per program (default 10)")
     c.add_argument("--backends", help="comma-separated subset of numpy,torch,engine")
     c.add_argument("--max-ops", type=int, help="generator steps per program")
     c.add_argument("--no-shrink", action="store_true")
     c.add_argument("--save-dir", help="where shrunk failing cases go as JSON (default out/fuzz_failures)")
     c.add_argument("--no-save", action="store_true", help="do not write regression files")
-    c.add_argument("--tool", help="fuzz tool: which discovery method to test")
-    c.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS")
+    t = c.add_argument_group("fuzz tool (score a circuit-discovery method against the known circuits)")
+    t.add_argument(
+        "--tool",
+        help="acdc, activation_patching, eap, eap_ig, or package.module:function "
+        "called as function(model, dataset)",
+    )
+    t.add_argument(
+        "--truth",
+        choices=("structural", "ablation"),
+        default="structural",
+        help="score against the structural truth or the edges whose ablation changes an output",
+    )
+    t.add_argument("--ablation", choices=("resample", "mean", "zero"), default="resample")
+    t.add_argument("--level", choices=("node", "edge", "subspace"), default="edge")
+    t.add_argument(
+        "--metric",
+        choices=("auto", "f1", "roc_auc"),
+        default="auto",
+        help="what decides pass/fail (auto: ROC-AUC for scores, F1 for sets)",
+    )
+    t.add_argument(
+        "--threshold", type=float, default=0.999, help="a program fails below this (default 0.999)"
+    )
+    t.add_argument("--json", metavar="PATH", help="also write the tool summary as JSON")
+    c.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="not available for fuzz yet (see the error); suite --ray is",
+    )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_fuzz)
 

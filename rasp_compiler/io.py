@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +38,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _weights_bytes(weights: dict[str, np.ndarray]) -> bytes:
+    """The safetensors file for `weights`, byte-identical for the same weights in every process.
+
+    safetensors writes its `__metadata__` map in per-process hash order; the header is rewritten here
+    with sorted keys (same length, padded with spaces as the format allows), so the file and its sha256
+    depend on the weights alone.
+    """
+    from safetensors.numpy import save as to_bytes
+
+    raw = to_bytes(
+        {n: np.ascontiguousarray(w, dtype=np.float32) for n, w in weights.items()},
+        metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)},
+    )
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + hlen])
+    meta = header.pop("__metadata__", None)
+    canon: dict[str, Any] = {} if meta is None else {"__metadata__": dict(sorted(meta.items()))}
+    canon.update(sorted(header.items()))
+    text = json.dumps(canon, separators=(",", ":")).encode()
+    if len(text) > hlen:  # a reordering keeps the length; anything else is a safetensors change
+        raise ModelFileError("safetensors wrote a header this library cannot canonicalise")
+    return raw[:8] + text + b" " * (hlen - len(text)) + raw[8 + hlen :]
+
+
 def save(model: CompiledModel, directory: str | os.PathLike) -> Path:
     """Write `model` into `directory` (created if needed); returns the directory path."""
-    from safetensors.numpy import save_file
-
     if not isinstance(model, CompiledModel):
         raise TypeError(f"save expects a CompiledModel, got {type(model).__name__}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     wpath = d / WEIGHTS_FILE
     tmp = d / (WEIGHTS_FILE + ".tmp")
-    save_file({n: np.ascontiguousarray(w, dtype=np.float32) for n, w in model.weights.items()}, str(tmp),
-              metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    tmp.write_bytes(_weights_bytes(model.weights))
     os.replace(tmp, wpath)
     try:
         annotation = model.annotation_json()
@@ -113,8 +135,9 @@ def load(directory: str | os.PathLike) -> CompiledModel:
         raise ModelFileError(f"{JSON_FILE}: format is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
     version = doc.get("version")
     if version != FORMAT_VERSION:
-        raise ModelFileError(f"{JSON_FILE}: unknown format version {version!r} (this library reads version "
-                             f"{FORMAT_VERSION})")
+        raise ModelFileError(
+            f"{JSON_FILE}: unknown format version {version!r} (this library reads version {FORMAT_VERSION})"
+        )
     for key in ("config", "codec", "weights_sha256"):
         if key not in doc:
             raise ModelFileError(f"{JSON_FILE} lacks the field {key!r}")
@@ -130,9 +153,11 @@ def load(directory: str | os.PathLike) -> CompiledModel:
         raise ModelFileError(f"{WEIGHTS_FILE} is truncated or corrupt ({e})") from e
     digest = _sha256(wpath)
     if digest != doc["weights_sha256"]:
-        raise ModelFileError(f"{WEIGHTS_FILE} does not match {JSON_FILE}: sha256 {digest[:16]}... differs "
-                             f"from the recorded {str(doc['weights_sha256'])[:16]}... "
-                             "(file changed or damaged)")
+        raise ModelFileError(
+            f"{WEIGHTS_FILE} does not match {JSON_FILE}: sha256 {digest[:16]}... differs "
+            f"from the recorded {str(doc['weights_sha256'])[:16]}... "
+            "(file changed or damaged)"
+        )
     expected = expected_weight_shapes(config)
     missing = [n for n in expected if n not in weights]
     if missing:
@@ -142,17 +167,21 @@ def load(directory: str | os.PathLike) -> CompiledModel:
         raise ModelFileError(f"{WEIGHTS_FILE} has tensor(s) {extra[:6]} that the config does not know")
     for name, shape in expected.items():
         if weights[name].shape != shape:
-            raise ModelFileError(f"{WEIGHTS_FILE}: tensor {name} has shape {list(weights[name].shape)}, "
-                                 f"the config says {list(shape)}")
+            raise ModelFileError(
+                f"{WEIGHTS_FILE}: tensor {name} has shape {list(weights[name].shape)}, "
+                f"the config says {list(shape)}"
+            )
         if weights[name].dtype != np.float32:
-            raise ModelFileError(f"{WEIGHTS_FILE}: tensor {name} has dtype {weights[name].dtype}, "
-                                 "expected float32")
+            raise ModelFileError(
+                f"{WEIGHTS_FILE}: tensor {name} has dtype {weights[name].dtype}, expected float32"
+            )
     annotation = _load_annotation(doc.get("annotation"), doc.get("annotation_type"))
     source = doc.get("program_source", "")
     if not isinstance(source, str):
         raise ModelFileError(f"{JSON_FILE}: program_source must be a string")
     try:
-        return CompiledModel(config=config, weights=weights, codec=codec, annotation=annotation,
-                             program_source=source)
+        return CompiledModel(
+            config=config, weights=weights, codec=codec, annotation=annotation, program_source=source
+        )
     except ModelError as e:
         raise ModelFileError(f"model files are inconsistent: {e}") from e

@@ -4,10 +4,11 @@
 (pictures embedded, so the HTML file stands alone) with the PNGs beside them, and the compiled
 models under `out/models/`.
 
-The discovery baseline is edge-level activation patching: every edge of the model is patched alone
-from a corrupted input (resample ablation) with the C++ engine, and its effect on the output (KL
-divergence, or squared error for numerical outputs) is its score. It stands in until
-`verify.discovery` offers its baselines; the scoring against the truth is the same for any method.
+The discovery baseline is ACDC with resample ablation (`verify.discovery.acdc`, on the C++ engine),
+scored against two truths: the structural circuit the compiler records (`verify.ground_truth`) and
+the ablation-aware one (`verify.causal.necessary_edges`: the edges whose single ablation changes an
+output on the dataset). The same is run on a rotated and on a distractor-laden copy of the model
+(`rasp_compiler.variants`), one line each.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 __all__ = [
     "DEFAULT_FOCUS",
     "DEFAULT_PROGRAMS",
     "DemoResult",
     "ProgramCheck",
-    "edge_patching_scores",
+    "Discovery",
+    "discover",
     "run_demo",
 ]
 
@@ -75,6 +75,7 @@ class DemoResult:
     scores: dict[str, Any]
     pictures: dict[str, Path]
     seconds: float
+    variants: list[Discovery] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -92,10 +93,15 @@ class DemoResult:
                 f"{'ok' if c.ok else 'FAILED'} on {c.inputs_checked} inputs"
                 f"{' (all)' if c.exhaustive else ''}"
             )
-        for level, r in self.scores.items():
+        for truth, r in self.scores.items():
             lines.append(
-                f"  {self.method} on {self.focus} ({level}s): precision {r.precision:.2f}, "
-                f"recall {r.recall:.2f}, F1 {r.f1:.2f}, ROC-AUC {r.roc_auc:.2f}"
+                f"  {self.method} on {self.focus} vs {truth} ({r.tp + r.fn} edges): precision "
+                f"{r.precision:.2f}, recall {r.recall:.2f}, F1 {r.f1:.2f}, ROC-AUC {r.roc_auc:.2f}"
+            )
+        for d in self.variants[1:]:
+            lines.append(
+                f"  {self.method} on {self.focus}, {d.label}: ROC-AUC {d.structural.roc_auc:.2f} "
+                f"vs structural" + (f", {d.ablation.roc_auc:.2f} vs ablation-aware" if d.ablation else "")
             )
         lines.append(f"report: {self.out / 'report.html'} (and report.md); {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -195,122 +201,39 @@ def _show(v: Any) -> str:
 # ----------------------------------------------------------------------------------------------- discovery
 
 
-def _pairs(
-    model: Any, program: Any, vocab: Sequence[Any], length: int, n: int, distinct: bool, rng: random.Random
-) -> tuple[np.ndarray, np.ndarray]:
-    """`n` clean and corrupted inputs of one length (id arrays), redrawn where the program is undefined."""
-    from rasp_compiler import rasp
+@dataclasses.dataclass
+class Discovery:
+    """ACDC on one model, scored against the structural truth and the ablation-aware truth."""
 
-    vocab = list(vocab)
-    clean, corrupt = [], []
-    tries = 0
-    while len(clean) < n and tries < 50 * n:
-        tries += 1
-        a = rng.sample(vocab, length) if distinct else [rng.choice(vocab) for _ in range(length)]
-        b = rng.sample(vocab, length) if distinct else [rng.choice(vocab) for _ in range(length)]
-        try:
-            rasp.evaluate(program, a)
-            rasp.evaluate(program, b)
-        except rasp.RASPError:
-            continue
-        clean.append(model.encode([model.codec.bos, *a]))
-        corrupt.append(model.encode([model.codec.bos, *b]))
-    return np.array(clean, dtype=np.int64), np.array(corrupt, dtype=np.int64)
+    label: str  # "plain", "rotated", ...
+    result: Any  # verify.discovery.DiscoveryResult
+    structural: Any  # verify.ScoreResult against verify.ground_truth
+    ablation: Any | None  # ... against verify.causal.necessary_edges (None: no edge is needed alone)
+    necessary: Any | None  # verify.causal.NecessaryEdges
+    model_edges: int
 
 
-def edge_patching_scores(
-    model: Any, clean: np.ndarray, corrupted: np.ndarray, *, backend: str = "auto"
-) -> tuple[dict[str, float], str]:
-    """Score of every edge: the output change when that edge alone carries the corrupted run's value.
-
-    KL(clean || patched) of the output distribution for categorical outputs, mean squared error for
-    numerical ones, averaged over non-BOS positions. `backend` "engine" uses the C++ engine's sweep
-    (all edges in one call), "numpy" the plain per-edge reference below, "auto" the engine when it
-    works. Returns (scores keyed by edge name such as `"L0.H0->L1.MLP<in>"`, backend used).
-    """
-    from verify.circuit import legal_edges
-
-    edges = legal_edges(model.n_layers, model.n_heads)  # padding heads too: a method sees the whole model
-    if backend in ("auto", "engine"):
-        try:
-            from rasp_compiler.engine import Engine
-
-            metric = "mse" if model.config.output_encoding == "numerical" else "kl"
-            values = Engine(model, threads=1).sweep(
-                clean, corrupted, [[(e.writer, e.reader, e.input)] for e in edges], metric=metric
-            )
-            return {str(e): float(np.nan_to_num(v)) for e, v in zip(edges, values, strict=True)}, "engine"
-        except Exception:
-            if backend == "engine":
-                raise
-    source = _patched_forward(model, corrupted, None, None)[1]
-    base = _patched_forward(model, clean, None, None)[0]
-    scores = {}
-    for e in edges:
-        out = _patched_forward(model, clean, source, (e.writer, e.reader, e.input))[0]
-        scores[str(e)] = _divergence(base, out, model.config.output_encoding == "numerical")
-    return scores, "numpy"
+ACDC_THRESHOLD = 1e-3  # the circuit reported (F1): edges ACDC keeps at this threshold; the ROC uses the sweep
 
 
-def _divergence(base: np.ndarray, out: np.ndarray, numerical: bool) -> float:
-    base, out = base[:, 1:].astype(np.float64), out[:, 1:].astype(np.float64)  # BOS is not an answer
-    if numerical:
-        return float(np.mean((base[..., 0] - out[..., 0]) ** 2))
+def discover(model: Any, program: Any, label: str, *, n: int, seed: int, distinct: bool) -> Discovery:
+    """ACDC (resample ablation, threshold sweep) on `model`, scored against both truths."""
+    import verify
+    from verify import causal, discovery
 
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x - x.max(axis=-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-    lp, lq = log_softmax(base), log_softmax(out)
-    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
-
-
-def _patched_forward(
-    model: Any, ids: np.ndarray, source: dict[str, np.ndarray] | None, edge: tuple[str, str, str] | None
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Forward pass in which each reader input sums the component outputs upstream of it; with `edge`
-    `(writer, reader, input)`, that one input sees the writer's `source` output instead (ACDC semantics).
-    Returns (output logits, component outputs)."""
-    w, cfg = model.weights, model.config
-    n_batch, n_pos = ids.shape
-    outs: dict[str, np.ndarray] = {
-        "embed": w["W_E"][ids],
-        "pos_embed": np.broadcast_to(w["W_pos"][:n_pos], (n_batch, n_pos, cfg.d_model)),
-    }
-    bias = np.zeros((n_batch, n_pos, cfg.d_model), dtype=np.float32)
-    pad = (ids == cfg.pad_token_id) if cfg.pad_token_id is not None else None
-
-    def read(reader: str, inp: str) -> np.ndarray:
-        x = sum(outs.values()) + bias
-        if edge is not None and source is not None and edge[1:] == (reader, inp) and edge[0] in outs:
-            x = x + source[edge[0]] - outs[edge[0]]
-        return x
-
-    for layer in range(cfg.n_layers):
-        a = f"blocks.{layer}.attn."
-        new = {}
-        for h in range(cfg.n_heads):
-            name = f"L{layer}.H{h}"
-            q = read(name, "q") @ w[a + "W_Q"][h] + w[a + "b_Q"][h]
-            k = read(name, "k") @ w[a + "W_K"][h] + w[a + "b_K"][h]
-            v = read(name, "v") @ w[a + "W_V"][h] + w[a + "b_V"][h]
-            s = np.einsum("bqd,bkd->bqk", q, k)
-            if pad is not None:
-                s = np.where(pad[:, None, :], -np.inf, s)
-            s = s - s.max(axis=-1, keepdims=True)
-            p = np.exp(s)
-            p = p / p.sum(axis=-1, keepdims=True)
-            new[name] = (p @ v) @ w[a + "W_O"][h]
-        outs.update(new)
-        bias = bias + w[a + "b_O"]
-        m = f"blocks.{layer}.mlp."
-        name = f"L{layer}.MLP"
-        hidden = np.maximum(read(name, "in") @ w[m + "W_in"] + w[m + "b_in"], 0.0)
-        outs[name] = hidden @ w[m + "W_out"] + w[m + "b_out"]
-    return read("output", "in") @ w["W_U"] + w["b_U"], outs
-
-
-# ----------------------------------------------------------------------------------------------- report
+    data = causal.make_dataset(model, program, n=n, seed=seed, distinct=distinct)
+    result = discovery.acdc(model, data, "resample")
+    truth = verify.ground_truth(model)
+    cut = ACDC_THRESHOLD * 0.999  # verify.score keeps scores above its threshold
+    structural = verify.score(result.scores, truth, "edge", threshold=cut)
+    try:
+        necessary = causal.necessary_edges(model, data, "resample")
+    except (causal.CausalError, ValueError):  # e.g. a variant the causal check cannot read
+        necessary = None
+    ablation = None
+    if necessary is not None and necessary.circuit is not None:
+        ablation = verify.score(result.scores, necessary.circuit, "edge", threshold=cut)
+    return Discovery(label, result, structural, ablation, necessary, len(truth.universe("edge")))
 
 
 def _img_md(path: Path, alt: str) -> str:
@@ -336,6 +259,7 @@ def _write_reports(
     pictures: dict[str, tuple[Path, str]],
     notes: list[str],
     seconds: float,
+    variant_runs: Sequence[Discovery] = (),
 ) -> None:
     md: list[str] = []
     ht: list[str] = []
@@ -413,7 +337,7 @@ def _write_reports(
     ht.append("<h2>Discovery baseline scored against the truth</h2>")
     md.append(method_text + "\n")
     ht.append(f"<p>{html.escape(method_text)}</p>")
-    shead = ["level", "precision", "recall", "F1", "ROC-AUC", "TP", "FP", "FN"]
+    shead = ["edges scored against", "precision", "recall", "F1", "ROC-AUC", "TP", "FP", "FN"]
     srows = [
         [
             lvl,
@@ -445,6 +369,52 @@ def _write_reports(
     for note in notes:
         md.append(f"- {note}")
         ht.append(f"<p>{html.escape(note)}</p>")
+    if len(variant_runs) > 1:
+
+        def auc(r: Any) -> str:
+            return "-" if r is None else f"{r.roc_auc:.3f}"
+
+        def f1(r: Any) -> str:
+            return "-" if r is None else f"{r.f1:.3f}"
+
+        vhead = [
+            "model",
+            "edges",
+            "ROC-AUC (structural)",
+            "F1 (structural)",
+            "ROC-AUC (ablation-aware)",
+            "F1 (ablation-aware)",
+            "seconds",
+        ]
+        vrows = [
+            [
+                d.label,
+                str(d.model_edges),
+                auc(d.structural),
+                f1(d.structural),
+                auc(d.ablation),
+                f1(d.ablation),
+                f"{d.result.runtime_s:.2f}",
+            ]
+            for d in variant_runs
+        ]
+        text = (
+            f"The same ACDC run on harder copies of `{focus}` that compute the same function: a random "
+            "rotation of the residual basis, and distractor heads and neurons (writing where nothing "
+            "reads, or cancelling in pairs) that are outside the truth."
+        )
+        md.append("\n### Variants\n\n" + text + "\n")
+        md.append("| " + " | ".join(vhead) + " |")
+        md.append("|" + "---|" * len(vhead))
+        md += ["| " + " | ".join(r) + " |" for r in vrows]
+        md.append("")
+        ht.append(
+            f"<h3>Variants</h3><p>{html.escape(text)}</p><table><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in vhead)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in vrows)
+            + "</table>"
+        )
     footer = (
         f"Made by `rasp-compiler demo` in {seconds:.1f} s. Models: `{out / 'models'}`; "
         f"try `rasp-compiler circuit {out / 'models' / focus}`."
@@ -475,7 +445,6 @@ def run_demo(
     seed: int = 0,
 ) -> DemoResult:
     """Compile, check, discover, score, draw and write the report; see the module docstring."""
-    import verify
     from rasp_compiler import pictures as pics
     from rasp_compiler.lib import LIBRARY
     from rasp_compiler.source import to_source
@@ -509,39 +478,52 @@ def run_demo(
 
     entry = LIBRARY[focus]
     program = focus_program
-    clean, corrupted = _pairs(
-        focus_model, program, focus_model.codec.vocab, entry.max_seq_len, n_pairs, entry.distinct_tokens, rng
-    )
-    say(f"activation patching on {focus}: {len(clean)} clean/corrupted pairs, every edge alone")
-    scores_by_edge, backend = edge_patching_scores(focus_model, clean, corrupted)
-    threshold = 1e-3
-    results = {
-        "node": verify.score(scores_by_edge, focus_truth, "node", threshold=threshold),
-        "edge": verify.score(scores_by_edge, focus_truth, "edge", threshold=threshold),
-    }
-    backend_text = "C++ engine" if backend == "engine" else "numpy reference (the C++ engine was unavailable)"
+    say(f"ACDC (resample ablation) on {focus}: {n_pairs} clean/corrupted pairs, thresholds sweep")
+    plain = discover(focus_model, program, "plain", n=n_pairs, seed=seed, distinct=entry.distinct_tokens)
+    results = {"structural truth": plain.structural}
+    if plain.ablation is not None:
+        results["ablation-aware truth"] = plain.ablation
+    variant_runs = [plain]
+    variant_runs += _variant_discoveries(focus_model, program, n_pairs, seed, entry.distinct_tokens, say)
+    backend_text = "C++ engine" if plain.result.backend == "engine" else f"{plain.result.backend} backend"
     metric = "mean squared error" if focus_model.config.output_encoding == "numerical" else "KL divergence"
     method_text = (
-        f"Method: edge activation patching (resample ablation). For each of the model's "
-        f"{len(scores_by_edge)} edges, only that edge carried its value from a corrupted input while "
-        f"everything else ran on the clean input ({len(clean)} pairs of length {entry.max_seq_len}); "
-        f"the edge's score is the {metric} of the output against the clean run (computed with the "
-        f"{backend_text}). Edges scoring above "
-        f"{threshold:g} form the discovered circuit; the ROC ranks all edges by score."
+        f"Method: ACDC (verify.discovery.acdc) with resample ablation on {n_pairs} clean/corrupted input "
+        f"pairs of length {entry.max_seq_len}. Starting from all {plain.model_edges} edges, it visits "
+        f"readers from the output backwards and removes each input edge whose ablation raises the "
+        f"{metric} of the output by less than a threshold; an edge's score is the largest threshold "
+        f"(of 1e-4 ... 1) at which it survives, which gives the ROC; the circuit scored for F1 is the "
+        f"one kept at {ACDC_THRESHOLD:g} ({plain.result.runtime_s:.2f} s on the {backend_text}, "
+        f"{plain.result.n_forward} forward passes). It is scored against two truths: the structural "
+        f"one the compiler records, and the ablation-aware one (verify.causal.necessary_edges)."
     )
-    missed = results["edge"].false_negatives
     notes = []
+    nec = plain.necessary
+    if nec is not None:
+        only_s = [e for e in nec.structural if e not in set(nec.edges)]
+        only_a = [e for e in nec.edges if e not in set(nec.structural)]
+        notes.append(
+            f"Why the truths differ: the structural truth ({len(nec.structural)} edges) holds every edge "
+            f"that carries a variable the output is computed from, while the ablation-aware truth "
+            f"({len(nec.edges)} edges) holds only the edges whose single resample ablation changes some "
+            f"output on this dataset. An edge is invisible to one-at-a-time ablation when the variable "
+            f"it carries is the same on the clean and the corrupted input (the `one` direction, BOS, "
+            f"positions of equal-length inputs) or matters only together with another edge"
+            + (f"; here {len(only_s)} structural edges are not needed alone" if only_s else "")
+            + (f" and {len(only_a)} edges outside it matter through leaks" if only_a else "")
+            + "."
+        )
+        for name in only_s[:4]:
+            notes.append(f"`{name}`: {nec.explanations.get(name, 'not needed alone')}")
+    missed = plain.structural.false_negatives
     if missed:
         notes.append(
-            f"Edges the baseline missed ({len(missed)}): {', '.join(missed[:10])}"
-            f"{' ...' if len(missed) > 10 else ''}. Patching one edge at a time from a corrupted input "
-            f"cannot see an edge whose variable is the same on both inputs (the `one` direction, the BOS "
-            f"token, positions) or that only matters together with another edge: the structural truth "
-            f"says what carries information, not what a given ablation detects."
+            f"Structural edges ACDC dropped at {ACDC_THRESHOLD:g} ({len(missed)}): {', '.join(missed[:10])}"
+            f"{' ...' if len(missed) > 10 else ''}."
         )
-    if results["edge"].false_positives:
+    if plain.structural.false_positives:
         notes.append(
-            f"Edges it claimed outside the truth: {', '.join(results['edge'].false_positives[:10])}."
+            f"Edges it kept outside the structural truth: {', '.join(plain.structural.false_positives[:10])}."
         )
 
     say("drawing pictures")
@@ -586,25 +568,69 @@ def run_demo(
             f"{', '.join(sorted(focus_truth.nodes[head])) or '?'}) on one input",
         )
     roc_png = pics.roc_curves(
-        [(f"activation patching ({lvl})", r.fpr, r.tpr, r.roc_auc) for lvl, r in results.items()],
+        [(f"ACDC vs {lvl}", r.fpr, r.tpr, r.roc_auc) for lvl, r in results.items()],
         out / "roc.png",
-        title=f"{focus}: discovered vs ground truth",
+        title=f"{focus}: ACDC edge scores vs the two truths",
     )
-    pictures["roc"] = (roc_png, "ROC of the baseline's edge and node scores against the ground truth")
+    pictures["roc"] = (
+        roc_png,
+        "ROC of ACDC's edge scores against the structural truth and the ablation-aware truth",
+    )
     try:
         source = to_source(program, strict=False)
     except Exception:  # noqa: BLE001 - the report still has the graph description
         source = focus_model.program_source
     seconds = time.perf_counter() - t0
     _write_reports(
-        out, checks, focus, source, focus_truth.describe(), method_text, results, pictures, notes, seconds
+        out,
+        checks,
+        focus,
+        source,
+        focus_truth.describe(),
+        method_text,
+        results,
+        pictures,
+        notes,
+        seconds,
+        variant_runs,
     )
     return DemoResult(
         out,
         checks,
         focus,
-        "edge activation patching",
+        "ACDC (resample)",
         results,
         {k: v[0] for k, v in pictures.items()},
         seconds,
+        variant_runs,
     )
+
+
+def _variant_discoveries(
+    model: Any, program: Any, n: int, seed: int, distinct: bool, say: Any
+) -> list[Discovery]:
+    """ACDC on a rotated and on a noisy copy of the focus model (same function, harder truth)."""
+    from rasp_compiler import variants
+
+    runs = []
+    inputs = None
+    builders = {
+        "rotated": lambda: variants.rotate(model, seed, inputs=inputs),
+        "distractors (2 heads, 4 neurons, 1 cancelling pair)": lambda: variants.add_noise(
+            model, heads=2, neurons=4, cancel_heads=1, cancel_neurons=1, seed=seed, inputs=inputs
+        ),
+    }
+    if distinct:
+        from verify import causal
+
+        data = causal.make_dataset(model, program, n=64, seed=seed + 1, distinct=True)
+        inputs = [[model.codec.bos, *x] for x in data.clean + data.corrupt]
+    for label, build in builders.items():
+        try:
+            v = build()
+            runs.append(discover(v, program, label, n=n, seed=seed, distinct=distinct))
+        except Exception as e:  # noqa: BLE001 - a variant line is optional; say why it is missing
+            say(f"variant {label}: skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            continue
+        say(f"variant {label}: ROC-AUC {runs[-1].structural.roc_auc:.3f} vs the structural truth")
+    return runs

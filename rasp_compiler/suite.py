@@ -10,14 +10,24 @@
         circuit.json                       ground truth, verify's JSON form
         circuit.acdc.json, circuit.autocircuit.json, circuit.eapig.json, circuit.tl_hooks.json
         dataset.json                       clean / corrupted input pairs with the evaluator's outputs
-        card.json                          program, sizes, op kinds, layers, circuit size
+        card.json                          program, sizes, op kinds, layers, circuit size, variant record
+        outputs/<name>.circuit.json        multi-output models (--multi K): each output's own circuit
+
+Variants (`SuiteVariants`, the CLI's `--multi/--noise/--rotate/--compress`): each model is built as usual
+(K programs in one residual stream with `--multi K`: the item's program first, then partners over the
+same vocabulary), then transformed in this order: distractors and weight noise
+(`variants.add_noise`), a random rotation of the residual basis (`variants.rotate`), compression
+(`variants.compress`; approximate, its measured accuracy recorded). The circuit files describe the
+first output; the card's "variant" section (from `variants.variant_card`, the basis left in
+model.json) and the index row name every step.
 
 Models are library programs (`rasp_compiler.lib.LIBRARY`) and generated ones
 (`rasp_compiler.generate`). Each model is one work item whose every random choice is seeded from
 `(seed, item index)` alone, so results do not depend on the worker count or on the order items
 finish. A model directory is built completely in memory, written to `<id>.tmp-<pid>` and renamed:
 a directory without the `.tmp` suffix is complete, and a second run skips it (resumable). The same
-seed gives byte-identical files: JSON with sorted keys, no timestamps, canonical safetensors headers.
+seed gives byte-identical files: JSON with sorted keys, no timestamps, and `rasp_compiler.io.save`
+writes canonical safetensors headers.
 """
 
 from __future__ import annotations
@@ -30,7 +40,6 @@ import math
 import os
 import random
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -44,6 +53,7 @@ __all__ = [
     "SUITE_VERSION",
     "SuiteError",
     "SuiteSummary",
+    "SuiteVariants",
     "WorkItem",
     "available_cores",
     "build_item",
@@ -76,6 +86,61 @@ class SuiteError(ValueError):
     """A suite cannot be generated or resumed as asked (wrong directory, settings mismatch, ...)."""
 
 
+# Partners of a multi-output model whose own vocabulary group has too few programs: these library
+# programs are defined on any vocabulary.
+_ANY_VOCAB_PARTNERS = ("length", "reverse", "hist", "first_occurrence", "dedup")
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteVariants:
+    """Which harder-truth variants every model of the suite gets (docs/CONTRACTS.md, Requests to suite).
+
+    `multi`: programs per model (1 = plain); `noise_heads` / `noise_neurons`: distractors writing to
+    directions nobody reads; `cancel_pairs`: cancelling head pairs and neuron pairs; `weight_noise`:
+    relative noise on nonzero weights (kept only where outputs stay exact); `rotate`: a random
+    orthogonal residual basis; `compress`: residual width as a fraction of d_model (None = off),
+    through `compress_method`.
+    """
+
+    multi: int = 1
+    noise_heads: int = 0
+    noise_neurons: int = 0
+    cancel_pairs: int = 0
+    weight_noise: float = 0.0
+    rotate: bool = False
+    compress: float | None = None
+    compress_method: str = "pca"
+
+    def __post_init__(self) -> None:
+        from rasp_compiler.variants import COMPRESS_METHODS
+
+        if isinstance(self.multi, bool) or not isinstance(self.multi, int) or not 1 <= self.multi <= 6:
+            raise SuiteError(f"--multi must be an int from 1 to 6, got {self.multi!r}")
+        for name in ("noise_heads", "noise_neurons", "cancel_pairs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SuiteError(f"{name.replace('_', '-')} must be an int >= 0, got {v!r}")
+        if not (isinstance(self.weight_noise, int | float) and 0 <= self.weight_noise <= 1):
+            raise SuiteError(f"--weight-noise must be in [0, 1], got {self.weight_noise!r}")
+        if self.compress is not None and not 0 < self.compress < 1:
+            raise SuiteError(f"--compress takes a fraction of d_model in (0, 1), got {self.compress!r}")
+        if self.compress_method not in COMPRESS_METHODS:
+            raise SuiteError(
+                f"--compress-method must be one of {COMPRESS_METHODS}, got {self.compress_method!r}"
+            )
+
+    @property
+    def noisy(self) -> bool:
+        return bool(self.noise_heads or self.noise_neurons or self.cancel_pairs or self.weight_noise)
+
+    @property
+    def any(self) -> bool:
+        return self.multi > 1 or self.noisy or self.rotate or self.compress is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkItem:
     """One model of the suite: its position, directory name, origin and the suite seed."""
@@ -86,6 +151,7 @@ class WorkItem:
     name: str  # library program name, or "generated"
     seed: int
     pairs: int
+    variants: SuiteVariants = SuiteVariants()
 
 
 @dataclasses.dataclass
@@ -127,7 +193,7 @@ class SuiteSummary:
 # ----------------------------------------------------------------------------------------------- plan
 
 
-def plan(n: int, seed: int, pairs: int = 32) -> list[WorkItem]:
+def plan(n: int, seed: int, pairs: int = 32, variants: SuiteVariants | None = None) -> list[WorkItem]:
     """The suite's work items: about half library programs (all of them when n >= 60), then generated."""
     from rasp_compiler.lib import LIBRARY
 
@@ -138,9 +204,10 @@ def plan(n: int, seed: int, pairs: int = 32) -> list[WorkItem]:
     names = sorted(LIBRARY)
     n_lib = min(len(names), max(1, n // 2))
     chosen = names if n_lib == len(names) else random.Random(f"suite-library:{seed}").sample(names, n_lib)
-    items = [WorkItem(i, f"{i:04d}-{name}", "library", name, seed, pairs) for i, name in enumerate(chosen)]
+    v = variants or SuiteVariants()
+    items = [WorkItem(i, f"{i:04d}-{name}", "library", name, seed, pairs, v) for i, name in enumerate(chosen)]
     items += [
-        WorkItem(i, f"{i:04d}-generated", "generated", "generated", seed, pairs) for i in range(n_lib, n)
+        WorkItem(i, f"{i:04d}-generated", "generated", "generated", seed, pairs, v) for i in range(n_lib, n)
     ]
     return items
 
@@ -201,11 +268,13 @@ def make_pairs(
     rng: random.Random,
     *,
     distinct: bool = False,
+    others: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """`n` clean/corrupted input pairs of equal length, each with the evaluator's outputs.
 
     Corrupted inputs differ from clean ones where possible (resample-ablation datasets); inputs on which
-    the evaluator raises (a program undefined there) are redrawn.
+    the evaluator raises (a program undefined there) are redrawn. `others` ({name: program}, the other
+    outputs of a multi-output model) adds `outputs_expected: {name: {clean, corrupted}}` to each pair.
     """
     from rasp_compiler import rasp
 
@@ -231,39 +300,17 @@ def make_pairs(
         try:
             ce = rasp.evaluate(program, clean)
             xe = rasp.evaluate(program, corrupted)
+            extra = {
+                name: {"clean": rasp.evaluate(p, clean), "corrupted": rasp.evaluate(p, corrupted)}
+                for name, p in (others or {}).items()
+            }
         except rasp.RASPError:
             continue
-        out.append({"clean": clean, "corrupted": corrupted, "clean_expected": ce, "corrupted_expected": xe})
+        pair = {"clean": clean, "corrupted": corrupted, "clean_expected": ce, "corrupted_expected": xe}
+        if others:
+            pair["outputs_expected"] = extra
+        out.append(pair)
     return out
-
-
-def _canonical_safetensors(directory: Path) -> None:
-    """Rewrite the safetensors header with sorted metadata and fix the recorded hash in model.json.
-
-    safetensors writes its `__metadata__` map in per-process hash order, so the same weights give
-    different bytes in different processes. The header keeps its length (only the order changes).
-    """
-    wpath, jpath = directory / "weights.safetensors", directory / "model.json"
-    raw = wpath.read_bytes()
-    (hlen,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + hlen])
-    meta = header.pop("__metadata__", None)
-    canon: dict[str, Any] = {}
-    if meta is not None:
-        canon["__metadata__"] = dict(sorted(meta.items()))
-    canon.update(sorted(header.items()))
-    text = json.dumps(canon, separators=(",", ":")).encode()
-    if len(text) > hlen:
-        return  # cannot happen for a reordering; leave the file as written
-    text += b" " * (hlen - len(text))
-    new = raw[:8] + text + raw[8 + hlen :]
-    if new == raw:
-        return
-    old_sha, new_sha = hashlib.sha256(raw).hexdigest(), hashlib.sha256(new).hexdigest()
-    wpath.write_bytes(new)
-    jtext = jpath.read_text(encoding="utf-8")
-    if old_sha in jtext:
-        jpath.write_text(jtext.replace(old_sha, new_sha), encoding="utf-8")
 
 
 def _layers(annotation: dict[str, Any] | None, n_layers: int) -> list[dict[str, Any]]:
@@ -321,6 +368,22 @@ def _circuit_files(truth: Any) -> dict[str, bytes]:
     }
 
 
+def _partners(item: WorkItem, vocab: tuple, distinct: bool, k: int) -> dict[str, Any]:
+    """`k` other library programs to share a multi-output model with the item's program: first those
+    over the same vocabulary, then programs defined on any vocabulary; seeded by the item alone."""
+    from rasp_compiler.lib import LIBRARY
+    from rasp_compiler.model import sort_values
+
+    same = [
+        n
+        for n, e in sorted(LIBRARY.items())
+        if n != item.name and tuple(sort_values(e.vocab)) == vocab and e.distinct_tokens == distinct
+    ]
+    random.Random(_item_seed(item, "partners")).shuffle(same)
+    pool = same + [n for n in _ANY_VOCAB_PARTNERS if n != item.name and n not in same]
+    return {n: LIBRARY[n].builder() for n in pool[:k]}
+
+
 def _draft(item: WorkItem, attempt: int) -> tuple[Any, tuple, int, tuple[int, ...], bool, str]:
     """(program, vocab, max_seq_len, lengths, distinct_tokens, summary) for one attempt at an item."""
     from rasp_compiler import generate
@@ -343,6 +406,62 @@ def _draft(item: WorkItem, attempt: int) -> tuple[Any, tuple, int, tuple[int, ..
     return gp.program, tuple(gp.vocab), gp.max_seq_len, gp.lengths, False, f"generated program ({size})"
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _apply_variants(
+    model: Any, v: SuiteVariants, item: WorkItem, attempt: int, inputs: list[list[Any]]
+) -> Any:
+    """Noise, then rotation, then compression, as `v` asks; each step checks itself on `inputs`."""
+    from rasp_compiler import variants
+
+    if v.noisy:
+        model = variants.add_noise(
+            model,
+            heads=v.noise_heads,
+            neurons=v.noise_neurons,
+            weight_noise=float(v.weight_noise),
+            seed=_item_seed(item, "noise", attempt),
+            cancel_heads=v.cancel_pairs,
+            cancel_neurons=v.cancel_pairs,
+            inputs=inputs,
+        )
+    if v.rotate:
+        model = variants.rotate(model, _item_seed(item, "rotate", attempt), inputs=inputs)
+    if v.compress is not None:
+        d = max(1, min(model.config.d_model - 1, round(v.compress * model.config.d_model)))
+        model = variants.compress(
+            model,
+            d,
+            method=v.compress_method,
+            seed=_item_seed(item, "compress", attempt) % 2**32,
+            inputs=inputs,
+        )
+    return model
+
+
+def _mismatch(
+    model: Any, views: dict[str, Any], inputs: list, wanted: dict[str, list], numerical: dict
+) -> str:
+    """'' when every output equals the evaluator on every input, else a one-line description."""
+    for name, view in views.items():
+        got = view.apply_batch([[model.codec.bos, *x] for x in inputs])
+        bad = [
+            i
+            for i, (w, g) in enumerate(zip(wanted[name], got, strict=True))
+            if not _same(w, g[1:], numerical[name])
+        ]
+        if bad:
+            i = bad[0]
+            label = f"output {name!r}: " if len(views) > 1 else ""
+            return (
+                f"{label}model disagrees with the evaluator on {len(bad)} of {len(inputs)} inputs, e.g. "
+                f"{inputs[i]}: expected {wanted[name][i]}, got {got[i][1:]}"
+            )
+    return ""
+
+
 def build_item(item: WorkItem) -> dict[str, Any]:
     """Compile, check and describe one model; returns {"id", "files": {name: bytes}, "card"} or an error.
 
@@ -350,65 +469,112 @@ def build_item(item: WorkItem) -> dict[str, Any]:
     private temporary directory).
     """
     import verify
-    from rasp_compiler import compiling, rasp
+    from rasp_compiler import compiling, multi, rasp, variants
     from rasp_compiler.generate import op_kinds
     from rasp_compiler.source import to_source
+    from verify.circuit import CircuitError
 
+    v = item.variants
     rejected: Counter = Counter()
-    attempts = 1 if item.origin == "library" else MAX_ATTEMPTS
+    attempts = (3 if v.any else 1) if item.origin == "library" else MAX_ATTEMPTS
     last_error = ""
     for attempt in range(attempts):
         try:
             program, vocab, max_seq_len, lengths, distinct, summary = _draft(item, attempt)
-            model = compiling.compile_rasp_to_model(program, vocab, max_seq_len)
-        except (compiling.CompileError, rasp.RASPError) as e:
+            programs = {item.name: program}
+            if v.multi > 1:
+                programs.update(_partners(item, vocab, distinct, v.multi - 1))
+                model = multi.compile_programs(programs, vocab, max_seq_len)
+            else:
+                model = compiling.compile_rasp_to_model(program, vocab, max_seq_len)
+        except (compiling.CompileError, rasp.RASPError, multi.MultiOutputError) as e:
             rejected["compile_error"] += 1
-            last_error = f"compile error: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            last_error = f"compile error: {_first_line(e)}"
             continue
-        numerical = model.config.output_encoding == "numerical"
+        views = (
+            {n: multi.output_view(model, n) for n in programs} if len(programs) > 1 else {item.name: model}
+        )
+        numerical = {n: m.config.output_encoding == "numerical" for n, m in views.items()}
         rng = random.Random(_item_seed(item, "data", attempt))
+        others = {n: p for n, p in programs.items() if n != item.name}
         try:
-            pairs = make_pairs(program, vocab, lengths, item.pairs, rng, distinct=distinct)
+            pairs = make_pairs(program, vocab, lengths, item.pairs, rng, distinct=distinct, others=others)
         except SuiteError as e:
             rejected["evaluator_error"] += 1
             last_error = str(e)
             continue
         inputs = [p[k] for p in pairs for k in ("clean", "corrupted")]
-        wanted = [p[k] for p in pairs for k in ("clean_expected", "corrupted_expected")]
-        got = model.apply_batch([[model.codec.bos, *x] for x in inputs])
-        bad = [i for i, (w, g) in enumerate(zip(wanted, got, strict=True)) if not _same(w, g[1:], numerical)]
+        wanted = {item.name: [p[k] for p in pairs for k in ("clean_expected", "corrupted_expected")]}
+        for n in others:
+            wanted[n] = [p["outputs_expected"][n][k] for p in pairs for k in ("clean", "corrupted")]
+        bad = _mismatch(model, views, inputs, wanted, numerical)
         if bad:
             rejected["mismatch"] += 1
-            i = bad[0]
-            last_error = (
-                f"model disagrees with the evaluator on {len(bad)} of {len(inputs)} inputs, e.g. "
-                f"{inputs[i]}: expected {wanted[i]}, got {got[i][1:]}"
-            )
+            last_error = bad
             continue
-        truth = verify.ground_truth(model)
-        truth_w = verify.ground_truth(model, method="weights")
+        if v.noisy or v.rotate or v.compress is not None:
+            try:
+                model = _apply_variants(model, v, item, attempt, [[model.codec.bos, *x] for x in inputs])
+            except variants.VariantError as e:
+                rejected["variant_error"] += 1
+                last_error = f"variant: {_first_line(e)}"
+                continue
+            views = (
+                {n: multi.output_view(model, n) for n in programs}
+                if len(programs) > 1
+                else {item.name: model}
+            )
+            if v.compress is None:  # the variant functions check themselves; this is the evaluator's word
+                bad = _mismatch(model, views, inputs, wanted, numerical)
+                if bad:
+                    rejected["variant_mismatch"] += 1
+                    last_error = f"after the variants: {bad}"
+                    continue
+        card_variant = variants.variant_card(model)
+        truth_of = {n: verify.ground_truth(model, output=n) if len(programs) > 1 else None for n in programs}
+        truth = truth_of[item.name] if len(programs) > 1 else verify.ground_truth(model)
+        try:
+            truth_w = (
+                verify.ground_truth(model, method="weights", output=item.name)
+                if len(programs) > 1
+                else verify.ground_truth(model, method="weights")
+            )
+            weights_agree: bool | None = truth == truth_w
+        except CircuitError:  # compressed residuals: only the annotation's (approximate) truth exists
+            weights_agree = None
         files: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory(prefix="rasp-suite-") as tmp:
             model.save(tmp)
-            _canonical_safetensors(Path(tmp))
             for name in ("weights.safetensors", "model.json"):
                 files[name] = (Path(tmp) / name).read_bytes()
-        try:
-            source = to_source(program, strict=False)
-        except Exception as e:  # noqa: BLE001 - a card without source is still a card
-            source = f"# source unavailable: {type(e).__name__}\n"
+        sources: dict[str, str] = {}
+        for n, p in programs.items():
+            try:
+                sources[n] = to_source(p, strict=False)
+            except Exception as e:  # noqa: BLE001 - a card without source is still a card
+                sources[n] = f"# source unavailable: {type(e).__name__}\n"
+        source = sources[item.name]
         files["program.py"] = source.encode()
         files.update(_circuit_files(truth))
-        files["dataset.json"] = _dump(
-            {
-                "format": DATASET_FORMAT,
-                "version": 1,
-                "output": truth.output,
-                "output_encoding": model.config.output_encoding,
-                "bos": _jsonable(model.codec.bos),
-                "pairs": _jsonable_pairs(pairs),
+        if len(programs) > 1:
+            from verify import formats
+
+            for n, t in truth_of.items():
+                files[f"outputs/{n}.circuit.json"] = _dump(formats.to_json(t))
+        dataset = {
+            "format": DATASET_FORMAT,
+            "version": 1,
+            "output": truth.output,
+            "output_encoding": views[item.name].config.output_encoding,
+            "bos": _jsonable(model.codec.bos),
+            "pairs": _jsonable_pairs(pairs),
+        }
+        if len(programs) > 1:
+            dataset["outputs"] = {
+                n: {"output": truth_of[n].output, "output_encoding": views[n].config.output_encoding}
+                for n in programs
             }
-        )
+        files["dataset.json"] = _dump(dataset)
         cfg = model.config
         card = {
             "id": item.model_id,
@@ -425,7 +591,7 @@ def build_item(item: WorkItem) -> dict[str, Any]:
             "input_lengths": list(lengths),
             "distinct_tokens": distinct,
             "output": truth.output,
-            "output_encoding": cfg.output_encoding,
+            "output_encoding": views[item.name].config.output_encoding,
             "sizes": {
                 "n_layers": cfg.n_layers,
                 "d_model": cfg.d_model,
@@ -447,10 +613,29 @@ def build_item(item: WorkItem) -> dict[str, Any]:
                 "edges": len(truth.edges),
                 "model_nodes": len(truth.universe("node")),
                 "model_edges": len(truth.universe("edge")),
-                "weights_truth_agrees": truth == truth_w,
+                "weights_truth_agrees": weights_agree,
+                "approximate": bool(getattr(truth, "approximate", False)),
             },
             "checked_inputs": len(inputs),
+            "variants": v.to_json(),
+            "variant": None
+            if card_variant is None
+            else {k: val for k, val in sorted(card_variant.items()) if k != "basis"}
+            | ({"basis": "in model.json (annotation.variant.basis)"} if "basis" in card_variant else {}),
         }
+        if len(programs) > 1:
+            card["outputs"] = [
+                {
+                    "name": n,
+                    "output": truth_of[n].output,
+                    "output_encoding": views[n].config.output_encoding,
+                    "program_source": sources[n],
+                    "op_kinds": dict(sorted(op_kinds(p).items())),
+                    "circuit": {"nodes": len(truth_of[n].node_names()), "edges": len(truth_of[n].edges)},
+                    "circuit_file": f"outputs/{n}.circuit.json",
+                }
+                for n, p in programs.items()
+            ]
         files["card.json"] = _dump(card)
         return {"id": item.model_id, "files": files, "card": card}
     return {
@@ -542,6 +727,7 @@ def _write_model(out: Path, result: dict[str, Any]) -> None:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     for name, data in sorted(result["files"].items()):
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(data)
     os.replace(tmp, models / result["id"])
 
@@ -560,7 +746,13 @@ def read_index(out: str | Path) -> dict[str, Any]:
 
 
 def _write_index(
-    out: Path, items: list[WorkItem], n: int, seed: int, pairs: int, failed: dict[str, dict[str, Any]]
+    out: Path,
+    items: list[WorkItem],
+    n: int,
+    seed: int,
+    pairs: int,
+    failed: dict[str, dict[str, Any]],
+    variants: SuiteVariants,
 ) -> None:
     rows = []
     for it in items:
@@ -583,6 +775,10 @@ def _write_index(
                 "circuit_edges": card["circuit"]["edges"],
                 "model_edges": card["circuit"]["model_edges"],
                 "weights_truth_agrees": card["circuit"]["weights_truth_agrees"],
+                "outputs": [o["name"] for o in card.get("outputs", [])] or [card["name"]],
+                "variant_steps": [st["kind"] for st in (card.get("variant") or {}).get("steps", [])],
+                "approximate": bool((card.get("variant") or {}).get("approximate", False)),
+                "accuracy": (card.get("variant") or {}).get("accuracy"),
             }
         )
     index = {
@@ -591,6 +787,7 @@ def _write_index(
         "seed": seed,
         "n": n,
         "pairs": pairs,
+        "variants": variants.to_json(),
         "complete": len(rows) == n,
         "models": rows,
         "failed": [failed[k] for k in sorted(failed)],
@@ -605,7 +802,8 @@ def _write_index(
             "circuit.tl_hooks.json",
             "dataset.json",
             "card.json",
-        ],
+        ]
+        + (["outputs/<name>.circuit.json"] if variants.multi > 1 else []),
     }
     tmp = out / "index.json.tmp"
     tmp.write_bytes(_dump(index))
@@ -639,12 +837,16 @@ def generate_suite(
     use_ray: bool = False,
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    variants: SuiteVariants | None = None,
 ) -> SuiteSummary:
     """Build (or finish) the suite of `n` models for `seed` in `out`; see the module docstring."""
     t0 = time.perf_counter()
     out = Path(out)
-    items = plan(n, seed, pairs)
+    variants = variants or SuiteVariants()
+    items = plan(n, seed, pairs, variants)
     settings = {"format": SUITE_FORMAT, "version": SUITE_VERSION, "seed": seed, "n": n, "pairs": pairs}
+    if variants.any:  # plain suites keep the settings file they always had
+        settings["variants"] = variants.to_json()
     _check_settings(out, settings)
     models = out / "models"
     models.mkdir(exist_ok=True)
@@ -677,7 +879,7 @@ def generate_suite(
     finally:
         if bar is not None:
             bar.close()
-    _write_index(out, items, n, seed, pairs, failed)
+    _write_index(out, items, n, seed, pairs, failed, variants)
     for it in items:
         if _complete(out, it.model_id):
             card = json.loads((models / it.model_id / "card.json").read_text(encoding="utf-8"))

@@ -158,3 +158,52 @@ def test_compiled_model_round_trip(tmp_path):
         a, b = m.apply(["BOS", *xs]), back.apply(["BOS", *xs])
         assert a.decoded == b.decoded == ["BOS", *reversed(xs)]
         assert a.output.tobytes() == b.output.tobytes()
+
+
+def test_weights_header_is_canonical(saved):
+    """The safetensors header lists `__metadata__` first, then tensors by name, each map sorted."""
+    import struct
+
+    raw = (saved / "weights.safetensors").read_bytes()
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    pairs = json.loads(raw[8 : 8 + hlen], object_pairs_hook=lambda kv: kv)
+    keys = [k for k, _ in pairs]
+    assert keys[0] == "__metadata__" and keys[1:] == sorted(keys[1:])
+    assert [k for k, _ in dict(pairs)["__metadata__"]] == ["format", "version"]
+    assert (8 + hlen) % 8 == 0  # the data buffer stays aligned as the format requires
+    m = load(saved)
+    from safetensors.numpy import load_file
+
+    direct = load_file(str(saved / "weights.safetensors"))
+    assert sorted(direct) == sorted(m.weights)
+
+
+def test_save_is_byte_identical_across_processes(tmp_path):
+    """Different string-hash seeds (what changed safetensors' metadata order) give the same files."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from _model_factory import random_model; "
+        "from rasp_compiler.io import save; save(random_model(3, pad='PAD'), sys.argv[1])"
+    )
+    outs = []
+    for hashseed in ("1", "2", "3"):
+        d = tmp_path / f"h{hashseed}"
+        env = {
+            **os.environ,
+            "PYTHONHASHSEED": hashseed,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(here.parent),
+        }
+        subprocess.run([sys.executable, "-c", code, str(d), str(here)], check=True, env=env, timeout=120)
+        outs.append({p.name: p.read_bytes() for p in sorted(d.iterdir())})
+    assert outs[0] == outs[1] == outs[2]
+    import hashlib
+
+    doc = json.loads(outs[0]["model.json"])
+    assert doc["weights_sha256"] == hashlib.sha256(outs[0]["weights.safetensors"]).hexdigest()
+    load(tmp_path / "h1")

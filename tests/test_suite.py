@@ -160,3 +160,119 @@ def test_ray_local_instance_gives_same_files(suites: tuple[Path, Path], tmp_path
     p = cli("suite", "--n", str(N), "--seed", "3", "--out", str(r), "--ray", "--quiet", timeout=600)
     assert p.returncode == 0, p.stderr
     assert tree_hashes(r) == tree_hashes(a)
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+
+def _decoded_all(model, tokens: list) -> dict:
+    import numpy as np
+
+    from rasp_compiler import multi
+
+    return multi.decode_outputs(model, model.forward_numpy(np.array(model.encode(tokens))))
+
+
+def _programs_of(d: Path) -> dict:
+    """Each output's program, rebuilt from the printed source in the card (the evaluator is the oracle)."""
+    from rasp_compiler.source import from_source
+
+    card = json.loads((d / "card.json").read_text())
+    if "outputs" in card:
+        return {o["name"]: from_source(o["program_source"]) for o in card["outputs"]}
+    return {card["name"]: from_source((d / "program.py").read_text())}
+
+
+def test_noisy_rotated_suite_is_reproducible_exact_and_recorded(tmp_path: Path) -> None:
+    from rasp_compiler import rasp
+    from rasp_compiler.io import load
+
+    args = ["suite", "--n", "3", "--seed", "7", "--noise", "--rotate", "--pairs", "8", "--quiet"]
+    p = cli(*args, "--out", str(tmp_path / "a"), "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    p = cli(*args, "--out", str(tmp_path / "b"), "--workers", "2")
+    assert p.returncode == 0, p.stderr
+    assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
+    index = json.loads((tmp_path / "a" / "index.json").read_text())
+    assert index["variants"]["rotate"] and index["variants"]["noise_heads"] == 2
+    assert len(index["models"]) == 3
+    for row in index["models"]:
+        assert row["variant_steps"] == ["noise", "rotate"] and not row["approximate"]
+        d = tmp_path / "a" / row["dir"]
+        card = json.loads((d / "card.json").read_text())
+        assert [s["kind"] for s in card["variant"]["steps"]] == ["noise", "rotate"]
+        model = load(d)
+        assert model.config.residual_labels[0] == "basis:0"  # no basis vector is named like a variable
+        noise = card["variant"]["steps"][0]["components"]
+        distractor_heads = {f"L{c['layer']}.H{c['head']}" for c in noise if c["component"] == "attn"}
+        assert len(distractor_heads) == 2 + 2  # 2 distractors + 1 cancelling pair
+        in_truth = {n["name"] for n in json.loads((d / "circuit.json").read_text())["nodes"]}
+        assert not distractor_heads & in_truth  # distractors are outside the ground truth
+        assert max(int(h.split(".H")[1]) for h in distractor_heads) < model.config.n_heads
+        ((name, program),) = _programs_of(d).items()
+        data = json.loads((d / "dataset.json").read_text())
+        for pair in data["pairs"]:
+            for key in ("clean", "corrupted"):
+                want = rasp.evaluate(program, pair[key])
+                got = model.apply([model.codec.bos, *pair[key]]).decoded[1:]
+                if data["output_encoding"] == "numerical":
+                    assert got == pytest.approx(want, abs=1e-4)
+                else:
+                    assert got == want
+    # a resumed run with other variants is refused in one line
+    p = cli("suite", "--n", "3", "--seed", "7", "--rotate", "--pairs", "8", "--out", str(tmp_path / "a"))
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "variants" in p.stderr
+
+
+def test_compressed_suite_records_the_accuracy_it_has(tmp_path: Path) -> None:
+    from rasp_compiler import rasp
+    from rasp_compiler.io import load
+
+    out = tmp_path / "c"
+    p = cli(
+        "suite", "--n", "2", "--seed", "2", "--compress", "0.7", "--pairs", "8", "--quiet", "--out", str(out)
+    )
+    assert p.returncode == 0, p.stderr
+    for row in json.loads((out / "index.json").read_text())["models"]:
+        d = out / row["dir"]
+        card = json.loads((d / "card.json").read_text())
+        model = load(d)
+        assert row["approximate"] and card["circuit"]["approximate"] and row["variant_steps"] == ["compress"]
+        assert model.config.d_model == row["d_model"] < len(card["variant"]["labels"])
+        ((name, program),) = _programs_of(d).items()
+        numerical = card["output_encoding"] == "numerical"
+        ok = total = 0
+        for pair in json.loads((d / "dataset.json").read_text())["pairs"]:
+            for key in ("clean", "corrupted"):
+                want = rasp.evaluate(program, pair[key])
+                got = model.apply([model.codec.bos, *pair[key]]).decoded[1:]
+                for w, g in zip(want, got, strict=True):
+                    ok += abs(float(w) - float(g)) <= 1e-4 if numerical and w is not None else w == g
+                    total += 1
+        assert row["accuracy"] == pytest.approx(ok / total)  # measured on these very inputs
+
+
+def test_multi_output_suite_has_a_circuit_per_output(tmp_path: Path) -> None:
+    from rasp_compiler import rasp
+    from rasp_compiler.io import load
+
+    out = tmp_path / "m"
+    p = cli("suite", "--n", "2", "--seed", "1", "--multi", "2", "--pairs", "6", "--quiet", "--out", str(out))
+    assert p.returncode == 0, p.stderr + p.stdout
+    for row in json.loads((out / "index.json").read_text())["models"]:
+        d = out / row["dir"]
+        assert len(row["outputs"]) == 2 and row["outputs"][0] == row["name"]
+        model = load(d)
+        programs = _programs_of(d)
+        circuits = {n: json.loads((d / "outputs" / f"{n}.circuit.json").read_text()) for n in programs}
+        edges = {n: {json.dumps(e, sort_keys=True) for e in c["edges"]} for n, c in circuits.items()}
+        a, b = edges.values()
+        assert a != b  # each output has its own circuit; the other's components are distractors
+        main = json.loads((d / "circuit.json").read_text())
+        assert {json.dumps(e, sort_keys=True) for e in main["edges"]} == edges[row["name"]]
+        data = json.loads((d / "dataset.json").read_text())
+        for pair in data["pairs"]:
+            got = _decoded_all(model, [model.codec.bos, *pair["clean"]])
+            for n, program in programs.items():
+                want = rasp.evaluate(program, pair["clean"])
+                assert got[n] == pytest.approx(want, abs=1e-4) if None not in want else got[n] == want

@@ -1,0 +1,36 @@
+"""Type stub of the private C++ extension; use `rasp_compiler.engine` instead."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def build_info() -> dict[str, Any]: ...
+def cuda_available() -> bool: ...
+def cuda_smoke_test() -> bool: ...  # only present when the CUDA kernels were built
+def matmul(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], threads: int = 0) -> npt.NDArray[np.float32]: ...
+
+class EngineCore:
+    def __init__(self, dims: dict[str, int | None], weights: list[npt.NDArray[np.float32]]) -> None: ...
+    def forward(self, tokens: npt.NDArray[np.int32], threads: int = 0) -> npt.NDArray[np.float32]: ...
+    def forward_record(
+        self, tokens: npt.NDArray[np.int32], hooks: list[tuple[str, int]], threads: int = 0
+    ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]: ...
+    def sweep(
+        self,
+        tokens: npt.NDArray[np.int32],
+        source_tokens: npt.NDArray[np.int32],
+        nodes: npt.NDArray[np.int32],
+        node_offsets: npt.NDArray[np.int64],
+        edges: npt.NDArray[np.int32],
+        edge_offsets: npt.NDArray[np.int64],
+        proj_diag: npt.NDArray[np.float32],
+        proj_mat: npt.NDArray[np.float32],
+        metric: str,
+        atol: float,
+        return_outputs: bool,
+        threads: int = 0,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32] | None]: ...
+    def stats(self) -> dict[str, int]: ...

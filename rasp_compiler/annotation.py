@@ -1,0 +1,204 @@
+"""Ground-truth annotation: which block implements which RASP op, and what it reads and writes.
+
+Recorded by the compiler while it builds the weights (docs/CONTRACTS.md section 3). `verify` turns
+it into circuits; tests check it against the nonzero structure of the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+__all__ = ["Annotation", "AnnotationError", "BlockAnnotation", "OpAnnotation", "ANNOTATION_VERSION"]
+
+ANNOTATION_VERSION = 1
+OP_KINDS = (
+    "tokens",
+    "indices",
+    "map",
+    "sequence_map",
+    "linear_sequence_map",
+    "full",
+    "constant_sop",
+    "aggregate",
+    "selector_width",
+    "select",
+    "selector_and",
+    "selector_or",
+    "selector_not",
+    "constant_selector",
+    "one",
+)
+COMPONENTS = ("embed", "pos_embed", "attn", "mlp")
+
+
+class AnnotationError(ValueError):
+    """An annotation (or its JSON) is malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OpAnnotation:
+    """One RASP op: its kind, encoding, children (labels), residual directions and value set."""
+
+    kind: str
+    encoding: str | None
+    children: tuple[str, ...]
+    directions: tuple[str, ...]
+    values: tuple[Any, ...] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "encoding": self.encoding,
+            "children": list(self.children),
+            "directions": list(self.directions),
+            "values": None if self.values is None else [_jsonable(v) for v in self.values],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OpAnnotation:
+        try:
+            vals = data["values"]
+            return cls(
+                kind=str(data["kind"]),
+                encoding=data["encoding"],
+                children=tuple(data["children"]),
+                directions=tuple(data["directions"]),
+                values=None if vals is None else tuple(_untuple(v) for v in vals),
+            )
+        except (KeyError, TypeError) as e:
+            raise AnnotationError(f"malformed op annotation {data!r}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockAnnotation:
+    """One component's share of the model: an embedding, a head, or a neuron range of an MLP.
+
+    `reads` maps an input name (`q`, `k`, `v` for heads, `in` for MLPs) to residual labels.
+    `ops` lists every op the block implements (several when the compiler fused ops into one block);
+    `op` is the first of them.
+    """
+
+    op: str
+    component: str
+    writes: tuple[str, ...]
+    reads: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    layer: int | None = None
+    head: int | None = None
+    neurons: tuple[int, int] | None = None
+    selectors: tuple[str, ...] = ()
+    ops: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.ops:
+            object.__setattr__(self, "ops", (self.op,))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op, "component": self.component}
+        if self.layer is not None:
+            out["layer"] = self.layer
+        if self.head is not None:
+            out["head"] = self.head
+        if self.neurons is not None:
+            out["neurons"] = list(self.neurons)
+        if self.component == "attn":
+            out["selectors"] = list(self.selectors)
+        if self.reads:
+            out["reads"] = {k: list(v) for k, v in self.reads.items()}
+        out["writes"] = list(self.writes)
+        if self.ops and tuple(self.ops) != (self.op,):
+            out["ops"] = list(self.ops)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BlockAnnotation:
+        try:
+            comp = data["component"]
+            if comp not in COMPONENTS:
+                raise AnnotationError(f"unknown block component {comp!r}")
+            neurons = data.get("neurons")
+            return cls(
+                op=str(data["op"]),
+                component=comp,
+                writes=tuple(data["writes"]),
+                reads={k: tuple(v) for k, v in data.get("reads", {}).items()},
+                layer=data.get("layer"),
+                head=data.get("head"),
+                neurons=None if neurons is None else (int(neurons[0]), int(neurons[1])),
+                selectors=tuple(data.get("selectors", ())),
+                ops=tuple(data.get("ops", (data["op"],))),
+            )
+        except (KeyError, TypeError, IndexError) as e:
+            raise AnnotationError(f"malformed block annotation {data!r}: {e}") from None
+
+    @property
+    def all_ops(self) -> tuple[str, ...]:
+        return self.ops or (self.op,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """The compiler's ground truth for one model (one output)."""
+
+    output: str
+    ops: dict[str, OpAnnotation]
+    blocks: tuple[BlockAnnotation, ...]
+    version: int = ANNOTATION_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict in the layout of docs/CONTRACTS.md section 3."""
+        return {
+            "version": self.version,
+            "output": self.output,
+            "ops": {k: v.to_json() for k, v in self.ops.items()},
+            "blocks": [b.to_json() for b in self.blocks],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str) -> Annotation:
+        """Inverse of `to_json` (also accepts the JSON text)."""
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as e:
+                raise AnnotationError(f"annotation is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise AnnotationError(f"annotation must be a JSON object, got {type(data).__name__}")
+        version = data.get("version")
+        if version != ANNOTATION_VERSION:
+            raise AnnotationError(
+                f"unsupported annotation version {version!r} (expected {ANNOTATION_VERSION})"
+            )
+        try:
+            ops = {str(k): OpAnnotation.from_json(v) for k, v in data["ops"].items()}
+            blocks = tuple(BlockAnnotation.from_json(b) for b in data["blocks"])
+            return cls(output=str(data["output"]), ops=ops, blocks=blocks, version=version)
+        except (KeyError, AttributeError, TypeError) as e:
+            raise AnnotationError(f"malformed annotation: {e}") from None
+
+    def blocks_for(self, op: str) -> list[BlockAnnotation]:
+        """Every block implementing `op` (fused blocks included)."""
+        return [b for b in self.blocks if op in b.all_ops]
+
+
+def _untuple(value: Any) -> Any:
+    """JSON lists back to tuples (value sets hold tuples, never lists)."""
+    return tuple(_untuple(v) for v in value) if isinstance(value, list) else value
+
+
+def _jsonable(value: Any) -> Any:
+    """A value as plain JSON: tuples become lists, other non-JSON types their repr."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    try:
+        return float(value)  # Fraction, numpy scalars
+    except (TypeError, ValueError):
+        return repr(value)

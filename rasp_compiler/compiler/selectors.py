@@ -1,0 +1,163 @@
+"""Selectors as predicate tables: the part of a head's QK that the value sets determine.
+
+A selector is put in negation normal form (Not pushed down by De Morgan) and split into a top-level
+conjunction of parts. Parts over the same (keys, queries) SOp pair merge into one boolean table over
+(query value, key value); parts over different pairs stay separate groups whose scores add up. An
+Or over different pairs is not a sum of pairwise terms, so one head cannot express it: refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rasp_compiler.compiler.graph import ProgramGraph
+from rasp_compiler.compiler.options import CompileError
+
+
+def _call(f: Any, *args: Any) -> Any:
+    try:
+        return f(*args)
+    except Exception:  # noqa: BLE001 - a predicate failing on a value pair does not select
+        return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    keys: str
+    queries: str
+    table: np.ndarray  # [n_query_values, n_key_values] bool
+    selectors: tuple[str, ...]
+
+
+def _conj_parts(graph: ProgramGraph, label: str, neg: bool) -> list[tuple[str, bool]]:
+    """Split a selector into parts whose conjunction it is (De Morgan through Not/Or)."""
+    n = graph.nodes[label]
+    if n.kind == "selector_not":
+        return _conj_parts(graph, n.children[0], not neg)
+    if (n.kind == "selector_and" and not neg) or (n.kind == "selector_or" and neg):
+        return _conj_parts(graph, n.children[0], neg) + _conj_parts(graph, n.children[1], neg)
+    return [(label, neg)]
+
+
+def leaf_pairs(graph: ProgramGraph, label: str) -> set[tuple[str, str]]:
+    n = graph.nodes[label]
+    if n.kind == "select":
+        return {(n.children[0], n.children[1])}
+    if n.kind == "constant_selector":
+        return {("indices", "indices")}
+    return set().union(*(leaf_pairs(graph, c) for c in n.children))
+
+
+def _selector_labels(graph: ProgramGraph, label: str) -> list[str]:
+    n = graph.nodes[label]
+    out = [label]
+    if n.kind in ("selector_and", "selector_or", "selector_not"):
+        for c in n.children:
+            out += [x for x in _selector_labels(graph, c) if x not in out]
+    return out
+
+
+def _eval_sel(graph: ProgramGraph, label: str, k: Any, q: Any) -> bool:
+    n = graph.nodes[label]
+    if n.kind == "select":
+        return bool(_call(n.expr.predicate, k, q))
+    if n.kind == "constant_selector":
+        val = n.expr.value
+        return bool(q < len(val) and k < len(val[q]) and val[q][k])
+    if n.kind == "selector_not":
+        return not _eval_sel(graph, n.children[0], k, q)
+    a = _eval_sel(graph, n.children[0], k, q)
+    b = _eval_sel(graph, n.children[1], k, q)
+    return (a and b) if n.kind == "selector_and" else (a or b)
+
+
+_NUMPY_CMP = {
+    "EQ": np.equal,
+    "LT": np.less,
+    "LEQ": np.less_equal,
+    "GT": np.greater,
+    "GEQ": np.greater_equal,
+    "NEQ": np.not_equal,
+}
+
+
+def _fast_table(graph: ProgramGraph, label: str, kv: Sequence[Any], qv: Sequence[Any]) -> np.ndarray | None:
+    """[query, key] table of a Select with a Comparison predicate over numbers, vectorised; else None."""
+    n = graph.nodes[label]
+    if n.kind != "select":
+        return None
+    pred = n.expr.predicate
+    name = getattr(pred, "name", None)
+    if type(pred).__name__ != "Comparison" or name is None:
+        return None
+    if name == "TRUE":
+        return np.ones((len(qv), len(kv)), dtype=bool)
+    if name == "FALSE":
+        return np.zeros((len(qv), len(kv)), dtype=bool)
+    if name not in _NUMPY_CMP or not all(_is_number(v) for v in (*kv, *qv)):
+        return None
+    k = np.array([float(v) for v in kv])[None, :]
+    q = np.array([float(v) for v in qv])[:, None]
+    if any(float(v) != v for v in (*kv, *qv) if isinstance(v, int)):  # ints too large for floats
+        return None
+    return _NUMPY_CMP[name](k, q)
+
+
+def selector_groups(graph: ProgramGraph, values: Any, op_label: str, sel: str) -> list[Group]:
+    by_pair: dict[tuple[str, str], list[tuple[str, bool]]] = {}
+    for part, neg in _conj_parts(graph, sel, False):
+        pairs = leaf_pairs(graph, part)
+        if len(pairs) != 1:
+            raise CompileError(
+                f"{op_label}: selector {part} combines selects over different SOp pairs "
+                f"{sorted(pairs)} with Or; one attention head can only take a conjunction of "
+                "such parts. Rewrite it as And of parts that each compare one (keys, queries) pair"
+            )
+        by_pair.setdefault(next(iter(pairs)), []).append((part, neg))
+    groups = []
+    for (keys, queries), parts in by_pair.items():
+        kv = values.require(keys, f"selector {sel}")
+        qv = values.require(queries, f"selector {sel}")
+        table = np.ones((len(qv), len(kv)), dtype=bool)
+        for part, neg in parts:
+            t = _fast_table(graph, part, kv, qv)
+            if t is None:
+                t = np.array([[_eval_sel(graph, part, k, q) for k in kv] for q in qv], dtype=bool)
+            table &= t.reshape(len(qv), len(kv)) != neg
+        labels = []
+        for part, _ in parts:
+            labels += _selector_labels(graph, part)
+        groups.append(Group(keys, queries, table, tuple(labels)))
+    return groups
+
+
+def always_selects(graph: ProgramGraph, values: Any, sel: str) -> bool:
+    """True when every query provably selects at least one key, on every input.
+
+    Sufficient conditions, for a selector that is one group: each query's row selects every key
+    value; or keys and queries are the same SOp and every value selects itself; or the keys are
+    indices and every query selects index 0 (which every input has).
+    """
+    try:
+        groups = selector_groups(graph, values, sel, sel)
+    except CompileError:
+        return False
+    if len(groups) != 1:
+        return False
+    g = groups[0]
+    t = g.table
+    if t.size == 0:
+        return False
+    if t.all():
+        return True
+    if g.keys == g.queries and t.shape[0] == t.shape[1] and bool(np.diag(t).all()):
+        return True
+    return g.keys == "indices" and bool(t[:, 0].all())

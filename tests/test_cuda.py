@@ -1,0 +1,232 @@
+"""The CUDA engine against the CPU engine: every operation (forward, cached forward, node / edge /
+subspace patching, sweeps with every metric, torch CUDA tensors in and out) on every library program
+and on random-weight models agrees within 1e-4 and decodes identically. Runs only where the
+extension was built with CUDA and a GPU is visible; skipped with the reason elsewhere."""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import numpy as np
+import pytest
+
+from rasp_compiler import engine as engine_mod
+
+if not engine_mod.build_info()["cuda_built"]:
+    pytest.skip("CUDA tests: the extension was built without CUDA kernels (no nvcc at build time, or "
+                "RASP_CUDA=0)", allow_module_level=True)
+if not engine_mod.cuda_available():
+    pytest.skip("CUDA tests: the extension has CUDA kernels but no CUDA device is visible",
+                allow_module_level=True)
+
+from _model_factory import random_model as factory_model  # noqa: E402
+from engine_reference import random_model, random_tokens, upstream, writer_names  # noqa: E402
+
+from rasp_compiler import compiling  # noqa: E402
+from rasp_compiler.engine import EdgePatch, Engine, EngineError, NodePatch  # noqa: E402
+from rasp_compiler.lib import LIBRARY  # noqa: E402
+
+ATOL = 1e-4
+NAMES = sorted(LIBRARY)
+
+
+@functools.cache
+def compiled(name: str):
+    entry = LIBRARY[name]
+    return compiling.compile_rasp_to_model(entry.builder(), entry.vocab, entry.max_seq_len)
+
+
+def library_batch(name: str, n: int, seed: int) -> np.ndarray:
+    entry, model = LIBRARY[name], compiled(name)
+    rng = random.Random(seed)
+    vocab = sorted(entry.vocab, key=repr)
+    T = min(entry.max_seq_len, len(vocab)) if entry.distinct_tokens else entry.max_seq_len
+    rows = []
+    for _ in range(n):
+        xs = rng.sample(vocab, T) if entry.distinct_tokens else [rng.choice(vocab) for _ in range(T)]
+        rows.append(model.encode([model.codec.bos, *xs]))
+    return np.array(rows, dtype=np.int64)
+
+
+def check(got, want, categorical: bool, what: str) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=f"{what}: non-finite entries differ")
+    if finite.any():
+        err = float(np.abs(got[finite] - want[finite]).max())
+        assert err <= ATOL, f"{what}: max abs error {err}"
+    np.testing.assert_array_equal(got[~finite], want[~finite], err_msg=what)  # -inf scores, NaN metrics
+    if categorical and got.ndim >= 1 and got.shape[-1] > 1:
+        # decoded answers must be identical wherever the answer is not a near-tie (patched runs with
+        # random source values can put two logits within float rounding of each other)
+        top2 = np.sort(want, axis=-1)[..., -2:]
+        clear = (top2[..., 1] - top2[..., 0]) > 10 * ATOL
+        np.testing.assert_array_equal(got.argmax(-1)[clear], want.argmax(-1)[clear],
+                                      err_msg=f"{what}: decoded outputs")
+
+
+def all_edges(config) -> list[tuple[str, str, str]]:
+    readers = [(f"L{layer}.H{h}", i) for layer in range(config.n_layers) for h in range(config.n_heads)
+               for i in ("q", "k", "v")]
+    readers += [(f"L{layer}.MLP", "in") for layer in range(config.n_layers)] + [("output", "in")]
+    return [(w, r, i) for w in writer_names(config) for r, i in readers if upstream(w, r, config.n_layers)]
+
+
+def compare_everything(model, tokens: np.ndarray, source: np.ndarray, seed: int, what: str) -> None:
+    """Every engine operation on CPU and CUDA; outputs and metrics must agree."""
+    cfg = model.config
+    categorical = cfg.output_encoding == "categorical"
+    cpu, gpu = Engine(model, threads=2), Engine(model, device="cuda")
+    check(gpu.run(tokens), cpu.run(tokens), categorical, f"{what} forward")
+    out_c, cache_c = cpu.run_with_cache(tokens)
+    out_g, cache_g = gpu.run_with_cache(tokens)
+    check(out_g, out_c, categorical, f"{what} cached forward output")
+    assert cache_g.keys() == cache_c.keys()
+    for hook in cache_c:
+        check(cache_g[hook], cache_c[hook], False, f"{what} {hook}")
+    # a chosen subset of hooks only (the kernel records only what is asked)
+    some = [k for k in cache_c if k.endswith(("hook_pattern", "hook_mlp_out"))]
+    _, part = gpu.run_with_cache(tokens, names=some)
+    assert sorted(part) == sorted(some)
+    for hook in some:
+        check(part[hook], cache_c[hook], False, f"{what} {hook} (subset)")
+
+    writers = writer_names(cfg)
+    edges = all_edges(cfg)
+    rng = random.Random(seed)
+    labels = list(cfg.residual_labels)
+    mat = np.random.default_rng(seed).standard_normal((cfg.d_model, cfg.d_model)).astype(np.float32) * 0.5
+    sets: list[list] = [[w] for w in writers]                          # node patches
+    sets += [[e] for e in edges]                                       # edge patches
+    sets += [[NodePatch(w, rng.sample(labels, max(1, len(labels) // 3)))] for w in writers]   # node subspace
+    sets += [[EdgePatch(*e, mat)] for e in rng.sample(edges, min(8, len(edges)))]           # edge matrix
+    sets += [[NodePatch(rng.choice(writers), mat)]]                                         # node matrix
+    sets.append([])                                                                         # nothing patched
+    for _ in range(12):                                                                     # mixtures
+        k_n, k_e = rng.randint(0, 3), rng.randint(1, 4)
+        mix: list = rng.sample(writers, k_n)
+        mix += [EdgePatch(*e, rng.choice([None, rng.sample(labels, 2), mat]))
+                for e in rng.sample(edges, min(k_e, len(edges)))]
+        sets.append(mix)
+    metrics = ["kl", "logit_diff", "accuracy", "mse"] if categorical else ["accuracy", "mse"]
+    near_tie = None
+    for metric in metrics:
+        first = metric == metrics[0]
+        got = gpu.sweep(tokens, source, sets, metric, per_example=True, return_outputs=first)
+        want = cpu.sweep(tokens, source, sets, metric, per_example=True, return_outputs=first)
+        if first:
+            check(got[1], want[1], categorical, f"{what} patched outputs")
+        if first and categorical:
+            top2 = np.sort(want[1], axis=-1)[..., -2:]
+            near_tie = ((top2[..., 1] - top2[..., 0]) <= 10 * ATOL).any(axis=-1)  # [S, B]
+        if first:
+            got, want = got[0], want[0]
+        if metric == "accuracy" and categorical:  # an argmax at a near-tie may go either way
+            got, want = np.where(near_tie, 0.0, got), np.where(near_tie, 0.0, want)
+        check(got, want, False, f"{what} sweep metric {metric}")
+    # source outputs given directly (mean / zero / resample ablation), with and without a source run
+    ov_writers = rng.sample(writers, min(3, len(writers)))
+    T = tokens.shape[1]
+    vals = np.random.default_rng(seed + 1).standard_normal((len(ov_writers), T, cfg.d_model))
+    vals = vals.astype(np.float32)
+    overrides = {w: vals[k][None] for k, w in enumerate(ov_writers)}
+    ov_sets = [[w] for w in ov_writers] + [[e] for e in edges if e[0] in ov_writers][:30]
+    for src_arg in (source, None):
+        got = gpu.sweep(tokens, src_arg, ov_sets, "mse", per_example=True, return_outputs=True,
+                        source_outputs=overrides)
+        want = cpu.sweep(tokens, src_arg, ov_sets, "mse", per_example=True, return_outputs=True,
+                         source_outputs=overrides)
+        check(got[1], want[1], categorical, f"{what} overridden sources (source run: {src_arg is not None})")
+        check(got[0], want[0], False, f"{what} overridden sources metric")
+    patch = [writers[-1], edges[0]]
+    check(gpu.run_patched(tokens, source, patch), cpu.run_patched(tokens, source, patch), categorical,
+          f"{what} run_patched")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_library_program_cuda_equals_cpu(name: str) -> None:
+    model = compiled(name)
+    compare_everything(model, library_batch(name, 6, 0), library_batch(name, 6, 1), 0, name)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_model_cuda_equals_cpu(seed: int) -> None:
+    model = random_model(seed, sparse=seed % 2 == 1, pad=seed % 3 == 0,
+                         output_encoding="numerical" if seed % 4 == 3 else "categorical")
+    tokens, source = random_tokens(model, 5, seed), random_tokens(model, 5, seed + 100)
+    compare_everything(model, tokens, source, seed, f"random model {seed}")
+
+
+@pytest.mark.parametrize("d_model,d_head", [(128, 16), (384, 32)])
+def test_larger_models_agree(d_model: int, d_head: int) -> None:
+    """Beyond 48 KB of per-sequence state (opt-in shared memory) and beyond the shared memory of a
+    block (the global-memory workspace): same results."""
+    model = factory_model(3, n_layers=2, d_model=d_model, n_heads=4, d_head=d_head, d_mlp=200, max_seq_len=48,
+                          vocab=tuple(range(1, 9)), scale=0.05)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, model.config.d_vocab, size=(3, 49))
+    tokens[:, 0] = 0
+    source = rng.integers(1, model.config.d_vocab, size=(3, 49))
+    source[:, 0] = 0
+    cpu, gpu = Engine(model, threads=2), Engine(model, device="cuda")
+    check(gpu.run(tokens), cpu.run(tokens), True, "large forward")
+    sets = [["L0.H1"], [("L0.H0", "L1.MLP", "in")], [("embed", "L1.H2", "k"), "L1.MLP"]]
+    check(gpu.sweep(tokens, source, sets, "kl", per_example=True),
+          cpu.sweep(tokens, source, sets, "kl", per_example=True), False, "large sweep")
+
+
+@pytest.mark.parametrize("block", [32, 64, 256])
+def test_block_size_does_not_change_results(block: int) -> None:
+    model = compiled("sort")
+    tokens, source = library_batch("sort", 7, 3), library_batch("sort", 7, 4)
+    cpu, gpu = Engine(model, threads=2), Engine(model, device="cuda")
+    gpu._core.set_block_threads(block)
+    check(gpu.run(tokens), cpu.run(tokens), True, f"block {block} forward")
+    sets = [[e] for e in all_edges(model.config)]
+    check(gpu.sweep(tokens, source, sets, "kl", per_example=True),
+          cpu.sweep(tokens, source, sets, "kl", per_example=True), False, f"block {block} sweep")
+
+
+def test_big_batch_forward() -> None:
+    model = compiled("reverse")
+    tokens = library_batch("reverse", 3000, 5)
+    cpu, gpu = Engine(model, threads=2), Engine(model, device="cuda")
+    check(gpu.run(tokens), cpu.run(tokens), True, "batch 3000")
+
+
+def test_torch_cuda_tensors_stay_on_device() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    model = compiled("most_frequent")
+    tokens = library_batch("most_frequent", 9, 2)
+    cpu, gpu = Engine(model, threads=2), Engine(model, device="cuda")
+    want = cpu.run(tokens)
+    t = torch.from_numpy(tokens).cuda()
+    out = gpu.run(t)
+    assert out.is_cuda and out.dtype == torch.float32 and tuple(out.shape) == want.shape
+    check(out.cpu().numpy(), want, True, "torch cuda int64 input")
+    one = gpu.run(t[0].to(torch.int32))
+    check(one.cpu().numpy(), want[0], True, "torch cuda 1-D input")
+    with torch.cuda.stream(torch.cuda.Stream()):
+        out2 = gpu.run(t)
+    torch.cuda.synchronize()
+    check(out2.cpu().numpy(), want, True, "torch cuda side stream")
+    bad = t.clone()
+    bad[0, 1] = model.config.d_vocab
+    with pytest.raises(EngineError, match="outside"):
+        gpu.run(bad)
+    with pytest.raises(EngineError, match="integer"):
+        gpu.run(t.float())
+    # the engine still works after a rejected input
+    check(gpu.run(t).cpu().numpy(), want, True, "after error")
+
+
+def test_cuda_bad_input_is_rejected_clearly() -> None:
+    gpu = Engine(compiled("sort"), device="cuda")
+    with pytest.raises(EngineError, match="outside"):
+        gpu.run(np.array([[0, 99]]))
+    with pytest.raises(EngineError, match="not upstream"):
+        gpu.sweep(library_batch("sort", 2, 0), library_batch("sort", 2, 1), [[("L1.MLP", "L0.H0", "q")]])

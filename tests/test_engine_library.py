@@ -1,0 +1,141 @@
+"""The engine against the PyTorch reference module on every compiled library program: plain,
+cached, node-, edge- and subspace-patched runs agree within 1e-5 and decode identically."""
+
+from __future__ import annotations
+
+import functools
+import random
+import zlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine_reference import upstream, writer_names  # noqa: E402
+
+from rasp_compiler import compiling  # noqa: E402
+from rasp_compiler.engine import EdgePatch, Engine, NodePatch, torch_patched_run  # noqa: E402
+from rasp_compiler.lib import LIBRARY  # noqa: E402
+
+ATOL = 1e-5
+NAMES = sorted(LIBRARY)
+
+
+@functools.cache
+def compiled(name: str):
+    entry = LIBRARY[name]
+    return compiling.compile_rasp_to_model(entry.builder(), entry.vocab, entry.max_seq_len)
+
+
+def batch(name: str, n: int, seed: int) -> np.ndarray:
+    """n random full-length inputs (BOS first), distinct tokens where the program needs them."""
+    entry, model = LIBRARY[name], compiled(name)
+    rng = random.Random(seed)
+    vocab = sorted(entry.vocab, key=repr)
+    T = min(entry.max_seq_len, len(vocab)) if entry.distinct_tokens else entry.max_seq_len
+    rows = []
+    for _ in range(n):
+        xs = rng.sample(vocab, T) if entry.distinct_tokens else [rng.choice(vocab) for _ in range(T)]
+        rows.append(model.encode(["BOS" if model.codec.bos == "BOS" else model.codec.bos, *xs]))
+    return np.array(rows, dtype=np.int64)
+
+
+def check(got: np.ndarray, want: np.ndarray, categorical: bool, what: str) -> None:
+    err = float(np.abs(got - want).max())
+    assert err <= ATOL, f"{what}: max abs error {err}"
+    if categorical:
+        # decoded answers must agree wherever the reference's answer is not a (near-)tie: a patched run
+        # is off-distribution and can leave two logits equal, where either argmax is right
+        top2 = np.sort(want, axis=-1)[..., -2:] if want.shape[-1] > 1 else None
+        decided = (
+            np.ones(want.shape[:-1], bool) if top2 is None else (top2[..., 1] - top2[..., 0]) > 10 * ATOL
+        )
+        np.testing.assert_array_equal(got.argmax(-1)[decided], want.argmax(-1)[decided], err_msg=what)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_library_program_engine_equals_torch(name: str) -> None:
+    model = compiled(name)
+    module = model.to_torch()
+    categorical = model.config.output_encoding == "categorical"
+    tokens, source = batch(name, 8, 0), batch(name, 8, 1)
+    engine = Engine(model, threads=2)
+    with torch.no_grad():
+        want, cache = module.run_with_cache(torch.from_numpy(tokens))
+    out, ecache = engine.run_with_cache(tokens)
+    check(out, want.numpy(), categorical, f"{name} forward")
+    for hook, act in cache.items():
+        a, b = ecache[hook], act.numpy()
+        finite = np.isfinite(b)
+        assert np.array_equal(finite, np.isfinite(a)), f"{name} {hook}: inf positions differ"
+        # intermediate activations (scores of large inverse temperature, MLP pre-activations) can be
+        # large: their float32 rounding differs between summation orders, so the bound scales with them
+        scale = 1.0 + float(np.abs(b[finite]).max(initial=0.0))
+        assert float(np.abs(a[finite] - b[finite]).max(initial=0.0)) <= ATOL * scale, f"{name} {hook}"
+
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    writers = writer_names(model.config)
+    c = model.config
+    readers = [
+        (f"L{l}.H{h}", i) for l in range(c.n_layers) for h in range(c.heads_per_layer[l]) for i in "qkv"
+    ]
+    readers += [(f"L{l}.MLP", "in") for l in range(c.n_layers)] + [("output", "in")]
+    edges = [(w, r, i) for w in writers for r, i in readers if upstream(w, r, c.n_layers)]
+    labels = c.residual_labels
+    cases = {
+        "node": [str(w) for w in rng.permutation(writers)[:2]],
+        "edge": [edges[k] for k in rng.permutation(len(edges))[:3]],
+        "subspace": [
+            NodePatch(str(rng.choice(writers)), [labels[k] for k in rng.permutation(len(labels))[:5]]),
+            EdgePatch(
+                *edges[int(rng.integers(len(edges)))], [labels[k] for k in rng.permutation(len(labels))[:8]]
+            ),
+        ],
+    }
+    for kind, patches in cases.items():
+        got = engine.run_patched(tokens, source, patches)
+        ref = torch_patched_run(module, tokens, source, patches)
+        check(got, ref, categorical, f"{name} {kind} {patches}")
+
+
+def test_random_programs_engine_equals_torch() -> None:
+    """100 generated programs: plain, node-patched and edge-patched runs agree with the torch module."""
+    from rasp_compiler import generate
+
+    checked = 0
+    refused: list[str] = []
+    for k, gp in enumerate(generate.sample_programs(100, seed=1234, max_layers=4, max_ops=8)):
+        try:
+            model = compiling.compile_rasp_to_model(gp.program, set(gp.vocab), gp.max_seq_len)
+        except Exception as exc:  # the compiler may refuse a program; that is its business, not ours
+            refused.append(f"{k}: {type(exc).__name__}")
+            continue
+        module = model.to_torch()
+        categorical = model.config.output_encoding == "categorical"
+        rng = random.Random(k)
+        T = gp.lengths[-1]
+        bos = model.codec.bos
+        tokens = np.array([model.encode([bos, *[rng.choice(gp.vocab) for _ in range(T)]]) for _ in range(4)])
+        source = np.array([model.encode([bos, *[rng.choice(gp.vocab) for _ in range(T)]]) for _ in range(4)])
+        engine = Engine(model, threads=1)
+        with torch.no_grad():
+            want = module(torch.from_numpy(tokens)).numpy()
+        check(engine.run(tokens), want, categorical, f"program {k} forward")
+        c = model.config
+        writers = writer_names(c)
+        readers = [(f"L{l}.MLP", "in") for l in range(c.n_layers)] + [("output", "in")]
+        readers += [
+            (f"L{l}.H{h}", i) for l in range(c.n_layers) for h in range(c.heads_per_layer[l]) for i in "qkv"
+        ]
+        edges = [(w, r, i) for w in writers for r, i in readers if upstream(w, r, c.n_layers)]
+        patches = [rng.choice(writers), rng.choice(edges), rng.choice(edges)]
+        patches = list(dict.fromkeys(patches))
+        check(
+            engine.run_patched(tokens, source, patches),
+            torch_patched_run(module, tokens, source, patches),
+            categorical,
+            f"program {k} patched {patches}",
+        )
+        checked += 1
+    assert checked >= 80, f"only {checked} of 100 generated programs compiled: {refused[:10]}"
