@@ -173,6 +173,7 @@ def compile_programs(
     from rasp_compiler import compiling
     from rasp_compiler.compiler.assemble import assemble
     from rasp_compiler.compiler.blocks import build_blocks
+    from rasp_compiler.compiler.fuse import plan_fusion
     from rasp_compiler.compiler.layout import allocate_layers
     from rasp_compiler.compiler.options import CompilerOptions
     from rasp_compiler.compiler.spaces import build_residual
@@ -196,8 +197,9 @@ def compile_programs(
     graph, labels = _multi_graph(roots, options)
     validate(graph, options)
     values = infer_values(graph, options)
-    residual = build_residual(graph, values, options)
-    blocks = build_blocks(graph, values, residual, options)
+    fusion = plan_fusion(graph, values, options)
+    residual = build_residual(graph, values, fusion, options)
+    blocks = build_blocks(graph, values, residual, fusion, options)
     layout = allocate_layers(graph, blocks, options)
     out = assemble(graph, values, residual, blocks, layout, options)
 

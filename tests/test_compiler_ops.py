@@ -180,8 +180,9 @@ def test_large_numerical_value_sets_stay_exact() -> None:
 
 
 def test_input_error_larger_than_margin_is_refused() -> None:
-    # two means 1e-9 apart are merged; a threshold between them cannot be exact in float32
-    vals = rasp.numerical(rasp.Map(lambda x: x * 1e-9, rasp.tokens))
-    prog = rasp.Map(lambda x: x > 0.5e-9, vals).named("tiny_step")
+    # values 1000 and 1000.000001 differ by less than float32 resolves at 1000: no exact threshold
+    vals = rasp.numerical(rasp.Map(lambda x: 1000 + x * 1e-6, rasp.tokens))
+    same = rasp.numerical(rasp.Aggregate(rasp.Select(rasp.indices, rasp.indices, C.EQ), vals, default=0))
+    prog = rasp.Map(lambda x: x > 1000 + 0.5e-6, same).named("tiny_step")
     with pytest.raises(CompileError, match="tiny_step"):
         compiling.compile_rasp_to_model(prog, {0, 1}, 3)

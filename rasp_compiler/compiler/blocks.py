@@ -352,8 +352,8 @@ def _numerical_input_mlp(
     if clash.any():
         i = int(np.argmax(clash))
         raise CompileError(
-            f"{label}: input values {x[i]!r} and {x[i + 1]!r} are too close to tell apart but map to "
-            "different outputs"
+            f"{label}: input values {float(x[i])!r} and {float(x[i + 1])!r} are too close to tell apart "
+            "but map to different outputs"
         )
     keep = np.concatenate([[True], ~close])
     x, G = x[keep], G[keep]
@@ -563,8 +563,9 @@ def _map_mlp(ctx: _Ctx, label: str, inner: str, f: Any) -> MLPBlock:
     if bad is not None:
         raise CompileError(f"{label}: numerical input {inner} has non-numeric value {bad!r}")
     ys = [_call(f, v) for v in vals]
-    return _numerical_input_mlp(ctx, label, [float(v) for v in vals], ys, ctx.res.numerical_dir(inner),
-                                "numerical-input Map")
+    return _numerical_input_mlp(
+        ctx, label, [float(v) for v in vals], ys, ctx.res.numerical_dir(inner), "numerical-input Map"
+    )
 
 
 def _build_op(ctx: _Ctx, node: OpNode) -> OpBlocks:
