@@ -10,7 +10,9 @@ __version__: str
 def build_info() -> dict[str, Any]: ...
 def cuda_available() -> bool: ...
 def cuda_smoke_test() -> bool: ...  # only present when the CUDA kernels were built
-def matmul(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], threads: int = 0) -> npt.NDArray[np.float32]: ...
+def matmul(
+    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], threads: int = 0
+) -> npt.NDArray[np.float32]: ...
 
 class EngineCore:
     def __init__(self, dims: dict[str, int | None], weights: list[npt.NDArray[np.float32]]) -> None: ...
@@ -21,7 +23,7 @@ class EngineCore:
     def sweep(
         self,
         tokens: npt.NDArray[np.int32],
-        source_tokens: npt.NDArray[np.int32],
+        source_tokens: npt.NDArray[np.int32] | None,
         nodes: npt.NDArray[np.int32],
         node_offsets: npt.NDArray[np.int64],
         edges: npt.NDArray[np.int32],
@@ -31,6 +33,16 @@ class EngineCore:
         metric: str,
         atol: float,
         return_outputs: bool,
+        override_ids: npt.NDArray[np.int32],
+        override_values: npt.NDArray[np.float32],
         threads: int = 0,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32] | None]: ...
     def stats(self) -> dict[str, int]: ...
+
+class CudaEngineCore(EngineCore):
+    """Present only when the CUDA kernels were built; same methods as EngineCore, on a device."""
+
+    def __init__(  # type: ignore[override]
+        self, dims: dict[str, int | None], weights: list[npt.NDArray[np.float32]], device: int = 0
+    ) -> None: ...
+    def forward_ptr(self, tokens_ptr: int, batch: int, seq: int, out_ptr: int, stream: int = 0) -> None: ...

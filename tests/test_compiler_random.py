@@ -131,3 +131,35 @@ def test_random_program_is_exact(program: Any) -> None:
     count, bad = check_model(program, model, INPUTS, use_torch=False)
     assume(count > 0)  # programs undefined on every input (e.g. always-ambiguous aggregates) prove nothing
     assert not bad, f"{len(bad)} wrong, e.g. {bad[:3]}"
+
+
+@settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs())
+def test_value_inference_claims_hold(program: Any) -> None:
+    """Soundness of the static facts the compiler relies on, checked against the evaluator: value
+    sets contain every value, "never None" SOps are never None, "earlier position" SOps are."""
+    from rasp_compiler.compiler.graph import build_graph
+    from rasp_compiler.compiler.options import CompilerOptions
+    from rasp_compiler.compiler.values import infer_values
+
+    opts = CompilerOptions(vocab=frozenset(VOCAB), max_seq_len=MAX_LEN)
+    graph = build_graph(program, opts)
+    values = infer_values(graph, opts)
+    for label in graph.order:
+        node = graph.nodes[label]
+        if node.is_selector:
+            continue
+        info = values[label]
+        for x in INPUTS:
+            try:
+                got = rasp.evaluate(node.expr, x)
+            except Exception:  # noqa: BLE001 - undefined on this input
+                continue
+            for i, v in enumerate(got):
+                if v is None:
+                    assert info.may_be_none, (label, x, got)
+                    continue
+                if info.values is not None:
+                    assert any(v == w for w in info.values), (label, v, info.values)
+                if info.at_or_before:
+                    assert isinstance(v, int) and 0 <= v <= i, (label, x, got)

@@ -230,3 +230,53 @@ def test_cuda_bad_input_is_rejected_clearly() -> None:
         gpu.run(np.array([[0, 99]]))
     with pytest.raises(EngineError, match="not upstream"):
         gpu.sweep(library_batch("sort", 2, 0), library_batch("sort", 2, 1), [[("L1.MLP", "L0.H0", "q")]])
+
+
+# Warp mode (one warp per sequence, several sequences per block, register-capped kernel) is what large
+# batches take automatically; these force it (and block mode) at small sizes so that every operation is
+# compared in both modes and with each register cap.
+@pytest.mark.parametrize("mode,min_blocks,name", [("new", "2", "sort"), ("new", "4", "shuffle_dyck2"),
+                                                  ("new", "1", "second_largest"), ("new", "2", "hist"),
+                                                  ("new", "2", "most_frequent")])
+def test_warp_mode_equals_cpu(mode: str, min_blocks: str, name: str, monkeypatch) -> None:
+    if name not in LIBRARY:
+        pytest.skip(f"{name} is not in the library")
+    monkeypatch.setenv("RASP_CUDA_KERNEL", mode)
+    monkeypatch.setenv("RASP_CUDA_MINBLOCKS", min_blocks)
+    compare_everything(compiled(name), library_batch(name, 7, 0), library_batch(name, 7, 1), 0,
+                       f"{name} ({mode}, min blocks {min_blocks})")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_warp_mode_random_models(seed: int, monkeypatch) -> None:
+    monkeypatch.setenv("RASP_CUDA_KERNEL", "new")
+    model = random_model(seed, sparse=seed % 2 == 1, pad=seed % 3 == 0,
+                         output_encoding="numerical" if seed % 4 == 3 else "categorical")
+    tokens, source = random_tokens(model, 9, seed), random_tokens(model, 9, seed + 100)
+    compare_everything(model, tokens, source, seed, f"random model {seed} (warp mode)")
+
+
+@pytest.mark.parametrize("mode", ["old", "new", "auto"])
+def test_kernel_modes_big_batch_and_bad_tokens(mode: str, monkeypatch) -> None:
+    """Every mode at a batch that is not a multiple of the groups per block; a bad token in one sequence
+    of a large batch is reported whichever warp meets it, and the engine works afterwards."""
+    monkeypatch.setenv("RASP_CUDA_KERNEL", mode)
+    model = compiled("sort")
+    tokens = library_batch("sort", 2501, 6)
+    cpu, gpu = Engine(model, threads=2), Engine(model, device="cuda")
+    want = cpu.run(tokens)
+    check(gpu.run(tokens), want, True, f"batch 2501 ({mode})")
+    for block in (64, 256):
+        gpu._core.set_block_threads(block)
+        check(gpu.run(tokens), want, True, f"batch 2501 ({mode}, block {block})")
+    bad = tokens.copy()
+    bad[1777, 2] = model.config.d_vocab
+    with pytest.raises(EngineError, match="outside"):
+        gpu.run(bad)
+    check(gpu.run(tokens), want, True, f"batch 2501 ({mode}) after error")
+
+
+def test_bad_kernel_mode_is_rejected(monkeypatch) -> None:
+    monkeypatch.setenv("RASP_CUDA_KERNEL", "fastest")
+    with pytest.raises((EngineError, ValueError), match="RASP_CUDA_KERNEL"):
+        Engine(compiled("sort"), device="cuda")

@@ -131,11 +131,26 @@ def test_random_programs_engine_equals_torch() -> None:
         edges = [(w, r, i) for w in writers for r, i in readers if upstream(w, r, c.n_layers)]
         patches = [rng.choice(writers), rng.choice(edges), rng.choice(edges)]
         patches = list(dict.fromkeys(patches))
+        sub_edge = rng.choice(edges)  # and one subspace-restricted edge
+        if sub_edge not in patches:
+            patches.append(EdgePatch(*sub_edge, rng.sample(c.residual_labels, max(1, c.d_model // 3))))
         check(
             engine.run_patched(tokens, source, patches),
             torch_patched_run(module, tokens, source, patches),
             categorical,
             f"program {k} patched {patches}",
         )
+        if k % 4 == 0:  # every hook of the cached run, on a quarter of the programs
+            with torch.no_grad():
+                _, cache = module.run_with_cache(torch.from_numpy(tokens))
+            _, ecache = engine.run_with_cache(tokens)
+            for hook, act in cache.items():
+                a, b = ecache[hook], act.numpy()
+                finite = np.isfinite(b)
+                scale = 1.0 + float(np.abs(b[finite]).max(initial=0.0))
+                assert np.array_equal(finite, np.isfinite(a)), f"program {k} {hook}: inf positions differ"
+                assert float(np.abs(a[finite] - b[finite]).max(initial=0.0)) <= ATOL * scale, (
+                    f"program {k} {hook}"
+                )
         checked += 1
     assert checked >= 80, f"only {checked} of 100 generated programs compiled: {refused[:10]}"

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -33,6 +34,11 @@ namespace {
   } while (0)
 
 constexpr int kMaxThreads = 256;  // the kernel's launch bound (more registers than a 1024 bound)
+#ifdef RASP_CUDA_EMULATE_HOST
+constexpr int kMaxGroups = 64;  // the emulation's warp groups are single threads
+#else
+constexpr int kMaxGroups = kMaxThreads / 32;  // thread groups per block: warps at most
+#endif
 constexpr int kRecordKinds = 14;  // per-layer record pointers, in LayerRecord's order
 enum RecKind {
   kRecResidPre, kRecQ, kRecK, kRecV, kRecZ, kRecScores, kRecPattern, kRecResult, kRecAttnOut, kRecResidMid,
@@ -77,7 +83,7 @@ struct PlanDev {
   const int2* edges = nullptr;            // (writer, projection)
   const unsigned char* head_per = nullptr;  // [S * L]: the layer needs per-head results
   int n_slots = 0;
-  float* slot_mem = nullptr;              // [gridDim.x][n_slots][T][D]
+  float* slot_mem = nullptr;              // [groups in the grid][n_slots][T][D]
   const float* diag = nullptr;
   const float* mat = nullptr;
   int n_diag = 0;
@@ -97,8 +103,26 @@ struct Params {
   CacheDev cache;
   PlanDev plan;
   float* gscratch;  // null: shared memory
-  size_t scratch_floats;
+  size_t scratch_floats;  // per group
   int* err;
+  int groups;  // thread groups per block, each running its own items (1: the whole block is one group)
+  int warp;    // groups are single warps: they synchronise with __syncwarp, not __syncthreads
+};
+
+// The threads that run one item together: the whole block (block mode, for few items: most threads busy on
+// one sequence) or one warp of it (warp mode, for many items: no block-wide barriers, and the tiny
+// per-sequence loops keep 32 lanes busy instead of leaving most of 128 idle).
+struct Grp {
+  int tid, n;
+  bool warp;
+  __device__ void sync() const {
+#ifdef RASP_CUDA_EMULATE_HOST
+    if (!warp) __syncthreads();  // the emulation's warp groups have one thread
+#else
+    if (warp) __syncwarp();
+    else __syncthreads();
+#endif
+  }
 };
 
 // ------------------------------------------------------------------------------------------ block helpers
@@ -106,11 +130,11 @@ struct Params {
 // Y[t, j] (+)= bias[j] + sum over rows r of X[t, r] * W[r, j], for t < T, j < ncols. rows == null means
 // every row in [0, nrows). X and Y are scratch (shared or global), W is a read-only weight matrix with
 // leading dimension ldw, already offset to its first column. Ends with a barrier.
-__device__ void mm(const float* X, int ldx, int T, const float* __restrict__ W, int ldw, int ncols,
+__device__ void mm(const Grp& g, const float* X, int ldx, int T, const float* __restrict__ W, int ldw, int ncols,
                    const int* __restrict__ rows, int nrows, const float* __restrict__ bias, float* Y, int ldy,
                    bool accumulate) {
   const int n = T * ncols;
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+  for (int idx = g.tid; idx < n; idx += g.n) {
     const int t = idx / ncols, j = idx - t * ncols;
     float s = accumulate ? Y[t * ldy + j] : 0.0f;
     if (bias) s = accumulate ? s + __ldg(bias + j) : __ldg(bias + j);
@@ -125,20 +149,20 @@ __device__ void mm(const float* X, int ldx, int T, const float* __restrict__ W, 
     }
     Y[t * ldy + j] = s;
   }
-  __syncthreads();
+  g.sync();
 }
 
-__device__ void copy_block(float* dst, const float* src, int n) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+__device__ void copy_block(const Grp& g, float* dst, const float* src, int n) {
+  for (int i = g.tid; i < n; i += g.n) dst[i] = src[i];
 }
 
 // Softmax attention of every (active) head: qkv [T, 3HE] -> z [T, HE], scores/probabilities in P [H, T, T].
-__device__ void attention(const float* qkv, int T, int H, int E, const int32_t* tok, int pad,
+__device__ void attention(const Grp& g, const float* qkv, int T, int H, int E, const int32_t* tok, int pad,
                           const unsigned char* __restrict__ active, bool all_heads, float* P, float* z,
                           float* rec_scores, float* rec_pattern) {
   const int ld = 3 * H * E, HE = H * E, TT = T * T;
   const float neg_inf = -INFINITY;
-  for (int idx = threadIdx.x; idx < H * TT; idx += blockDim.x) {
+  for (int idx = g.tid; idx < H * TT; idx += g.n) {
     const int h = idx / TT, r = idx - h * TT, i = r / T, j = r - i * T;
     if (!all_heads && !active[h]) continue;
     float s;
@@ -153,8 +177,8 @@ __device__ void attention(const float* qkv, int T, int H, int E, const int32_t* 
     P[idx] = s;
     if (rec_scores) rec_scores[idx] = s;
   }
-  __syncthreads();
-  for (int row = threadIdx.x; row < H * T; row += blockDim.x) {
+  g.sync();
+  for (int row = g.tid; row < H * T; row += g.n) {
     const int h = row / T;
     if (!all_heads && !active[h]) continue;
     float* pr = P + static_cast<size_t>(row) * T;
@@ -175,8 +199,8 @@ __device__ void attention(const float* qkv, int T, int H, int E, const int32_t* 
     if (rec_pattern)
       for (int j = 0; j < T; ++j) rec_pattern[static_cast<size_t>(row) * T + j] = pr[j];
   }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < T * HE; idx += blockDim.x) {
+  g.sync();
+  for (int idx = g.tid; idx < T * HE; idx += g.n) {
     const int i = idx / HE, rem = idx - i * HE, h = rem / E, e = rem - h * E;
     if (!all_heads && !active[h]) {
       z[idx] = 0.0f;
@@ -188,40 +212,40 @@ __device__ void attention(const float* qkv, int T, int H, int E, const int32_t* 
     for (int j = 0; j < T; ++j) s += pr[j] * vcol[j * ld];
     z[idx] = s;
   }
-  __syncthreads();
+  g.sync();
 }
 
 // dst += proj(src - cur) over [T, D]; diff is [T, D] scratch. Ends with a barrier.
-__device__ void add_proj_diff(const PlanDev& pl, int p, int D, int TD, const float* src, const float* cur,
+__device__ void add_proj_diff(const Grp& g, const PlanDev& pl, int p, int D, int TD, const float* src, const float* cur,
                               float* dst, float* diff) {
   if (p == kWholeOutput) {
-    for (int i = threadIdx.x; i < TD; i += blockDim.x) dst[i] += src[i] - cur[i];
+    for (int i = g.tid; i < TD; i += g.n) dst[i] += src[i] - cur[i];
   } else if (p < pl.n_diag) {
     const float* w = pl.diag + static_cast<size_t>(p) * D;
-    for (int i = threadIdx.x; i < TD; i += blockDim.x) dst[i] += w[i % D] * (src[i] - cur[i]);
+    for (int i = g.tid; i < TD; i += g.n) dst[i] += w[i % D] * (src[i] - cur[i]);
   } else {
-    for (int i = threadIdx.x; i < TD; i += blockDim.x) diff[i] = src[i] - cur[i];
-    __syncthreads();
+    for (int i = g.tid; i < TD; i += g.n) diff[i] = src[i] - cur[i];
+    g.sync();
     const float* P = pl.mat + static_cast<size_t>(p - pl.n_diag) * D * D;
-    mm(diff, D, TD / D, P, D, D, nullptr, D, nullptr, dst, D, true);
+    mm(g, diff, D, TD / D, P, D, D, nullptr, D, nullptr, dst, D, true);
   }
-  __syncthreads();
+  g.sync();
 }
 
 // Node patch in place: v = v + proj(src - v). Ends with a barrier.
-__device__ void node_patch(const PlanDev& pl, int p, int D, int TD, const float* src, float* v, float* diff) {
+__device__ void node_patch(const Grp& g, const PlanDev& pl, int p, int D, int TD, const float* src, float* v, float* diff) {
   if (p == kWholeOutput) {
-    for (int i = threadIdx.x; i < TD; i += blockDim.x) v[i] = src[i];
+    for (int i = g.tid; i < TD; i += g.n) v[i] = src[i];
   } else if (p < pl.n_diag) {
     const float* w = pl.diag + static_cast<size_t>(p) * D;
-    for (int i = threadIdx.x; i < TD; i += blockDim.x) v[i] += w[i % D] * (src[i] - v[i]);
+    for (int i = g.tid; i < TD; i += g.n) v[i] += w[i % D] * (src[i] - v[i]);
   } else {
-    for (int i = threadIdx.x; i < TD; i += blockDim.x) diff[i] = src[i] - v[i];
-    __syncthreads();
+    for (int i = g.tid; i < TD; i += g.n) diff[i] = src[i] - v[i];
+    g.sync();
     const float* P = pl.mat + static_cast<size_t>(p - pl.n_diag) * D * D;
-    mm(diff, D, TD / D, P, D, D, nullptr, D, nullptr, v, D, true);
+    mm(g, diff, D, TD / D, P, D, D, nullptr, D, nullptr, v, D, true);
   }
-  __syncthreads();
+  g.sync();
 }
 
 __device__ int argmax_row(const float* v, int n) {
@@ -303,7 +327,11 @@ __host__ __device__ inline Layout make_layout(int T, int D, int H, int E, int M,
   return L;
 }
 
-__global__ void __launch_bounds__(kMaxThreads) engine_kernel(Params p) {
+// kMinBlocks caps the registers (65536 / (kMaxThreads * kMinBlocks) per thread): uncapped, the kernel takes
+// ~246 registers, which allows only 2 blocks of 128 threads per SM; the warp-mode variants trade a few
+// spills (to L1) for 2-4x the resident warps.
+template <int kMinBlocks>
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params p) {
 #ifdef RASP_CUDA_EMULATE_HOST
   float4* smem_f4 = ::smem_f4;
 #else
@@ -315,8 +343,12 @@ __global__ void __launch_bounds__(kMaxThreads) engine_kernel(Params p) {
   const PlanDev& pl = p.plan;
   const bool patched = pl.S > 0;
   const Layout lay = make_layout(T, D, H, E, M, V, patched);
-  float* base = p.gscratch ? p.gscratch + static_cast<size_t>(blockIdx.x) * p.scratch_floats
-                           : reinterpret_cast<float*>(smem_f4);
+  const int gsize = static_cast<int>(blockDim.x) / p.groups, gi = static_cast<int>(threadIdx.x) / gsize;
+  const Grp g{static_cast<int>(threadIdx.x) - gi * gsize, gsize, p.warp != 0};
+  const int64_t grp_id = static_cast<int64_t>(blockIdx.x) * p.groups + gi;
+  const int64_t n_grps = static_cast<int64_t>(gridDim.x) * p.groups;
+  float* base = p.gscratch ? p.gscratch + static_cast<size_t>(grp_id) * p.scratch_floats
+                           : reinterpret_cast<float*>(smem_f4) + static_cast<size_t>(gi) * p.scratch_floats;
   float* x = base + lay.x;
   float* acc = base + lay.acc;
   float* work = base + lay.work;
@@ -327,21 +359,22 @@ __global__ void __launch_bounds__(kMaxThreads) engine_kernel(Params p) {
   float* qkv = work;
   float* P = work + round2(static_cast<size_t>(T) * 3 * HE);
   float* z = P + round2(static_cast<size_t>(H) * T * T);
-  float* slots = patched ? pl.slot_mem + static_cast<size_t>(blockIdx.x) * pl.n_slots * TD : nullptr;
+  float* slots = patched ? pl.slot_mem + static_cast<size_t>(grp_id) * pl.n_slots * TD : nullptr;
 
   const int64_t n_items = static_cast<int64_t>(patched ? pl.S : 1) * B;
-  for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
+  for (int64_t item = grp_id; item < n_items; item += n_grps) {
     const int s = static_cast<int>(item / B), b = static_cast<int>(item - static_cast<int64_t>(s) * B);
     const int32_t* tok = p.tokens + static_cast<size_t>(b) * T;
-    __shared__ int bad_token;
-    if (threadIdx.x == 0) bad_token = 0;
-    __syncthreads();
-    for (int t = threadIdx.x; t < T; t += blockDim.x)
+    __shared__ int bad_tokens[kMaxGroups];  // one flag per group
+    int& bad_token = bad_tokens[gi];
+    if (g.tid == 0) bad_token = 0;
+    g.sync();
+    for (int t = g.tid; t < T; t += g.n)
       if (tok[t] < 0 || tok[t] >= m.Vin) atomicExch(&bad_token, 1);
-    __syncthreads();
+    g.sync();
     if (bad_token) {
-      if (threadIdx.x == 0) atomicExch(p.err, 1);
-      __syncthreads();  // everyone has read bad_token before thread 0 resets it for the next item
+      if (g.tid == 0) atomicExch(p.err, 1);
+      g.sync();  // everyone has read bad_token before thread 0 resets it for the next item
       continue;
     }
     const size_t bTD = static_cast<size_t>(b) * TD;
@@ -364,38 +397,38 @@ __global__ void __launch_bounds__(kMaxThreads) engine_kernel(Params p) {
     auto edge_delta = [&](int reader, int input, float* dst) -> bool {
       const int k0 = eoff[reader * 4 + input], k1 = eoff[reader * 4 + input + 1];
       if (k0 == k1) return false;
-      for (int i = threadIdx.x; i < TD; i += blockDim.x) dst[i] = 0.0f;
-      __syncthreads();
+      for (int i = g.tid; i < TD; i += g.n) dst[i] = 0.0f;
+      g.sync();
       for (int k = k0; k < k1; ++k) {
         const int2 e = pl.edges[k];
-        add_proj_diff(pl, e.y, D, TD, src_w(e.x), cur_w(e.x), dst, diff);
+        add_proj_diff(g, pl, e.y, D, TD, src_w(e.x), cur_w(e.x), dst, diff);
       }
       return true;
     };
     // After a writer's output is final in v: node patch, keep it for edges, cache it.
     auto finish_writer = [&](int w, float* v) {
       if (patched) {
-        if (nproj[w] != kNoPatch) node_patch(pl, nproj[w], D, TD, src_w(w), v, diff);
-        if (slot[w] >= 0) copy_block(slots + static_cast<size_t>(slot[w]) * TD, v, TD);
+        if (nproj[w] != kNoPatch) node_patch(g, pl, nproj[w], D, TD, src_w(w), v, diff);
+        if (slot[w] >= 0) copy_block(g, slots + static_cast<size_t>(slot[w]) * TD, v, TD);
       }
-      if (p.cache.writer) copy_block(p.cache.writer + (static_cast<size_t>(b) * NW + w) * TD, v, TD);
+      if (p.cache.writer) copy_block(g, p.cache.writer + (static_cast<size_t>(b) * NW + w) * TD, v, TD);
     };
 
     // ---- embeddings
     if (patched) {
-      copy_block(x, pl.clean_pre + (static_cast<size_t>(b) * (m.L + 1) + start) * TD, TD);
-      __syncthreads();
+      copy_block(g, x, pl.clean_pre + (static_cast<size_t>(b) * (m.L + 1) + start) * TD, TD);
+      g.sync();
       for (int w = 0; w < 2; ++w) {
         if (nproj[w] == kNoPatch) continue;
-        copy_block(res, clean_w(w), TD);
-        __syncthreads();
+        copy_block(g, res, clean_w(w), TD);
+        g.sync();
         finish_writer(w, res);
         const float* before = clean_w(w);
-        for (int i = threadIdx.x; i < TD; i += blockDim.x) x[i] += res[i] - before[i];
-        __syncthreads();
+        for (int i = g.tid; i < TD; i += g.n) x[i] += res[i] - before[i];
+        g.sync();
       }
     } else {
-      for (int i = threadIdx.x; i < TD; i += blockDim.x) {
+      for (int i = g.tid; i < TD; i += g.n) {
         const int t = i / D, j = i - t * D;
         const float e = __ldg(m.w_e + static_cast<size_t>(tok[t]) * D + j);
         const float q = __ldg(m.w_pos + static_cast<size_t>(t) * D + j);
@@ -407,18 +440,18 @@ __global__ void __launch_bounds__(kMaxThreads) engine_kernel(Params p) {
           p.cache.writer[(static_cast<size_t>(b) * NW + 1) * TD + i] = q;
         }
       }
-      __syncthreads();
+      g.sync();
     }
 
     for (int l = start; l < m.L; ++l) {
       const LayerDev& Ld = m.layers[l];
-      if (float* r = rec(l, kRecResidPre)) copy_block(r + bTD, x, TD);
-      if (p.cache.pre) copy_block(p.cache.pre + (static_cast<size_t>(b) * (m.L + 1) + l) * TD, x, TD);
+      if (float* r = rec(l, kRecResidPre)) copy_block(g, r + bTD, x, TD);
+      if (p.cache.pre) copy_block(g, p.cache.pre + (static_cast<size_t>(b) * (m.L + 1) + l) * TD, x, TD);
       // ---- attention
       const bool rec_attn = rl && (rec(l, kRecQ) || rec(l, kRecK) || rec(l, kRecV) || rec(l, kRecZ) ||
                                    rec(l, kRecScores) || rec(l, kRecPattern) || rec(l, kRecResult));
       if (Ld.any_active || rec_attn) {
-        mm(x, D, T, Ld.qkv, 3 * HE, 3 * HE, Ld.qkv_rows, Ld.n_qkv_rows, Ld.bqkv, qkv, 3 * HE, false);
+        mm(g, x, D, T, Ld.qkv, 3 * HE, 3 * HE, Ld.qkv_rows, Ld.n_qkv_rows, Ld.bqkv, qkv, 3 * HE, false);
         if (patched) {
           for (int h = 0; h < H; ++h) {
             if (!Ld.active[h]) continue;  // an inactive head's output is 0 whatever its inputs
@@ -426,22 +459,22 @@ __global__ void __launch_bounds__(kMaxThreads) engine_kernel(Params p) {
             for (int mi = 0; mi < 3; ++mi) {
               if (!edge_delta(reader, mi, inb)) continue;
               const int c0 = (mi * H + h) * E;
-              mm(inb, D, T, Ld.qkv + c0, 3 * HE, E, Ld.qkv_rows, Ld.n_qkv_rows, nullptr, qkv + c0, 3 * HE, true);
+              mm(g, inb, D, T, Ld.qkv + c0, 3 * HE, E, Ld.qkv_rows, Ld.n_qkv_rows, nullptr, qkv + c0, 3 * HE, true);
             }
           }
         }
         float* sc = rec(l, kRecScores);
         float* pt = rec(l, kRecPattern);
-        attention(qkv, T, H, E, tok, m.pad, Ld.active, rec_attn, P, z,
+        attention(g, qkv, T, H, E, tok, m.pad, Ld.active, rec_attn, P, z,
                   sc ? sc + static_cast<size_t>(b) * H * T * T : nullptr,
                   pt ? pt + static_cast<size_t>(b) * H * T * T : nullptr);
         const size_t bTHE = static_cast<size_t>(b) * T * HE;
-        if (float* r = rec(l, kRecZ)) copy_block(r + bTHE, z, T * HE);
+        if (float* r = rec(l, kRecZ)) copy_block(g, r + bTHE, z, T * HE);
         float* rq = rec(l, kRecQ);
         float* rk = rec(l, kRecK);
         float* rv = rec(l, kRecV);
         if (rq || rk || rv) {
-          for (int i = threadIdx.x; i < T * HE; i += blockDim.x) {
+          for (int i = g.tid; i < T * HE; i += g.n) {
             const int t = i / HE, c = i - t * HE;
             const float* row = qkv + static_cast<size_t>(t) * 3 * HE;
             if (rq) rq[bTHE + i] = row[c];
@@ -455,76 +488,76 @@ __global__ void __launch_bounds__(kMaxThreads) engine_kernel(Params p) {
           rec_result || p.cache.writer || (patched && pl.head_per[static_cast<size_t>(s) * m.L + l]);
       if (!per_head) {
         // attn_out = b_O + z @ W_O (all heads at once); rows of inactive heads are not in the list
-        mm(z, HE, T, Ld.wo, D, D, Ld.wo_rows, Ld.n_wo_rows, Ld.bo, acc, D, false);
+        mm(g, z, HE, T, Ld.wo, D, D, Ld.wo_rows, Ld.n_wo_rows, Ld.bo, acc, D, false);
       } else {
-        for (int i = threadIdx.x; i < TD; i += blockDim.x) acc[i] = __ldg(Ld.bo + i % D);
+        for (int i = g.tid; i < TD; i += g.n) acc[i] = __ldg(Ld.bo + i % D);
         for (int h = 0; h < H; ++h) {
           const int r0 = Ld.wo_head_off[h], r1 = Ld.wo_head_off[h + 1];
           // rows are global row indices of W_O [HE, D]; X = z with the same column indexing
-          mm(z, HE, T, Ld.wo, D, D, Ld.wo_head_rows + r0, r1 - r0, nullptr, res, D, false);
+          mm(g, z, HE, T, Ld.wo, D, D, Ld.wo_head_rows + r0, r1 - r0, nullptr, res, D, false);
           finish_writer(2 + l * (H + 1) + h, res);
           if (rec_result)
-            for (int i = threadIdx.x; i < TD; i += blockDim.x) {
+            for (int i = g.tid; i < TD; i += g.n) {
               const int t = i / D, j = i - t * D;
               rec_result[((static_cast<size_t>(b) * T + t) * H + h) * D + j] = res[i];
             }
-          for (int i = threadIdx.x; i < TD; i += blockDim.x) acc[i] += res[i];
-          __syncthreads();
+          for (int i = g.tid; i < TD; i += g.n) acc[i] += res[i];
+          g.sync();
         }
       }
-      if (float* r = rec(l, kRecAttnOut)) copy_block(r + bTD, acc, TD);
-      for (int i = threadIdx.x; i < TD; i += blockDim.x) x[i] += acc[i];
-      __syncthreads();
-      if (float* r = rec(l, kRecResidMid)) copy_block(r + bTD, x, TD);
+      if (float* r = rec(l, kRecAttnOut)) copy_block(g, r + bTD, acc, TD);
+      for (int i = g.tid; i < TD; i += g.n) x[i] += acc[i];
+      g.sync();
+      if (float* r = rec(l, kRecResidMid)) copy_block(g, r + bTD, x, TD);
       // ---- MLP
       const float* in = x;
       if (patched && edge_delta(l * (H + 1) + H, kInputIn, inb)) {
-        for (int i = threadIdx.x; i < TD; i += blockDim.x) inb[i] += x[i];
-        __syncthreads();
+        for (int i = g.tid; i < TD; i += g.n) inb[i] += x[i];
+        g.sync();
         in = inb;
       }
       float* hid = work;
-      mm(in, D, T, Ld.win, M, M, Ld.win_rows, Ld.n_win_rows, Ld.bin, hid, M, false);
+      mm(g, in, D, T, Ld.win, M, M, Ld.win_rows, Ld.n_win_rows, Ld.bin, hid, M, false);
       const size_t bTM = static_cast<size_t>(b) * T * M;
-      if (float* r = rec(l, kRecMlpPre)) copy_block(r + bTM, hid, T * M);
-      __syncthreads();
-      for (int i = threadIdx.x; i < T * M; i += blockDim.x) hid[i] = hid[i] > 0.0f ? hid[i] : 0.0f;
-      __syncthreads();
-      if (float* r = rec(l, kRecMlpPost)) copy_block(r + bTM, hid, T * M);
-      mm(hid, M, T, Ld.wout, D, D, Ld.wout_rows, Ld.n_wout_rows, Ld.bout, acc, D, false);
+      if (float* r = rec(l, kRecMlpPre)) copy_block(g, r + bTM, hid, T * M);
+      g.sync();
+      for (int i = g.tid; i < T * M; i += g.n) hid[i] = hid[i] > 0.0f ? hid[i] : 0.0f;
+      g.sync();
+      if (float* r = rec(l, kRecMlpPost)) copy_block(g, r + bTM, hid, T * M);
+      mm(g, hid, M, T, Ld.wout, D, D, Ld.wout_rows, Ld.n_wout_rows, Ld.bout, acc, D, false);
       finish_writer(2 + l * (H + 1) + H, acc);
-      if (float* r = rec(l, kRecMlpOut)) copy_block(r + bTD, acc, TD);
-      for (int i = threadIdx.x; i < TD; i += blockDim.x) x[i] += acc[i];
-      __syncthreads();
-      if (float* r = rec(l, kRecResidPost)) copy_block(r + bTD, x, TD);
+      if (float* r = rec(l, kRecMlpOut)) copy_block(g, r + bTD, acc, TD);
+      for (int i = g.tid; i < TD; i += g.n) x[i] += acc[i];
+      g.sync();
+      if (float* r = rec(l, kRecResidPost)) copy_block(g, r + bTD, x, TD);
     }
-    if (p.cache.pre) copy_block(p.cache.pre + (static_cast<size_t>(b) * (m.L + 1) + m.L) * TD, x, TD);
+    if (p.cache.pre) copy_block(g, p.cache.pre + (static_cast<size_t>(b) * (m.L + 1) + m.L) * TD, x, TD);
     // ---- unembedding
     const float* fin = x;
     if (patched && edge_delta(m.L * (H + 1), kInputIn, inb)) {
-      for (int i = threadIdx.x; i < TD; i += blockDim.x) inb[i] += x[i];
-      __syncthreads();
+      for (int i = g.tid; i < TD; i += g.n) inb[i] += x[i];
+      g.sync();
       fin = inb;
     }
     float* logits = work;
-    mm(fin, D, T, m.w_u, V, V, m.u_rows, m.n_u_rows, m.b_u, logits, V, false);
+    mm(g, fin, D, T, m.w_u, V, V, m.u_rows, m.n_u_rows, m.b_u, logits, V, false);
     const int TV = T * V;
-    if (p.out) copy_block(p.out + static_cast<size_t>(b) * TV, logits, TV);
-    if (p.cache.out) copy_block(p.cache.out + static_cast<size_t>(b) * TV, logits, TV);
+    if (p.out) copy_block(g, p.out + static_cast<size_t>(b) * TV, logits, TV);
+    if (p.cache.out) copy_block(g, p.cache.out + static_cast<size_t>(b) * TV, logits, TV);
     if (patched) {
-      if (pl.outs) copy_block(pl.outs + static_cast<size_t>(item) * TV, logits, TV);
+      if (pl.outs) copy_block(g, pl.outs + static_cast<size_t>(item) * TV, logits, TV);
       if (pl.metric != 0) {
         const float* cl = pl.clean_out + static_cast<size_t>(b) * TV;
         const float* so = pl.src_out + static_cast<size_t>(b) * TV;
-        for (int t = threadIdx.x; t < T; t += blockDim.x) {
+        for (int t = g.tid; t < T; t += g.n) {
           double v = 0.0;
           bool counted = t > 0 && !(m.pad >= 0 && tok[t] == m.pad) &&
                          position_metric(pl.metric, pl.atol, logits + t * V, cl + t * V, so + t * V, V, &v);
           red[t] = counted ? v : 0.0;
           red[T + t] = counted ? 1.0 : 0.0;
         }
-        __syncthreads();
-        if (threadIdx.x == 0) {
+        g.sync();
+        if (g.tid == 0) {
           double sum = 0.0, count = 0.0;
           for (int t = 0; t < T; ++t) {
             sum += red[t];
@@ -535,7 +568,7 @@ __global__ void __launch_bounds__(kMaxThreads) engine_kernel(Params p) {
         }
       }
     }
-    __syncthreads();  // the next item overwrites the scratch
+    g.sync();  // the next item overwrites the scratch
   }
 }
 
@@ -615,38 +648,81 @@ struct DeviceState {
   DevBuf clean_w, clean_pre, clean_out, src_w, src_pre, src_out;
   DevBuf p_start, p_node, p_slot, p_eoff, p_edges, p_headper, p_diag, p_mat, p_sum, p_count, p_outs;
   std::vector<std::unique_ptr<DevBuf>> rec_bufs;
+  static constexpr int kVariants = 3;  // engine_kernel<1>, <2>, <4>
+  size_t smem_attr[kVariants] = {48 * 1024, 48 * 1024, 48 * 1024};  // dynamic shared memory limits as raised
+  int occ_threads[kVariants] = {0, 0, 0}, occ_blocks[kVariants] = {0, 0, 0};
+  size_t occ_smem[kVariants] = {0, 0, 0};
+  int warp_min_blocks = 2;  // RASP_CUDA_MINBLOCKS: the register cap of the warp-mode kernel (1, 2 or 4)
+
+  int kernel_mode = 0;  // RASP_CUDA_KERNEL: 0 auto, 1 block ("old"), 2 warp ("new")
+
+  // Warp mode (a warp per item, threads/32 items per block) pays off once there are enough items to fill
+  // the GPU with warps; below that block mode spreads one sequence over the whole block, which has lower
+  // latency. Warp mode needs each group's scratch in shared memory.
+  bool use_warp_mode(int64_t n_items, size_t group_bytes) const {
+    if (kernel_mode == 1) return false;
+    const int groups = std::max(threads / 32, 1);
+    if (group_bytes * groups > smem_optin) return false;
+    if (kernel_mode == 2) return true;
+    return n_items >= static_cast<int64_t>(16) * sm_count;
+  }
 
   // Launch settings for a run: grid size and where the scratch lives.
   void launch(Params& prm, int64_t n_items, bool full, cudaStream_t stream) {
     const Layout lay = make_layout(prm.T, dims.d_model, dims.n_heads, dims.d_head, dims.d_mlp, dims.d_vocab_out,
                                    full);
-    prm.scratch_floats = lay.total;
-    const size_t bytes = lay.total * sizeof(float);
+    prm.scratch_floats = lay.total;  // a multiple of 4 floats: every group's scratch stays 16-byte aligned
+    const size_t group_bytes = lay.total * sizeof(float);
+    const bool warp = use_warp_mode(n_items, group_bytes);
+#ifdef RASP_CUDA_EMULATE_HOST
+    // the emulation runs RASP_EMU_THREADS threads per block: in warp mode each is a group of one
+    const int groups = warp ? std::min(RASP_EMU_THREADS, kMaxGroups) : 1;
+    const int block = warp ? groups : threads;
+#else
+    const int groups = warp ? std::max(threads / 32, 1) : 1;
+    const int block = threads;
+#endif
+    prm.groups = groups;
+    prm.warp = warp ? 1 : 0;
+    const size_t bytes = group_bytes * groups;
+    // block mode keeps the original uncapped kernel; warp mode takes the register-capped one
+    const int var = !warp ? 0 : warp_min_blocks >= 4 ? 2 : warp_min_blocks >= 2 ? 1 : 0;
+    void (*kernel)(Params) = var == 0 ? engine_kernel<1> : var == 1 ? engine_kernel<2> : engine_kernel<4>;
     size_t smem = bytes;
     if (bytes > smem_optin) {
       smem = 0;
-    } else if (bytes > 48 * 1024) {
-      RASP_CUDA_CHECK(cudaFuncSetAttribute(engine_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    } else if (bytes > 48 * 1024 && bytes > smem_attr[var]) {
+      RASP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(bytes)));
+      smem_attr[var] = bytes;
     }
     int per_sm = 0;
-    RASP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, engine_kernel, threads, smem));
-    per_sm = std::max(per_sm, 1);
-    int64_t grid = std::min<int64_t>(n_items, static_cast<int64_t>(sm_count) * per_sm);
+    if (occ_threads[var] == block && occ_smem[var] == smem) {  // the occupancy query costs microseconds
+      per_sm = occ_blocks[var];
+    } else {
+      RASP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, smem));
+      per_sm = std::max(per_sm, 1);
+      occ_threads[var] = block;
+      occ_smem[var] = smem;
+      occ_blocks[var] = per_sm;
+    }
+    const int64_t blocks_needed = (n_items + groups - 1) / groups;
+    int64_t grid = std::min<int64_t>(blocks_needed, static_cast<int64_t>(sm_count) * per_sm);
     grid = std::max<int64_t>(grid, 1);
+    const int64_t n_grps = grid * groups;
     if (smem == 0) {
-      prm.gscratch = static_cast<float*>(scratch.ensure(static_cast<size_t>(grid) * bytes));
+      prm.gscratch = static_cast<float*>(scratch.ensure(static_cast<size_t>(n_grps) * group_bytes));
     } else {
       prm.gscratch = nullptr;
     }
     if (prm.plan.S > 0) {
       prm.plan.slot_mem = static_cast<float*>(
-          slot_mem.ensure(static_cast<size_t>(grid) * std::max(prm.plan.n_slots, 1) * prm.T * dims.d_model *
+          slot_mem.ensure(static_cast<size_t>(n_grps) * std::max(prm.plan.n_slots, 1) * prm.T * dims.d_model *
                           sizeof(float)));
     }
     prm.err = err.as<int>();
     RASP_CUDA_CHECK(cudaMemsetAsync(prm.err, 0, sizeof(int), stream));
-    RASP_LAUNCH(engine_kernel, static_cast<unsigned>(grid), threads, smem, stream, prm);
+    RASP_LAUNCH(kernel, static_cast<unsigned>(grid), block, smem, stream, prm);
     RASP_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -734,6 +810,18 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
   st.sm_count = prop.multiProcessorCount;
   // leave room for the kernel's static shared memory and the runtime's reserve
   st.smem_optin = prop.sharedMemPerBlockOptin > 2048 ? prop.sharedMemPerBlockOptin - 2048 : 0;
+  if (const char* km = std::getenv("RASP_CUDA_KERNEL")) {
+    const std::string v(km);
+    if (v == "old" || v == "block") st.kernel_mode = 1;
+    else if (v == "new" || v == "warp") st.kernel_mode = 2;
+    else if (!v.empty() && v != "auto")
+      throw std::invalid_argument("RASP_CUDA_KERNEL must be auto, old (block) or new (warp), not '" + v + "'");
+  }
+  if (const char* mb = std::getenv("RASP_CUDA_MINBLOCKS")) {
+    const std::string v(mb);
+    if (v == "1" || v == "2" || v == "4") st.warp_min_blocks = v[0] - '0';
+    else if (!v.empty()) throw std::invalid_argument("RASP_CUDA_MINBLOCKS must be 1, 2 or 4, not '" + v + "'");
+  }
   st.dims = m.dims;
   const ModelDims& d = m.dims;
   const int D = d.d_model, H = d.n_heads, E = d.d_head, L = d.n_layers;

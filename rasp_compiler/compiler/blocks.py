@@ -492,7 +492,7 @@ def _stack(parts: list[tuple[list[str], np.ndarray]], dim: int) -> tuple[tuple[s
 
 def _classes(t: np.ndarray) -> list[list[int]]:
     """Indices of identical rows, grouped (first occurrence order)."""
-    _, first, inverse = np.unique(t, axis=0, return_index=True, return_inverse=True)
+    _, inverse = np.unique(t, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     groups: dict[int, list[int]] = {}
     for i, c in enumerate(inverse.tolist()):

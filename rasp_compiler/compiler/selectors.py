@@ -140,24 +140,51 @@ def selector_groups(graph: ProgramGraph, values: Any, op_label: str, sel: str) -
 
 
 def always_selects(graph: ProgramGraph, values: Any, sel: str) -> bool:
-    """True when every query provably selects at least one key, on every input.
+    """True when every query provably selects at least one key, on every valid input.
 
-    Sufficient conditions, for a selector that is one group: each query's row selects every key
-    value; or keys and queries are the same SOp and every value selects itself; or the keys are
-    indices and every query selects index 0 (which every input has).
+    No key or query SOp may be None. Groups whose table is all True then constrain nothing and are
+    dropped. Then it suffices that every
+    remaining group selects the query's own position (keys and queries the same SOp, reflexive
+    table), or that there is one group left and it is over keys `indices` and either every query
+    selects index 0, or its queries are never None and always hold an earlier position `v` that
+    the query selects (`Select(indices, earlier_position, EQ)`, e.g. `max(i - 1, 0)`).
     """
     try:
         groups = selector_groups(graph, values, sel, sel)
     except CompileError:
         return False
-    if len(groups) != 1:
+    # a None value has no one-hot features: the head can match nothing at such a position
+    if any(values[g.keys].may_be_none or values[g.queries].may_be_none for g in groups):
+        return False
+    groups = [g for g in groups if not g.table.all()]
+    if not groups:
+        return True
+    if any(g.table.size == 0 for g in groups):
+        return False
+    if all(g.keys == g.queries and bool(np.diag(g.table).all()) for g in groups):
+        return True
+    if len(groups) != 1 or groups[0].keys != "indices":
         return False
     g = groups[0]
-    t = g.table
-    if t.size == 0:
+    if bool(g.table[:, 0].all()):
+        return True
+    q = values[g.queries]
+    if not q.at_or_before or q.values is None:
         return False
-    if t.all():
-        return True
-    if g.keys == g.queries and t.shape[0] == t.shape[1] and bool(np.diag(t).all()):
-        return True
-    return g.keys == "indices" and bool(t[:, 0].all())
+    return all(0 <= v < g.table.shape[1] and bool(g.table[i, v]) for i, v in enumerate(q.values))
+
+
+def only_selects_earlier(graph: ProgramGraph, values: Any, sel: str) -> bool:
+    """True when the selector never selects a key after the query (some group over indices x
+    indices has a table with no key > query), so an aggregated earlier-position value stays earlier."""
+    try:
+        groups = selector_groups(graph, values, sel, sel)
+    except CompileError:
+        return False
+    for g in groups:
+        if g.keys == "indices" and g.queries == "indices":
+            t = g.table
+            n = min(t.shape)
+            if not np.triu(t[:n, :n], k=1).any() and not t[:n, n:].any():
+                return True
+    return False

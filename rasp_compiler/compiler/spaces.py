@@ -15,7 +15,7 @@ from rasp_compiler.compiler.fuse import Fusion
 from rasp_compiler.compiler.graph import ProgramGraph
 from rasp_compiler.compiler.options import CompileError, CompilerOptions
 from rasp_compiler.compiler.values import ValueSets
-from rasp_compiler.model import _token_key
+from rasp_compiler.model import _token_key, sort_values
 
 ONE = "one"
 
@@ -105,6 +105,4 @@ def build_residual(
 
 
 def values_tokens(options: CompilerOptions) -> tuple[Any, ...]:
-    from rasp_compiler.model import sort_values
-
     return tuple(sort_values(options.vocab))

@@ -15,7 +15,7 @@ from typing import Any
 
 from rasp_compiler.compiler.graph import ProgramGraph
 from rasp_compiler.compiler.options import CompileError, CompilerOptions
-from rasp_compiler.compiler.selectors import always_selects
+from rasp_compiler.compiler.selectors import always_selects, only_selects_earlier
 from rasp_compiler.model import sort_values
 
 
@@ -25,6 +25,8 @@ class ValueInfo:
 
     values: tuple[Any, ...] | None
     may_be_none: bool = False
+    # at every position i where it is not None, the value is an int in [0, i] (an earlier position)
+    at_or_before: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +77,10 @@ def _numeric_means(vals: tuple[Any, ...], n_max: int, limit: int, label: str) ->
     return tuple(sorted(_to_number(m) for m in means))
 
 
+def _is_index(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _to_number(m: Fraction) -> int | float:
     return int(m) if m.denominator == 1 else float(m)
 
@@ -95,7 +101,7 @@ def infer_values(graph: ProgramGraph, options: CompilerOptions) -> ValueSets:
         if kind == "tokens":
             vi = ValueInfo(tuple(sort_values(options.vocab)))
         elif kind == "indices":
-            vi = ValueInfo(tuple(range(n_max)))
+            vi = ValueInfo(tuple(range(n_max)), at_or_before=True)
         elif kind == "length":
             vi = ValueInfo(tuple(range(1, n_max + 1)))
         elif kind == "selector_width":
@@ -109,8 +115,13 @@ def infer_values(graph: ProgramGraph, options: CompilerOptions) -> ValueSets:
             if inner.values is None:
                 vi = ValueInfo(None, inner.may_be_none)
             else:
-                out = {_apply(expr.f, x) for x in inner.values}
-                vi = ValueInfo(tuple(sort_values(v for v in out if v is not None)), inner.may_be_none)
+                pairs = [(x, _apply(expr.f, x)) for x in inner.values]
+                before = inner.at_or_before and all(
+                    y is None or (_is_index(y) and 0 <= y <= x) for x, y in pairs
+                )
+                vi = ValueInfo(
+                    tuple(sort_values({y for _, y in pairs if y is not None})), inner.may_be_none, before
+                )
         elif kind in ("sequence_map", "linear_sequence_map"):
             a, b = kids
             none = a.may_be_none or b.may_be_none
@@ -127,8 +138,10 @@ def infer_values(graph: ProgramGraph, options: CompilerOptions) -> ValueSets:
         elif kind == "aggregate":
             sop = kids[1]
             if node.encoding == "categorical":
-                selects = always_selects(graph, ValueSets(info), node.children[0])
-                vi = ValueInfo(sop.values, sop.may_be_none or not selects)
+                so_far = ValueSets(info)
+                selects = always_selects(graph, so_far, node.children[0])
+                before = sop.at_or_before and only_selects_earlier(graph, so_far, node.children[0])
+                vi = ValueInfo(sop.values, sop.may_be_none or not selects, before)
             elif sop.values is None:
                 vi = ValueInfo(None, False)
             else:
