@@ -1,4 +1,4 @@
-"""Shared test settings: hypothesis runs derandomized (fixed seeds) unless HYPOTHESIS_PROFILE says otherwise."""
+"""Shared test settings: hypothesis runs derandomized (fixed seeds) unless HYPOTHESIS_PROFILE says so."""
 
 import os
 
