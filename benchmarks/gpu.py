@@ -3,7 +3,7 @@ TransformerLens (when installed), batch 1 to 65,536; then a full edge sweep of a
 a hook loop on the PyTorch CUDA module.
 
     python benchmarks/gpu.py [--batches 1,16,256,4096,65536] [--programs sort,reverse,...]
-                             [--no-compile] [--sweep-program majority] [--sweep-batch 32]
+                             [--no-compile] [--sweep-program majority,second_largest] [--sweep-batch 32]
 
 Times are medians of CUDA-event-timed calls on device-resident inputs and outputs (no host copies
 on either side). Ratios are (peer time) / (engine time): > 1 means the engine is faster. The table
@@ -32,8 +32,13 @@ LINES: list[str] = []
 
 
 def say(line: str = "") -> None:
+    """Print a line and append it to $OUT/gpu_bench.md as it comes (a run cut short keeps its tables)."""
     print(line, flush=True)
     LINES.append(line)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "gpu_bench.md"), "a") as fh:
+            fh.write(line + "\n")
 
 
 def cuda_time(fn: Callable[[], Any], min_time: float = 0.25, max_reps: int = 200) -> float:
@@ -137,20 +142,54 @@ def forward_table(args: argparse.Namespace) -> None:
                 f"{ratio(t_comp, t_eng)} |")
 
 
-def block_size_table(args: argparse.Namespace) -> None:
-    """Engine time at the largest batch for several threads-per-block settings (a tuning lead)."""
-    name = args.programs.split(",")[0]
-    batch = int(args.batches.split(",")[-1])
-    model = library_model(name)
-    eng = Engine(model, device="cuda")
-    ids = torch.from_numpy(random_ids(model, min(batch, 4096), seed=3))
-    ids = ids.repeat((batch + ids.shape[0] - 1) // ids.shape[0], 1)[:batch].to(torch.int32).cuda()
-    cells = []
-    for threads in (64, 128, 256):
-        eng._core.set_block_threads(threads)
-        cells.append(f"{threads}: {fmt(cuda_time(lambda: eng.run(ids)))}")
+def engine_with(model: Any, kernel: str, min_blocks: str = "2") -> Engine:
+    """A CUDA engine whose kernel choice is forced (RASP_CUDA_KERNEL / RASP_CUDA_MINBLOCKS are read when an
+    engine is made)."""
+    saved = {k: os.environ.get(k) for k in ("RASP_CUDA_KERNEL", "RASP_CUDA_MINBLOCKS")}
+    os.environ["RASP_CUDA_KERNEL"], os.environ["RASP_CUDA_MINBLOCKS"] = kernel, min_blocks
+    try:
+        return Engine(model, device="cuda")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def kernel_table(args: argparse.Namespace) -> None:
+    """Engine time per kernel variant at the large batches: block mode ("old": a block per sequence, uncapped
+    registers) vs warp mode ("new": a warp per sequence, registers capped by min blocks per SM), and threads
+    per block (= warps x 32 in warp mode). The forward table above uses the automatic choice."""
+    batches = [b for b in (int(x) for x in args.batches.split(",")) if b >= 4096]
+    if not batches:
+        return
+    variants = [("old", "2", 128), ("old", "2", 64), ("new", "1", 128), ("new", "2", 128), ("new", "4", 128),
+                ("new", "2", 64), ("new", "2", 256), ("new", "4", 256)]
     say("")
-    say(f"Threads per block, {name} at batch {batch}: " + ", ".join(cells) + " (default 128)")
+    say("## Kernel variants (mode / register cap as min blocks per SM / threads per block)")
+    say("")
+    say("| program | batch | " + " | ".join(f"{k} mb{mb} t{t}" for k, mb, t in variants) + " |")
+    say("|---|---|" + "---|" * len(variants))
+    for name in args.programs.split(","):
+        model = library_model(name)
+        engines = {}
+        for k, mb, _ in variants:
+            if (k, mb) not in engines:
+                engines[(k, mb)] = engine_with(model, k, mb)
+        for batch in batches:
+            ids = torch.from_numpy(random_ids(model, min(batch, 4096), seed=3))
+            ids = ids.repeat((batch + ids.shape[0] - 1) // ids.shape[0], 1)[:batch].to(torch.int32).cuda()
+            want = engines[("old", "2")].run(ids)
+            cells = []
+            for k, mb, t in variants:
+                eng = engines[(k, mb)]
+                eng._core.set_block_threads(t)
+                err = float((eng.run(ids) - want).abs().max())
+                if err > 1e-4:
+                    say(f"WARNING {name} batch {batch} {k}/{mb}/{t}: differs from old by {err}")
+                cells.append(fmt(cuda_time(lambda e=eng: e.run(ids), min_time=0.1)))
+            say(f"| {name} | {batch} | " + " | ".join(cells) + " |")
 
 
 def hook_loop_edge(module: Any, tokens: torch.Tensor, src_cache: dict[str, torch.Tensor], edge: tuple) -> Any:
@@ -207,8 +246,7 @@ def all_edges(c: Any) -> list[tuple[str, str, str]]:
             if wl < rl or (wl == rl and not w_mlp and r_mlp)]
 
 
-def sweep_table(args: argparse.Namespace) -> None:
-    name = args.sweep_program
+def sweep_table(args: argparse.Namespace, name: str) -> None:
     model = library_model(name)
     c = model.config
     edges = all_edges(c)
@@ -274,7 +312,8 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--compile-programs", default="sort", help="programs also timed under torch.compile "
                     "(each compile takes tens of seconds)")
-    ap.add_argument("--sweep-program", default="majority")
+    ap.add_argument("--sweep-program", default="majority,second_largest",
+                    help="comma-separated programs for the full edge sweep (6-layer models)")
     ap.add_argument("--sweep-batch", type=int, default=32)
     ap.add_argument("--hook-sample", type=int, default=40, help="edges timed in the hook loop")
     ap.add_argument("--skip-forward", action="store_true")
@@ -283,6 +322,9 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no CUDA device visible to torch: nothing to benchmark")
         return
+    out = os.environ.get("OUT")
+    if out:
+        open(os.path.join(out, "gpu_bench.md"), "w").close()
     info = build_info()
     say(f"# GPU benchmark: {torch.cuda.get_device_name(0)}")
     say("")
@@ -291,13 +333,10 @@ def main() -> None:
     say("")
     if not args.skip_forward:
         forward_table(args)
-        block_size_table(args)
+        kernel_table(args)
     if not args.skip_sweep:
-        sweep_table(args)
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "gpu_bench.md"), "w") as fh:
-            fh.write("\n".join(LINES) + "\n")
+        for name in args.sweep_program.split(","):
+            sweep_table(args, name)
 
 
 if __name__ == "__main__":
