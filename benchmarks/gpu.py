@@ -169,7 +169,14 @@ def kernel_table(args: argparse.Namespace) -> None:
     say("")
     say("## Kernel variants (mode / register cap as min blocks per SM / threads per block)")
     say("")
-    say("| program | batch | " + " | ".join(f"{k} mb{mb} t{t}" for k, mb, t in variants) + " |")
+    try:
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        say(f"The automatic choice (forward table) takes warp mode from {16 * sms} items on ({sms} SMs).")
+        say("")
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    say("| program | batch | " + " | ".join(f"{k} t{t}" if k == "old" else f"{k} mb{mb} t{t}"
+                                          for k, mb, t in variants) + " |")
     say("|---|---|" + "---|" * len(variants))
     for name in args.programs.split(","):
         model = library_model(name)

@@ -7,7 +7,9 @@
 #ifdef RASP_CUDA_EMULATE_HOST
 #include "cuda/emulate/cuda_runtime.h"  // CPU emulation for logic tests (scripts/cuda_emulate_check.sh)
 #define RASP_LAUNCH(kernel, grid, block, smem, stream, ...) rasp_emu_launch(kernel, grid, block, smem, __VA_ARGS__)
+#define RASP_UNROLL
 #else
+#define RASP_UNROLL _Pragma("unroll")
 #include <cuda_runtime.h>
 #define RASP_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #endif
@@ -133,6 +135,45 @@ struct Grp {
 __device__ void mm(const Grp& g, const float* X, int ldx, int T, const float* __restrict__ W, int ldw, int ncols,
                    const int* __restrict__ rows, int nrows, const float* __restrict__ bias, float* Y, int ldy,
                    bool accumulate) {
+  if (g.warp) {
+    // Warp mode: a lane owns columns and keeps kTile positions in registers, so that each weight and row
+    // index is loaded once per kTile positions (not once per position) and kTile independent sums give
+    // the lane instruction-level parallelism. Same terms in the same order as below: same results.
+    constexpr int kTile = 8;
+    for (int t0 = 0; t0 < T; t0 += kTile) {
+      const int tn = T - t0 < kTile ? T - t0 : kTile;
+      const float* x0 = X + static_cast<size_t>(t0) * ldx;
+      for (int j = g.tid; j < ncols; j += g.n) {
+        const float b = bias ? __ldg(bias + j) : 0.0f;
+        float s[kTile];
+        RASP_UNROLL
+        for (int u = 0; u < kTile; ++u) {  // slots past the last position repeat it; their sums are dropped
+          const int t = t0 + (u < tn ? u : tn - 1);
+          s[u] = accumulate ? Y[t * ldy + j] : 0.0f;
+          if (bias) s[u] = accumulate ? s[u] + b : b;
+        }
+        if (rows) {
+          for (int r = 0; r < nrows; ++r) {
+            const int i = __ldg(rows + r);
+            const float w = __ldg(W + static_cast<size_t>(i) * ldw + j);
+            RASP_UNROLL
+            for (int u = 0; u < kTile; ++u) s[u] += x0[static_cast<size_t>(u < tn ? u : tn - 1) * ldx + i] * w;
+          }
+        } else {
+          for (int i = 0; i < nrows; ++i) {
+            const float w = __ldg(W + static_cast<size_t>(i) * ldw + j);
+            RASP_UNROLL
+            for (int u = 0; u < kTile; ++u) s[u] += x0[static_cast<size_t>(u < tn ? u : tn - 1) * ldx + i] * w;
+          }
+        }
+        RASP_UNROLL
+        for (int u = 0; u < kTile; ++u)
+          if (u < tn) Y[(t0 + u) * ldy + j] = s[u];
+      }
+    }
+    g.sync();
+    return;
+  }
   const int n = T * ncols;
   for (int idx = g.tid; idx < n; idx += g.n) {
     const int t = idx / ncols, j = idx - t * ncols;
