@@ -382,15 +382,18 @@ def cmd_circuit(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
     if args.draw:
-        path = truth.draw(
-            args.draw,
-            heads_per_layer=model.config.heads_per_layer,
-            title=f"ground-truth circuit of {truth.output}",
-        )
+        path = _draw_truth(model, truth, args.draw)
         print(f"diagram: {path}")
     if args.pictures:
         _pictures(model, truth, Path(args.pictures), args.input)
     return 0
+
+
+def _draw_truth(model: Any, truth: Any, path: str | Path) -> Any:
+    """The ground-truth circuit diagram, heads placed by the model's layout; returns the written path."""
+    return truth.draw(
+        path, heads_per_layer=model.config.heads_per_layer, title=f"ground-truth circuit of {truth.output}"
+    )
 
 
 def _pictures(model: Any, truth: Any, out: Path, input_text: str | None) -> None:
@@ -406,11 +409,7 @@ def _pictures(model: Any, truth: Any, out: Path, input_text: str | None) -> None
     else:
         tokens = [vocab[i % len(vocab)] for i in range(model.max_seq_len)]
     written = [
-        truth.draw(
-            out / "circuit.png",
-            heads_per_layer=model.config.heads_per_layer,
-            title=f"ground-truth circuit of {truth.output}",
-        ),
+        _draw_truth(model, truth, out / "circuit.png"),
         pictures.residual_stream(model, out / "residual_stream.png", highlight=truth.node_names()),
     ]
     for node in truth.node_names():
@@ -475,18 +474,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     for lvl, r in results.items():
         if r.false_negatives:
-            print(
-                f"missed ({lvl}): "
-                + ", ".join(r.false_negatives[:12])
-                + (f" ... (+{len(r.false_negatives) - 12})" if len(r.false_negatives) > 12 else "")
-            )
+            print(f"missed ({lvl}): {_first_names(r.false_negatives)}")
         if r.false_positives:
-            print(
-                f"extra ({lvl}): "
-                + ", ".join(r.false_positives[:12])
-                + (f" ... (+{len(r.false_positives) - 12})" if len(r.false_positives) > 12 else "")
-            )
+            print(f"extra ({lvl}): {_first_names(r.false_positives)}")
     return 0
+
+
+def _first_names(names: Sequence[str], most: int = 12) -> str:
+    """The first `most` names, comma-separated, then how many were left out."""
+    more = f" ... (+{len(names) - most})" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
@@ -539,7 +536,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             "into work items yet (suite --ray works); run fuzz locally"
         )
     if args.target == "tool":
-        from verify.fuzz import ToolFuzzError
+        from verify.fuzz import ToolFuzzError, scoring_keywords
 
         if not args.tool:
             raise CLIError(
@@ -551,14 +548,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                 args.seed,
                 tool=args.tool,
                 progress=not args.quiet,
-                truth=args.truth,
-                ablation=args.ablation,
-                level=args.level,
-                metric=args.metric,
-                threshold=args.threshold,
-                n_inputs=args.inputs,
-                limits={"max_ops": args.max_ops} if args.max_ops else None,
-                shrink=not args.no_shrink,
+                **scoring_keywords(args),
             )
         except ToolFuzzError as e:
             raise CLIError(str(e)) from None
@@ -596,6 +586,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- parser
+
+
+def _add_ray_option(c: argparse.ArgumentParser, help_text: str) -> None:
+    """`--ray [ADDRESS]`: None when absent, "local" when given bare."""
+    c.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -684,14 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="suite directory")
     c.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     c.add_argument("--pairs", type=int, default=32, help="clean/corrupted input pairs per model (default 32)")
-    c.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="run the work items as Ray tasks (an existing cluster's ADDRESS, or a local instance)",
-    )
+    _add_ray_option(c, "run the work items as Ray tasks (an existing cluster's ADDRESS, or a local instance)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     g = c.add_argument_group("variants (harder ground truth; recorded in each card and the index)")
     g.add_argument(
@@ -784,14 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, default=0.999, help="a program fails below this (default 0.999)"
     )
     t.add_argument("--json", metavar="PATH", help="also write the tool summary as JSON")
-    c.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="not available for fuzz yet (see the error); suite --ray is",
-    )
+    _add_ray_option(c, "not available for fuzz yet (see the error); suite --ray is")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_fuzz)
 

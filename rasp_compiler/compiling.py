@@ -6,28 +6,47 @@ every knob in one `CompilerOptions`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from rasp_compiler.compiler.assemble import assemble
+from rasp_compiler.compiler.assemble import Assembled, assemble
 from rasp_compiler.compiler.blocks import build_blocks
 from rasp_compiler.compiler.fuse import plan_fusion
 from rasp_compiler.compiler.graph import ProgramGraph, build_graph
 from rasp_compiler.compiler.layout import allocate_layers
 from rasp_compiler.compiler.options import CompileError, CompilerOptions, UnsupportedProgramError
-from rasp_compiler.compiler.spaces import build_residual
+from rasp_compiler.compiler.spaces import Residual, build_residual
 from rasp_compiler.compiler.validate import validate
-from rasp_compiler.compiler.values import infer_values
+from rasp_compiler.compiler.values import ValueSets, infer_values
 from rasp_compiler.model import CompiledModel
 
-__all__ = ["CompileError", "CompilerOptions", "UnsupportedProgramError", "compile", "compile_rasp_to_model"]
+__all__ = [
+    "CompileError",
+    "CompiledGraph",
+    "CompilerOptions",
+    "UnsupportedProgramError",
+    "compile",
+    "compile_graph",
+    "compile_rasp_to_model",
+    "tracr_options",
+]
 
 COMPILER_BOS = "BOS"
 
 
-def compile(program: Any, options: CompilerOptions) -> CompiledModel:  # noqa: A001 - the package's verb
-    """RASP program -> CompiledModel whose decoded output equals `rasp.evaluate` on every valid input."""
-    graph = build_graph(program, options)
+@dataclasses.dataclass(frozen=True)
+class CompiledGraph:
+    """What the stages made of a program graph; multi-output models re-read `values` and `residual`."""
+
+    graph: ProgramGraph
+    values: ValueSets
+    residual: Residual
+    out: Assembled
+
+
+def compile_graph(graph: ProgramGraph, options: CompilerOptions) -> CompiledGraph:
+    """Every stage after graph building, in order: the one place the pipeline is written."""
     validate(graph, options)
     values = infer_values(graph, options)
     fusion = plan_fusion(graph, values, options)
@@ -35,7 +54,33 @@ def compile(program: Any, options: CompilerOptions) -> CompiledModel:  # noqa: A
     blocks = build_blocks(graph, values, residual, fusion, options)
     layout = allocate_layers(graph, blocks, options)
     out = assemble(graph, values, residual, blocks, layout, options)
+    return CompiledGraph(graph, values, residual, out)
+
+
+def compile(program: Any, options: CompilerOptions) -> CompiledModel:  # noqa: A001 - the package's verb
+    """RASP program -> CompiledModel whose decoded output equals `rasp.evaluate` on every valid input."""
+    graph = build_graph(program, options)
+    out = compile_graph(graph, options).out
     return CompiledModel(out.config, out.weights, out.codec, out.annotation, _program_source(program, graph))
+
+
+def tracr_options(
+    vocab: Iterable[Any],
+    max_seq_len: int,
+    compiler_bos: Any = COMPILER_BOS,
+    compiler_pad: Any = None,
+    mlp_exactness: float = 100,
+    **kwargs: Any,
+) -> CompilerOptions:
+    """CompilerOptions from tracr's argument names; extra keyword arguments are CompilerOptions fields."""
+    return CompilerOptions(
+        vocab=frozenset(vocab),
+        max_seq_len=max_seq_len,
+        bos=compiler_bos,
+        pad=compiler_pad,
+        mlp_exactness=mlp_exactness,
+        **kwargs,
+    )
 
 
 def compile_rasp_to_model(
@@ -50,14 +95,7 @@ def compile_rasp_to_model(
     """tracr's signature. Extra keyword arguments go to CompilerOptions (`causal` is not supported)."""
     if kwargs.pop("causal", False):
         raise CompileError("causal compilation is not supported")
-    options = CompilerOptions(
-        vocab=frozenset(vocab),
-        max_seq_len=max_seq_len,
-        bos=compiler_bos,
-        pad=compiler_pad,
-        mlp_exactness=mlp_exactness,
-        **kwargs,
-    )
+    options = tracr_options(vocab, max_seq_len, compiler_bos, compiler_pad, mlp_exactness, **kwargs)
     return compile(program, options)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler.model import Codec, CompiledModel, ModelConfig, ModelError, expected_weight_shapes
+from rasp_compiler.model import Codec, CompiledModel, ModelConfig, ModelError, compare_weight_names
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load", "save"]
 
@@ -158,11 +158,9 @@ def load(directory: str | os.PathLike) -> CompiledModel:
             f"from the recorded {str(doc['weights_sha256'])[:16]}... "
             "(file changed or damaged)"
         )
-    expected = expected_weight_shapes(config)
-    missing = [n for n in expected if n not in weights]
+    expected, missing, extra = compare_weight_names(config, weights)
     if missing:
         raise ModelFileError(f"{WEIGHTS_FILE} lacks tensor(s) {missing[:6]} that the config requires")
-    extra = sorted(set(weights) - set(expected))
     if extra:
         raise ModelFileError(f"{WEIGHTS_FILE} has tensor(s) {extra[:6]} that the config does not know")
     for name, shape in expected.items():

@@ -207,6 +207,16 @@ def expected_weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def compare_weight_names(
+    config: ModelConfig, names: Iterable[str]
+) -> tuple[dict[str, tuple[int, ...]], list[str], list[str]]:
+    """(expected shapes, missing names in contract order, unexpected names sorted), so that the model
+    and the file loader judge a weights dict alike and each words its own error."""
+    expected = expected_weight_shapes(config)
+    present = set(names)
+    return expected, [n for n in expected if n not in present], sorted(present - set(expected))
+
+
 # ----------------------------------------------------------------------------------------------- codec
 
 
@@ -610,11 +620,9 @@ class CompiledModel:
 def _checked_weights(config: ModelConfig, weights: dict[str, Any]) -> dict[str, np.ndarray]:
     if not isinstance(weights, dict):
         raise ModelError(f"weights must be a dict of name -> array, got {type(weights).__name__}")
-    expected = expected_weight_shapes(config)
-    missing = [n for n in expected if n not in weights]
+    expected, missing, extra = compare_weight_names(config, weights)
     if missing:
         raise ModelError(f"weights lack {len(missing)} tensor(s): {missing[:6]}")
-    extra = sorted(set(weights) - set(expected))
     if extra:
         raise ModelError(f"weights have unexpected tensor(s) {extra[:6]} (n_layers={config.n_layers})")
     out: dict[str, np.ndarray] = {}

@@ -171,37 +171,17 @@ def compile_programs(
     """Compile several programs into one model (shared residual stream; ops that are the same object
     are built once). Each output reads its own op's directions through its own W_U columns."""
     from rasp_compiler import compiling
-    from rasp_compiler.compiler.assemble import assemble
-    from rasp_compiler.compiler.blocks import build_blocks
-    from rasp_compiler.compiler.fuse import plan_fusion
-    from rasp_compiler.compiler.layout import allocate_layers
-    from rasp_compiler.compiler.options import CompilerOptions
-    from rasp_compiler.compiler.spaces import build_residual
-    from rasp_compiler.compiler.validate import validate
-    from rasp_compiler.compiler.values import infer_values
 
     if not isinstance(programs, Mapping) or not programs:
         raise MultiOutputError("compile_programs expects a non-empty mapping {name: program}")
     names = [str(n) for n in programs]
     if len(set(names)) != len(names):
         raise MultiOutputError(f"output names collide: {names}")
-    options = CompilerOptions(
-        vocab=frozenset(vocab),
-        max_seq_len=max_seq_len,
-        bos=compiler_bos,
-        pad=compiler_pad,
-        mlp_exactness=mlp_exactness,
-        **kwargs,
-    )
+    options = compiling.tracr_options(vocab, max_seq_len, compiler_bos, compiler_pad, mlp_exactness, **kwargs)
     roots = list(programs.values())
     graph, labels = _multi_graph(roots, options)
-    validate(graph, options)
-    values = infer_values(graph, options)
-    fusion = plan_fusion(graph, values, options)
-    residual = build_residual(graph, values, fusion, options)
-    blocks = build_blocks(graph, values, residual, fusion, options)
-    layout = allocate_layers(graph, blocks, options)
-    out = assemble(graph, values, residual, blocks, layout, options)
+    compiled = compiling.compile_graph(graph, options)
+    values, residual, out = compiled.values, compiled.residual, compiled.out
 
     D = out.config.d_model
     w_u: list[np.ndarray] = []

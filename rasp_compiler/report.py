@@ -248,6 +248,19 @@ def _img_html(path: Path, alt: str) -> str:
     )
 
 
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines (and the blank line that ends it)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]], row_sep: str = "") -> str:
+    """The same table in HTML, cells escaped; `row_sep` goes between the header row, each row and the end."""
+    parts = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    parts += ["<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows]
+    return row_sep.join(parts) + row_sep + "</table>"
+
+
 def _write_reports(
     out: Path,
     checks: list[ProgramCheck],
@@ -302,17 +315,8 @@ def _write_reports(
         for c in checks
     ]
     md.append("## Compiled programs\n")
-    md.append("| " + " | ".join(head) + " |")
-    md.append("|" + "---|" * len(head))
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    md.append("")
-    ht.append(
-        "<h2>Compiled programs</h2><table><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        + "</tr>"
-    )
-    ht += ["<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows]
-    ht.append("</table>")
+    md += _md_table(head, rows)
+    ht.append("<h2>Compiled programs</h2>" + _html_table(head, rows, row_sep="\n"))
 
     md.append(f"## The circuit of `{focus}`\n")
     ht.append(f"<h2>The circuit of <code>{html.escape(focus)}</code></h2>")
@@ -351,17 +355,8 @@ def _write_reports(
         ]
         for lvl, r in scores.items()
     ]
-    md.append("| " + " | ".join(shead) + " |")
-    md.append("|" + "---|" * len(shead))
-    md += ["| " + " | ".join(r) + " |" for r in srows]
-    md.append("")
-    ht.append(
-        "<table><tr>"
-        + "".join(f"<th>{h}</th>" for h in shead)
-        + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{x}</td>" for x in r) + "</tr>" for r in srows)
-        + "</table>"
-    )
+    md += _md_table(shead, srows)
+    ht.append(_html_table(shead, srows))
     if "roc" in pictures:
         path, caption = pictures["roc"]
         md.append(_img_md(path, caption) + "\n\n*" + caption + "*\n")
@@ -404,17 +399,8 @@ def _write_reports(
             "reads, or cancelling in pairs) that are outside the truth."
         )
         md.append("\n### Variants\n\n" + text + "\n")
-        md.append("| " + " | ".join(vhead) + " |")
-        md.append("|" + "---|" * len(vhead))
-        md += ["| " + " | ".join(r) + " |" for r in vrows]
-        md.append("")
-        ht.append(
-            f"<h3>Variants</h3><p>{html.escape(text)}</p><table><tr>"
-            + "".join(f"<th>{html.escape(h)}</th>" for h in vhead)
-            + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in vrows)
-            + "</table>"
-        )
+        md += _md_table(vhead, vrows)
+        ht.append(f"<h3>Variants</h3><p>{html.escape(text)}</p>" + _html_table(vhead, vrows))
     footer = (
         f"Made by `rasp-compiler demo` in {seconds:.1f} s. Models: `{out / 'models'}`; "
         f"try `rasp-compiler circuit {out / 'models' / focus}`."

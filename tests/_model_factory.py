@@ -30,31 +30,19 @@ def random_model(
     rng = np.random.default_rng(seed)
     heads = [int(rng.integers(1, n_heads + 1)) for _ in range(n_layers)]
     widths = [int(rng.integers(0, d_mlp + 1)) for _ in range(n_layers)]
-    out_values = None if numerical else ["x", "y", "z"]
-    codec = Codec.from_vocab(
+    codec, config = _codec_and_config(
         vocab,
         max_seq_len,
         bos="BOS",
         pad=pad,
-        output_encoding="numerical" if numerical else "categorical",
-        output_values=out_values,
-    )
-    config = ModelConfig(
-        n_layers=n_layers,
+        out_values=None if numerical else ["x", "y", "z"],
         d_model=d_model,
         n_heads=n_heads,
         d_head=d_head,
         d_mlp=d_mlp,
-        n_ctx=max_seq_len + 1,
-        d_vocab=codec.d_vocab,
-        d_vocab_out=1 if numerical else 3,
-        max_seq_len=max_seq_len,
         heads_per_layer=heads,
         mlp_width_per_layer=widths,
-        output_encoding="numerical" if numerical else "categorical",
         residual_labels=[f"r{i}" for i in range(d_model)],
-        pad_token_id=codec.pad_id,
-        bos_token_id=0,
     )
     weights = {}
     for name, shape in expected_weight_shapes(config).items():
@@ -76,23 +64,19 @@ def fraction_model(max_seq_len: int = 4, pad: Any = "PAD") -> CompiledModel:
 
     Residual: [one, tokens:a, tokens:b, frac]. Hand result at every position: (#a) / (#non-PAD keys).
     """
-    codec = Codec.from_vocab(["a", "b"], max_seq_len, bos="BOS", pad=pad, output_encoding="numerical")
-    labels = ["one", "tokens:a", "tokens:b", "frac"]
-    config = ModelConfig(
-        n_layers=1,
+    codec, config = _codec_and_config(
+        ["a", "b"],
+        max_seq_len,
+        bos="BOS",
+        pad=pad,
+        out_values=None,
         d_model=4,
         n_heads=1,
         d_head=1,
         d_mlp=1,
-        n_ctx=max_seq_len + 1,
-        d_vocab=codec.d_vocab,
-        d_vocab_out=1,
-        max_seq_len=max_seq_len,
         heads_per_layer=[1],
         mlp_width_per_layer=[0],
-        output_encoding="numerical",
-        residual_labels=labels,
-        pad_token_id=codec.pad_id,
+        residual_labels=["one", "tokens:a", "tokens:b", "frac"],
     )
     w = {n: np.zeros(s, np.float32) for n, s in expected_weight_shapes(config).items()}
     w["W_E"][:, 0] = 1.0  # every token writes `one`
@@ -132,29 +116,19 @@ def from_tracr(
         out_values = sorted(
             assembled.output_encoder.encoding_map, key=assembled.output_encoder.encoding_map.get
         )
-    codec = Codec.from_vocab(
+    codec, config = _codec_and_config(
         vocab,
         max_seq_len,
         bos=bos,
         pad=pad,
-        output_encoding="numerical" if numerical else "categorical",
-        output_values=out_values,
-    )
-    config = ModelConfig(
-        n_layers=L,
+        out_values=out_values,
         d_model=d_model,
         n_heads=H,
         d_head=dk,
         d_mlp=d_mlp,
-        n_ctx=max_seq_len + 1,
-        d_vocab=codec.d_vocab,
-        d_vocab_out=1 if numerical else len(out_values),
-        max_seq_len=max_seq_len,
         heads_per_layer=[H] * L,
         mlp_width_per_layer=[d_mlp] * L,
-        output_encoding="numerical" if numerical else "categorical",
         residual_labels=labels,
-        pad_token_id=codec.pad_id,
     )
     tmap = assembled.input_encoder.encoding_map
     w: dict[str, np.ndarray] = {}
@@ -181,3 +155,43 @@ def from_tracr(
             w["W_U"][labels.index(f"{output_label}:{v}"), j] = 1.0
     w["b_U"] = np.zeros(config.d_vocab_out)
     return CompiledModel(config, w, codec, annotation=None, program_source=f"tracr {output_label}")
+
+
+def _codec_and_config(
+    vocab: Any,
+    max_seq_len: int,
+    *,
+    bos: Any,
+    pad: Any,
+    out_values: list[Any] | None,
+    d_model: int,
+    n_heads: int,
+    d_head: int,
+    d_mlp: int,
+    heads_per_layer: list[int],
+    mlp_width_per_layer: list[int],
+    residual_labels: list[str],
+) -> tuple[Codec, ModelConfig]:
+    """The codec and a matching config (numerical output when `out_values` is None, BOS token id 0)."""
+    encoding = "numerical" if out_values is None else "categorical"
+    codec = Codec.from_vocab(
+        vocab, max_seq_len, bos=bos, pad=pad, output_encoding=encoding, output_values=out_values
+    )
+    config = ModelConfig(
+        n_layers=len(heads_per_layer),
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        n_ctx=max_seq_len + 1,
+        d_vocab=codec.d_vocab,
+        d_vocab_out=1 if out_values is None else len(out_values),
+        max_seq_len=max_seq_len,
+        heads_per_layer=heads_per_layer,
+        mlp_width_per_layer=mlp_width_per_layer,
+        output_encoding=encoding,
+        residual_labels=residual_labels,
+        pad_token_id=codec.pad_id,
+        bos_token_id=0,
+    )
+    return codec, config

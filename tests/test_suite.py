@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _cli_support import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 N = 6
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "rasp_compiler", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=timeout,
-    )
+    return run_cli(*args, timeout=timeout)
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -259,13 +259,15 @@ def load_json(path: str | Path, model: Any = None) -> Circuit:
 _IDX_RE = re.compile(r"^(?P<name>[^\[]+?)\s*(\[(?P<idx>[^\]]*)\])?$")
 
 
-def _hook_node(name: str, index: Any, n_layers: int) -> str | None:
-    """Component named by a TL output hook (+ head index); None for the output hook."""
+def _component_of_hook(name: str, index: Any, who: str) -> str | None:
+    """The component whose output TL hook `name` holds (a head's from `index`, parsed only for heads);
+    None when `name` is not a component output hook. `who` names the hook in the error."""
     m = re.fullmatch(r"blocks\.(\d+)\.attn\.hook_result", name)
     if m:
-        if index is None:
-            raise CircuitError(f"hook {name!r} needs a head index")
-        return f"L{m.group(1)}.H{index}"
+        head = _head_index(index)
+        if head is None:
+            raise CircuitError(f"{who} {name!r} needs a head index")
+        return f"L{m.group(1)}.H{head}"
     m = re.fullmatch(r"blocks\.(\d+)\.hook_mlp_out", name)
     if m:
         return f"L{m.group(1)}.MLP"
@@ -273,6 +275,14 @@ def _hook_node(name: str, index: Any, n_layers: int) -> str | None:
         return "embed"
     if name == "hook_pos_embed":
         return "pos_embed"
+    return None
+
+
+def _hook_node(name: str, index: Any, n_layers: int) -> str | None:
+    """Component named by a TL output hook (+ head index); None for the output hook."""
+    node = _component_of_hook(name, index, "hook")
+    if node is not None:
+        return node
     if name == f"blocks.{n_layers - 1}.hook_resid_post":
         return None
     raise CircuitError(
@@ -367,18 +377,13 @@ def _head_idx(h: int) -> tuple:
 
 
 def _acdc_parent(node: str) -> tuple[str, tuple]:
+    """ACDC names a writer by its TransformerLens output hook (the merged input: the first residual)."""
     if node == MERGED:
         return "blocks.0.hook_resid_pre", _WHOLE
-    kind, layer, head = node_kind(node)
-    if kind == "embed":
-        return "hook_embed", _WHOLE
-    if kind == "pos_embed":
-        return "hook_pos_embed", _WHOLE
-    if kind == "attn":
-        return f"blocks.{layer}.attn.hook_result", _head_idx(head)
-    if kind == "mlp":
-        return f"blocks.{layer}.hook_mlp_out", _WHOLE
-    raise CircuitError(f"{node!r} writes nothing ACDC can name")
+    if node_kind(node)[0] == "output":
+        raise CircuitError(f"{node!r} writes nothing ACDC can name")
+    hook, head = tl_hook(node)
+    return hook, _WHOLE if head is None else _head_idx(head)
 
 
 def _acdc_child(node: str, inp: str, n_layers: int) -> tuple[str, tuple]:
@@ -438,17 +443,9 @@ def _acdc_child_node(name: str, index: Any, n_layers: int) -> tuple[str, str] | 
 def _acdc_parent_node(name: str, index: Any) -> str:
     if name == "blocks.0.hook_resid_pre":
         return MERGED
-    if name in ("hook_embed", "hook_pos_embed"):
-        return "embed" if name == "hook_embed" else "pos_embed"
-    m = re.fullmatch(r"blocks\.(\d+)\.attn\.hook_result", name)
-    if m:
-        head = _head_index(index)
-        if head is None:
-            raise CircuitError(f"ACDC parent {name!r} needs a head index")
-        return f"L{m.group(1)}.H{head}"
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_mlp_out", name)
-    if m:
-        return f"L{m.group(1)}.MLP"
+    node = _component_of_hook(name, index, "ACDC parent")
+    if node is not None:
+        return node
     raise CircuitError(f"{name!r} is not an ACDC parent (component output) name")
 
 
@@ -508,16 +505,26 @@ def _ac_dest_name(node: str, inp: str) -> str:
     return "Resid End"
 
 
-def _ac_src_node(name: str) -> str:
+def _named_node(name: str, fixed: Mapping[str, str], head_re: str, mlp_re: str) -> str | None:
+    """A tool's node name -> our component: one of `fixed`, a head (`head_re` groups: layer, head) or an
+    MLP (`mlp_re` group: layer); None when it is none of them."""
     name = name.strip()
-    if name == "Resid Start":
-        return MERGED
-    m = re.fullmatch(r"A(\d+)\.(\d+)", name)
+    if name in fixed:
+        return fixed[name]
+    m = re.fullmatch(head_re, name)
     if m:
         return f"L{m.group(1)}.H{m.group(2)}"
-    m = re.fullmatch(r"MLP (\d+)", name)
+    m = re.fullmatch(mlp_re, name)
     if m:
         return f"L{m.group(1)}.MLP"
+    return None
+
+
+def _ac_src_node(name: str) -> str:
+    node = _named_node(name, {"Resid Start": MERGED}, r"A(\d+)\.(\d+)", r"MLP (\d+)")
+    if node is not None:
+        return node
+    name = name.strip()
     raise CircuitError(f"{name!r} is not an auto-circuit source node (Resid Start, A<l>.<h>, MLP <l>)")
 
 
@@ -555,11 +562,22 @@ def to_autocircuit(circuit: Circuit) -> set[str]:
 
 def from_autocircuit(edges: Iterable[Any], model: Any, output: str | None = None) -> Circuit:
     """Circuit from auto-circuit edge names (strings, or its Edge objects with `.src`/`.dest`)."""
+    return _from_edge_names(edges, model, output, _ac_edge, lambda item: f"auto-circuit edge {item!s}")
+
+
+def _from_edge_names(
+    items: Iterable[Any],
+    model: Any,
+    output: str | None,
+    parse: Callable[[Any], Edge],
+    describe: Callable[[Any], str],
+) -> Circuit:
+    """Circuit from a tool's edge names, one edge each, every one checked against the model's graph."""
     g = _graph(model, output)
     groups = []
-    for item in edges:
-        e = _ac_edge(item)
-        _check_named(e, g, f"auto-circuit edge {item!s}")
+    for item in items:
+        e = parse(item)
+        _check_named(e, g, describe(item))
         groups.append([e])
     return _from_groups(g, groups)
 
@@ -708,17 +726,10 @@ def _eap_name(e: Edge) -> str:
 
 
 def _eap_parse_node(name: str) -> str:
+    node = _named_node(name, {"input": MERGED, "logits": OUTPUT}, r"a(\d+)\.h(\d+)", r"m(\d+)")
+    if node is not None:
+        return node
     name = name.strip()
-    if name == "input":
-        return MERGED
-    if name == "logits":
-        return OUTPUT
-    m = re.fullmatch(r"a(\d+)\.h(\d+)", name)
-    if m:
-        return f"L{m.group(1)}.H{m.group(2)}"
-    m = re.fullmatch(r"m(\d+)", name)
-    if m:
-        return f"L{m.group(1)}.MLP"
     raise CircuitError(f"{name!r} is not an EAP-IG node name (input, a<l>.h<h>, m<l>, logits)")
 
 
@@ -744,13 +755,7 @@ def to_eapig(circuit: Circuit) -> set[str]:
 
 def from_eapig(edges: Iterable[str], model: Any, output: str | None = None) -> Circuit:
     """Circuit from EAP-IG edge names."""
-    g = _graph(model, output)
-    groups = []
-    for name in edges:
-        e = _eap_parse_edge(name)
-        _check_named(e, g, f"EAP-IG edge {name!r}")
-        groups.append([e])
-    return _from_groups(g, groups)
+    return _from_edge_names(edges, model, output, _eap_parse_edge, lambda name: f"EAP-IG edge {name!r}")
 
 
 def to_eapig_json(circuit: Circuit, scores: Mapping[Any, float] | None = None) -> dict[str, Any]:

@@ -705,6 +705,22 @@ def load_tool(spec: str, ablation: str = "resample") -> Tool:
 # ============================================================================================ CLI
 
 
+def scoring_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """`fuzz_tool` keywords from parsed command-line options; this module's CLI and `rasp-compiler fuzz
+    tool` share the option names (--truth --ablation --level --metric --threshold --inputs --max-ops
+    --no-shrink), so both read them the same way."""
+    return {
+        "truth": args.truth,
+        "ablation": args.ablation,
+        "level": args.level,
+        "metric": args.metric,
+        "threshold": args.threshold,
+        "n_inputs": args.inputs,
+        "limits": {"max_ops": args.max_ops} if args.max_ops else None,
+        "shrink": not args.no_shrink,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m verify.fuzz --tool SPEC --programs N --seed S`; exit status 1 when the tool is flagged."""
     parser = argparse.ArgumentParser(
@@ -743,14 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tool,
             args.programs,
             args.seed,
-            truth=args.truth,
-            ablation=args.ablation,
-            level=args.level,
-            metric=args.metric,
-            threshold=args.threshold,
-            n_inputs=args.inputs,
-            limits={"max_ops": args.max_ops} if args.max_ops else None,
-            shrink=not args.no_shrink,
+            **scoring_keywords(args),
             max_shrunk=args.max_shrunk,
             as_hooked_transformer=args.tl,
             progress=not args.quiet,
