@@ -41,17 +41,14 @@ def test_acdc_baseline_against_the_resample_ablation_truth() -> None:
     assert all(c.metric == "f1" for c in s.cases)  # ACDC at one threshold answers with a set
     # Where the program's output depends on the input, ACDC finds exactly the edges whose single
     # resample ablation changes an output (necessary_edges: program-derived, engine-confirmed).
-    varying = [c for c in s.cases if not c.constant_output]
-    assert len(varying) >= 80
-    bad = [(c.index, c.false_negatives, c.false_positives) for c in varying if c.f1 != 1.0]
+    assert not any(c.constant_output for c in s.cases)
+    assert s.skipped["constant output"] >= 1, s.skipped
+    bad = [(c.index, c.false_negatives, c.false_positives) for c in s.cases if c.f1 != 1.0]
     assert not bad, bad
-    # Measured (docs/FUZZING.md): the only disagreements are programs with one output on every input.
-    # There ACDC drops the output edge (its resampled value is the same) and returns a circuit that is
-    # faithful (task accuracy 1 with everything else ablated) but not the set of single-edge-necessary
-    # edges: a difference between the two definitions, not a wrong answer.
-    for c in s.failing:
-        assert c.constant_output, c.describe()
-        assert c.faithful_accuracy == 1.0, c.describe()
+    assert not s.flagged  # the baseline is not flagged
+    # Programs whose output is the same on every clean and corrupted input are skipped under the ablation
+    # truth (docs/FUZZING.md): ACDC rightly returns the empty (faithful) circuit there, while single-edge
+    # ablations can still push activations off-distribution; the two definitions differ, nothing is wrong.
 
 
 def test_ranked_answers_are_scored_by_roc_auc() -> None:
