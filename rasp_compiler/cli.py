@@ -530,11 +530,20 @@ def cmd_suite(args: argparse.Namespace) -> int:
 def cmd_fuzz(args: argparse.Namespace) -> int:
     from rasp_compiler import fuzz
 
+    if args.ray is not None and args.workers is not None:
+        raise CLIError("--ray and --workers exclude each other (Ray decides the parallelism)")
     if args.ray is not None:
-        raise CLIError(
-            "fuzz --ray is not available: campaigns draw inputs from one sequential RNG and cannot be split "
-            "into work items yet (suite --ray works); run fuzz locally"
-        )
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise CLIError(
+                "--ray needs the optional 'ray' package: pip install 'rasp-compiler[ray]'"
+            ) from None
+    spread = {
+        "workers": args.workers or 1,
+        "use_ray": args.ray is not None,
+        "ray_address": None if args.ray in (None, "local") else args.ray,
+    }
     if args.target == "tool":
         from verify.fuzz import ToolFuzzError, scoring_keywords
 
@@ -549,6 +558,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                 tool=args.tool,
                 progress=not args.quiet,
                 **scoring_keywords(args),
+                **spread,
             )
         except ToolFuzzError as e:
             raise CLIError(str(e)) from None
@@ -569,6 +579,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             save_dir=save_dir,
             progress=not args.quiet,
             limits=limits,
+            **spread,
         )
     except ValueError as e:
         raise CLIError(str(e)) from None
@@ -772,7 +783,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, default=0.999, help="a program fails below this (default 0.999)"
     )
     t.add_argument("--json", metavar="PATH", help="also write the tool summary as JSON")
-    _add_ray_option(c, "not available for fuzz yet (see the error); suite --ray is")
+    c.add_argument(
+        "--workers", type=int, help="processes scoring programs (default 1); results do not depend on it"
+    )
+    _add_ray_option(
+        c, "run the programs as Ray tasks (an existing cluster's ADDRESS, or a local instance); same results"
+    )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_fuzz)
 

@@ -8,6 +8,11 @@ JSON regression files that the test suite replays (`tests/test_fuzz_differential
 Command line (long campaigns)::
 
     python -m rasp_compiler.fuzz compiler --programs 1000 --seed 0 [--inputs 10] [--backends numpy,torch]
+        [--workers N | --ray [ADDRESS]]
+
+Program i and its inputs come from (seed, i) alone, so a campaign is a map over program indices (run
+here, in a process pool, or as Ray tasks) and a reduce in index order: the same summary and regression
+files however it ran.
 """
 
 from __future__ import annotations
@@ -37,12 +42,17 @@ __all__ = [
     "Failure",
     "available_backends",
     "check_program",
+    "CompilerItem",
     "fuzz_tool",
+    "item_seed",
     "load_regression",
     "main",
+    "map_work",
+    "program_for",
     "regression_files",
     "replay_regression",
     "run_compiler_campaign",
+    "run_compiler_item",
     "run_tool_campaign",
     "save_regression",
     "shrink_failure",
@@ -512,6 +522,137 @@ def _inputs_for(gp: generate.GeneratedProgram, n: int, rng: random.Random) -> li
     return out
 
 
+def item_seed(seed: int, index: int, what: str) -> int:
+    """A 60-bit seed for one draw (`what`) of program `index` of campaign `seed`: the same in every process
+    (sha256, not `hash`), so a program's work item needs nothing from the others."""
+    digest = hashlib.sha256(f"rasp-fuzz:{what}:{seed}:{index}".encode()).hexdigest()
+    return int(digest[:15], 16)
+
+
+def program_for(seed: int, index: int, limits: dict[str, Any] | None = None) -> generate.GeneratedProgram:
+    """Program `index` of a campaign with `seed` (and generator `limits`), built the same way anywhere:
+    RASP ids restart first so its default labels do not depend on what this process built before."""
+    from rasp_compiler.suite import restart_ids
+
+    restart_ids()
+    return generate.sample_programs(1, item_seed(seed, index, "program"), **dict(limits or {}))[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompilerItem:
+    """One program of a compiler campaign: everything its check needs, so it can run in any process."""
+
+    index: int
+    seed: int
+    inputs_per_program: int
+    backends: tuple
+    limits: tuple = ()  # sorted (name, value) pairs of generate.Limits fields
+
+
+def run_compiler_item(item: CompilerItem) -> dict[str, Any]:
+    """Check one program on every backend; plain data back (no program objects): counts and failures."""
+    gp = program_for(item.seed, item.index, dict(item.limits))
+    rng = random.Random(item_seed(item.seed, item.index, "inputs"))
+    inputs = _inputs_for(gp, item.inputs_per_program, rng)
+    try:
+        failures, model = check_program(gp.program, gp.vocab, gp.max_seq_len, inputs, item.backends)
+    except Exception as e:  # noqa: BLE001 - e.g. the evaluator itself fails: a finding, not a dead worker
+        failures, model = [Failure("crash", gp.program, gp.vocab, gp.max_seq_len, input=None,
+                                   message=f"{type(e).__name__}: {e}")], None
+    records = [
+        {"kind": f.kind, "backend": f.backend, "input": f.input, "expected": f.expected, "got": f.got,
+         "message": f.message, "signature": f.signature()}
+        for f in failures
+    ]
+    return {
+        "index": item.index,
+        "coverage": dict(generate.op_kinds(gp.program)),
+        "compiled": model is not None,
+        "pairs": len(inputs) if model is not None else 0,
+        "failures": records,
+    }
+
+
+def _call_indexed(job: tuple[Callable[[Any], Any], int, Any]) -> tuple[int, Any]:
+    fn, pos, item = job
+    return pos, fn(item)
+
+
+def map_work(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    *,
+    workers: int = 1,
+    use_ray: bool = False,
+    ray_address: str | None = None,
+    on_result: Callable[[Any], None] | None = None,
+) -> list[Any]:
+    """`[fn(item) for item in items]`, in that order, computed here (`workers` <= 1), in a process pool, or
+    as Ray tasks (`use_ray`; `ray_address` None: a local instance). `fn` must be a module-level function
+    and `items` picklable for the pool and Ray; `on_result` sees each result as it arrives (progress).
+
+    The campaign's reduce reads the list in item order, so results do not depend on how they were made.
+    """
+    items = list(items)
+    out: list[Any] = [None] * len(items)
+
+    def got(pos: int, result: Any) -> None:
+        out[pos] = result
+        if on_result is not None:
+            on_result(result)
+
+    if use_ray:
+        for pos, result in _ray_map(fn, items, ray_address):
+            got(pos, result)
+    elif workers <= 1 or len(items) <= 1:
+        for pos, it in enumerate(items):
+            got(pos, fn(it))
+    else:
+        import multiprocessing as mp
+
+        from rasp_compiler.suite import _init_worker
+
+        ctx = mp.get_context("spawn")
+        jobs = [(fn, pos, it) for pos, it in enumerate(items)]
+        with ctx.Pool(processes=min(workers, len(items)), initializer=_init_worker) as pool:
+            for pos, result in pool.imap_unordered(_call_indexed, jobs, chunksize=1):
+                got(pos, result)
+    return out
+
+
+def _ray_map(fn: Callable[[Any], Any], items: list[Any], address: str | None):  # noqa: ANN202
+    """(position, result) pairs as Ray tasks finish; starts (and stops) Ray unless it is already running."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(
+            "--ray needs the optional 'ray' package (pip install 'rasp-compiler[ray]')"
+        ) from None
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        else:
+            ray.init(log_to_driver=False, include_dashboard=False)
+        started = True
+    try:
+        task = ray.remote(_call_indexed)
+        pending = [task.remote((fn, pos, it)) for pos, it in enumerate(items)]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_limits(limits: dict[str, Any] | None) -> dict[str, Any]:
+    limits = dict(limits or {})
+    generate.Limits(**limits)  # a bad field name or value fails here, once, in the caller's process
+    return limits
+
+
 def run_compiler_campaign(
     n_programs: int,
     seed: int,
@@ -524,54 +665,74 @@ def run_compiler_campaign(
     limits: dict[str, Any] | None = None,
     max_shrunk: int = 5,
     on_program: Callable[[int, generate.GeneratedProgram], None] | None = None,
+    workers: int = 1,
+    use_ray: bool = False,
+    ray_address: str | None = None,
 ) -> CampaignSummary:
-    """Sample `n_programs` programs (seeded), compile each, compare every backend with the evaluator.
+    """Check `n_programs` random programs: compile each, compare every backend with the evaluator.
 
-    Distinct failures (by kind, backend and message) are shrunk (at most `max_shrunk`) and, with
-    `save_dir`, written there as regression files.
+    Program i and its inputs are drawn from (`seed`, i) alone (`program_for`, `item_seed`), so the
+    campaign is a map over program indices (`run_compiler_item`; here, in `workers` processes, or as
+    Ray tasks) and a reduce in index order: the summary and saved files do not depend on how it ran.
+    Distinct failures (by kind, backend and message) are shrunk here (at most `max_shrunk`) and, with
+    `save_dir`, written there as regression files. `on_program(i, program)` runs here, before the map.
     """
     backends = tuple(backends or available_backends())
     for b in backends:
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r}; choose from {BACKENDS}")
+    limits = _check_limits(limits)
     summary = CampaignSummary(seed=seed, backends=backends)
     t0 = time.perf_counter()
-    programs = generate.sample_programs(n_programs, seed, **(limits or {}))
-    rng = random.Random(f"rasp-fuzz-inputs:{seed}")
-    first_of_kind: dict[str, tuple[int, Failure]] = {}
+    items = [CompilerItem(i, seed, inputs_per_program, backends, tuple(sorted(limits.items())))
+             for i in range(n_programs)]
+    if on_program is not None:
+        for i in range(n_programs):
+            on_program(i, program_for(seed, i, limits))
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n_programs, desc="fuzz compiler", unit="prog", file=sys.stderr)
-    for i, gp in enumerate(programs):
-        if on_program is not None:
-            on_program(i, gp)
-        summary.n_programs += 1
-        summary.coverage.update(generate.op_kinds(gp.program))
-        inputs = _inputs_for(gp, inputs_per_program, rng)
-        failures, model = check_program(gp.program, gp.vocab, gp.max_seq_len, inputs, backends)
-        if model is not None:
-            summary.n_compiled += 1
-            summary.n_pairs += len(inputs)
-            summary.n_checks += len(inputs) * len(backends)
-        for f in failures:
-            if f.kind == "compile_error":
-                summary.compile_errors[_first_line(f.message)[:150]] += 1
-            elif f.kind == "crash":
-                summary.crashes[f"{f.backend}: {_first_line(f.message)[:150]}"] += 1
-            else:
-                summary.mismatches[f.backend] += 1
-            first_of_kind.setdefault(f.signature(), (i, f))
-        if failures:
-            summary.n_failing_programs += 1
+
+    seen: Counter = Counter()
+
+    def tick(result: dict[str, Any]) -> None:
         if bar is not None:
+            seen["pairs"] += result["pairs"]
+            seen["mismatch"] += sum(f["kind"] == "mismatch" for f in result["failures"])
+            seen["compile_err"] += sum(f["kind"] == "compile_error" for f in result["failures"])
             bar.update(1)
-            bar.set_postfix(pairs=summary.n_pairs, mismatch=sum(summary.mismatches.values()),
-                            compile_err=sum(summary.compile_errors.values()), refresh=False)
-    if bar is not None:
-        bar.close()
-    for sig, (i, f) in list(first_of_kind.items())[:max_shrunk]:
+            bar.set_postfix(refresh=False, **seen)
+
+    try:
+        results = map_work(run_compiler_item, items, workers=workers, use_ray=use_ray,
+                           ray_address=ray_address, on_result=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    first_of_kind: dict[str, tuple[int, dict[str, Any]]] = {}
+    for r in results:  # in index order: the reduce is deterministic
+        summary.n_programs += 1
+        summary.coverage.update(r["coverage"])
+        if r["compiled"]:
+            summary.n_compiled += 1
+            summary.n_pairs += r["pairs"]
+            summary.n_checks += r["pairs"] * len(backends)
+        for f in r["failures"]:
+            if f["kind"] == "compile_error":
+                summary.compile_errors[_first_line(f["message"])[:150]] += 1
+            elif f["kind"] == "crash":
+                summary.crashes[f"{f['backend']}: {_first_line(f['message'])[:150]}"] += 1
+            else:
+                summary.mismatches[f["backend"]] += 1
+            first_of_kind.setdefault(f["signature"], (r["index"], f))
+        if r["failures"]:
+            summary.n_failing_programs += 1
+    for sig, (i, rec) in list(first_of_kind.items())[:max_shrunk]:
+        gp = program_for(seed, i, limits)
+        f = Failure(rec["kind"], gp.program, gp.vocab, gp.max_seq_len, input=rec["input"],
+                    expected=rec["expected"], got=rec["got"], backend=rec["backend"], message=rec["message"])
         small = shrink_failure(f) if shrink else f
         summary.failures.append(small)
         if save_dir is not None:
@@ -638,6 +799,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="where failing cases go as JSON (default tests/regressions if ./tests exists)")
     p.add_argument("--no-save", action="store_true", help="do not write regression files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes checking programs (default 1); results do not depend on it")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the programs as Ray tasks (an existing cluster's ADDRESS, or a local instance)")
     p.add_argument("--max-ops", type=int, default=None, help="generator steps per program (Limits.max_ops)")
     p.add_argument("--max-seq-len", type=int, default=None, help="largest max_seq_len drawn (Limits)")
     p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
@@ -662,7 +827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_dir = None if args.no_save else Path(args.save_dir) if args.save_dir else _default_save_dir()
     summary = run_compiler_campaign(args.programs, args.seed, inputs_per_program=args.inputs,
                                     backends=backends, shrink=not args.no_shrink, save_dir=save_dir,
-                                    progress=not args.quiet, limits=limits)
+                                    progress=not args.quiet, limits=limits, workers=args.workers,
+                                    use_ray=args.ray is not None,
+                                    ray_address=None if args.ray in (None, "local") else args.ray)
     print(summary.report())
     return 0 if summary.ok else 1
 

@@ -186,3 +186,78 @@ def test_fuzz_tool_flags_and_shrinks_a_broken_tool() -> None:
     assert sum(1 for e in rasp.topological_order(small.program) if e.children) <= 3, to_source(small.program)
     assert any(isinstance(e, rasp.Select) for e in rasp.topological_order(small.program))
     assert small.max_seq_len == 1 and len(small.vocab) == 1
+
+
+# --------------------------------------------------------------------------------------------- work items
+
+
+def _outcome(s: fuzz.CampaignSummary) -> dict:
+    """Everything a campaign reports except its wall time."""
+    return {
+        "counts": (s.n_programs, s.n_compiled, s.n_pairs, s.n_checks, s.n_failing_programs),
+        "failures": (dict(s.mismatches), dict(s.compile_errors), dict(s.crashes)),
+        "coverage": dict(s.coverage),
+        "shrunk": [f.describe() for f in s.failures],
+        "report": s.report().split("\n", 1)[1],
+    }
+
+
+def test_program_i_depends_on_seed_and_index_only() -> None:
+    """A shorter campaign checks the same first programs; program i is the same whatever ran before it."""
+    seen: dict[int, str] = {}
+    fuzz.run_compiler_campaign(9, 11, backends=("numpy",), progress=False, shrink=False,
+                               on_program=lambda i, gp: seen.setdefault(i, to_source(gp.program)))
+    short: dict[int, str] = {}
+    fuzz.run_compiler_campaign(4, 11, backends=("numpy",), progress=False, shrink=False,
+                               on_program=lambda i, gp: short.setdefault(i, to_source(gp.program)))
+    assert short == {i: seen[i] for i in range(4)}
+    gen.sample_programs(5, 99)  # build unrelated programs in between: labels must not shift
+    assert to_source(fuzz.program_for(11, 7).program) == seen[7]
+    assert len(set(seen.values())) > 5  # different indices give different programs
+    alone = fuzz.run_compiler_item(fuzz.CompilerItem(7, 11, 10, ("numpy",)))
+    assert alone["index"] == 7 and alone["coverage"] == dict(gen.op_kinds(fuzz.program_for(11, 7).program))
+
+
+def test_same_results_for_any_worker_count_and_in_another_process() -> None:
+    """One worker here, two spawned workers, and a fresh interpreter (the CLI) give the same campaign."""
+    import subprocess
+    import sys
+
+    kw = {"inputs_per_program": 6, "backends": ("numpy",), "progress": False, "shrink": False}
+    one = fuzz.run_compiler_campaign(10, 21, workers=1, **kw)
+    two = fuzz.run_compiler_campaign(10, 21, workers=2, **kw)
+    assert _outcome(one) == _outcome(two)
+    p = subprocess.run(
+        [sys.executable, "-m", "rasp_compiler.fuzz", "compiler", "--programs", "10", "--seed", "21",
+         "--inputs", "6", "--backends", "numpy", "--no-save", "--no-shrink", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().split("\n", 1)[1] == _outcome(one)["report"]
+    assert one.n_pairs >= 10 * 4 and sum(one.coverage.values()) > 0
+
+
+def test_ray_local_instance_gives_the_same_campaigns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiler and tool campaigns as Ray tasks on a local instance equal the local runs."""
+    ray = pytest.importorskip(
+        "ray", reason="ray is not installed (optional extra: pip install 'rasp-compiler[ray]')"
+    )
+    import os
+
+    from verify import fuzz as vfuzz
+
+    root = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    kw = {"inputs_per_program": 6, "backends": ("numpy",), "progress": False, "shrink": False}
+    local = fuzz.run_compiler_campaign(8, 5, **kw)
+    tool = vfuzz.baseline_tool("eap")
+    tool_local = vfuzz.fuzz_tool(tool, 4, 1, n_inputs=6, shrink=False)
+    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    try:
+        remote = fuzz.run_compiler_campaign(8, 5, use_ray=True, **kw)
+        tool_remote = vfuzz.fuzz_tool(tool, 4, 1, n_inputs=6, shrink=False, use_ray=True)
+    finally:
+        ray.shutdown()
+    assert _outcome(local) == _outcome(remote)
+    assert tool_local.to_json() == tool_remote.to_json()
+    assert tool_local.cases, tool_local.skipped

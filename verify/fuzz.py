@@ -507,6 +507,31 @@ def _score_case(
     return case
 
 
+@dataclasses.dataclass
+class _ToolItem:
+    """One program of a tool campaign; `gp` None: sampled from (seed, index) where it runs."""
+
+    index: int
+    seed: int
+    limits: tuple
+    tool: Any
+    settings: _Settings
+    gp: generate.GeneratedProgram | None = None
+
+
+def _run_tool_item(item: _ToolItem) -> ToolCase | str:
+    """Score one program. A sampled program's case comes back without it (`program` None: the caller
+    rebuilds it), so nothing unpicklable crosses processes."""
+    from rasp_compiler.fuzz import program_for
+
+    gp = item.gp if item.gp is not None else program_for(item.seed, item.index, dict(item.limits))
+    got = _score_case(item.tool, item.index, gp.program, gp.vocab, gp.max_seq_len, gp.input_length,
+                      item.settings)
+    if isinstance(got, ToolCase) and item.gp is None:
+        got.program = None
+    return got
+
+
 # ============================================================================================ shrinking
 
 
@@ -583,6 +608,9 @@ def fuzz_tool(
     as_hooked_transformer: bool = False,
     progress: bool = False,
     name: str | None = None,
+    workers: int = 1,
+    use_ray: bool = False,
+    ray_address: str | None = None,
 ) -> ToolFuzzSummary:
     """Run `tool(model, dataset)` on random compiled programs and score every answer against the truth.
 
@@ -594,6 +622,10 @@ def fuzz_tool(
     "ablation" (edges whose single `ablation` changes an output on the dataset). A program whose
     `metric` (F1, ROC-AUC, or "auto": ROC-AUC for scored answers, F1 for sets) is below `threshold`
     fails; the `max_shrunk` worst are shrunk to minimal failing programs. A tool that raises scores 0.
+
+    Sampled program i and its dataset come from (`seed`, i) alone (`rasp_compiler.fuzz.program_for`), so
+    the programs can be scored in `workers` processes or as Ray tasks (`use_ray`, `ray_address`; the
+    tool must then be picklable: a module-level function or `baseline_tool`) with the same summary.
     """
     if truth not in TRUTHS:
         raise ToolFuzzError(f"unknown truth {truth!r}; expected one of {TRUTHS}")
@@ -611,17 +643,24 @@ def fuzz_tool(
         raise ToolFuzzError(f"n_inputs must be >= 1, got {n_inputs}")
     if as_hooked_transformer:
         _require_tl()
-    if isinstance(programs, int):
+    sampled = isinstance(programs, int)
+    if sampled:
         try:
-            gps = generate.sample_programs(programs, seed, **dict(limits or {}))
+            limits = dict(limits or {})
+            generate.Limits(**limits)
         except TypeError as e:
             fields = [f.name for f in dataclasses.fields(generate.Limits)]
             raise ToolFuzzError(f"limits: {e} (fields: {fields})") from None
+        n_programs = int(programs)
+        gps: list[generate.GeneratedProgram | None] = [None] * n_programs
     else:
         gps = list(programs)
         bad = [type(g).__name__ for g in gps if not isinstance(g, generate.GeneratedProgram)]
         if bad:
             raise ToolFuzzError(f"programs must be an int or GeneratedProgram objects, got {bad[0]}")
+        n_programs = len(gps)
+        if use_ray or workers > 1:
+            raise ToolFuzzError("workers/ray apply to sampled programs (programs=N); given programs run here")
     s = _Settings(
         truth,
         ablation,
@@ -640,18 +679,37 @@ def fuzz_tool(
         metric,
         float(threshold),
         int(seed),
-        n_programs=len(gps),
+        n_programs=n_programs,
     )
-    items: Any = enumerate(gps)
+    limit_items = tuple(sorted(dict(limits or {}).items())) if sampled else ()
+    items = [_ToolItem(i, int(seed), limit_items, tool, s, gp) for i, gp in enumerate(gps)]
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(items, total=len(gps), desc="fuzz tool", unit="prog", file=sys.stderr)
-    for i, gp in items:
-        got = _score_case(tool, i, gp.program, gp.vocab, gp.max_seq_len, gp.input_length, s)
+        bar = tqdm(total=n_programs, desc="fuzz tool", unit="prog", file=sys.stderr)
+    from rasp_compiler.fuzz import map_work, program_for
+
+    try:
+        results = map_work(
+            _run_tool_item,
+            items,
+            workers=workers,
+            use_ray=use_ray,
+            ray_address=ray_address,
+            on_result=(lambda _: bar.update(1)) if bar is not None else None,
+        )
+    except ValueError as e:
+        raise ToolFuzzError(str(e)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    for i, got in enumerate(results):  # in program order: the summary does not depend on how it ran
         if isinstance(got, str):
             summary.skipped[got] += 1
         else:
+            if got.program is None:  # sampled: rebuilt here from (seed, index), labels included
+                got.program = program_for(int(seed), i, dict(limit_items)).program
             summary.cases.append(got)
     if shrink:
         for case in sorted(summary.failing, key=lambda c: (c.value, c.n_ops, c.index))[:max_shrunk]:
@@ -667,20 +725,30 @@ def baseline_tool(
 ) -> Tool:
     """One of `verify.discovery`'s methods as a tool. ACDC returns its circuit at `acdc_threshold`
     (a set of edges, scored by F1); the others return their scores (ranked, scored by ROC-AUC)."""
-    from verify import discovery
-
     if method not in BUILTIN_TOOLS:
         raise ToolFuzzError(f"unknown built-in tool {method!r}; expected one of {BUILTIN_TOOLS}")
+    return _Baseline(method, ablation, acdc_threshold, backend)
 
-    def run(model: Any, data: ToolDataset) -> Any:
-        if method == "acdc":
-            r = discovery.acdc(model, data, ablation, thresholds=(acdc_threshold,), backend=backend)
-            return r.circuits[acdc_threshold]
-        return discovery.run_method(method, model, data, ablation, backend=backend)
 
-    run.__qualname__ = run.__name__ = f"{method}[{ablation}]"
-    run.__module__ = "verify.discovery"
-    return run
+class _Baseline:
+    """A built-in method as a tool; a plain object (not a closure) so that worker processes and Ray
+    tasks can receive it."""
+
+    def __init__(self, method: str, ablation: str, acdc_threshold: float, backend: str) -> None:
+        self.method, self.ablation = method, ablation
+        self.acdc_threshold, self.backend = acdc_threshold, backend
+        self.__qualname__ = self.__name__ = f"{method}[{ablation}]"
+        self.__module__ = "verify.discovery"
+
+    def __call__(self, model: Any, data: ToolDataset) -> Any:
+        from verify import discovery
+
+        if self.method == "acdc":
+            r = discovery.acdc(
+                model, data, self.ablation, thresholds=(self.acdc_threshold,), backend=self.backend
+            )
+            return r.circuits[self.acdc_threshold]
+        return discovery.run_method(self.method, model, data, self.ablation, backend=self.backend)
 
 
 def load_tool(spec: str, ablation: str = "resample") -> Tool:
