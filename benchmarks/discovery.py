@@ -4,11 +4,13 @@ For each program x ablation (zero, mean, resample) x method (activation patching
 ROC-AUC of the method's edge scores against (a) `verify.ground_truth` and (b) `verify.causal.necessary_edges`
 (the edges whose single ablation changes an output on this dataset), best F1 over score cutoffs, task
 accuracy of the circuit the method would hand a user (fixed rule, chosen before seeing any truth: ACDC at
-threshold 1e-2; other methods: scores above 1% of their maximum), and runtime. Patching methods run on the
-engine and, for comparison, on PyTorch hooks. Writes benchmarks/discovery_results.csv, ROC plots in
-benchmarks/discovery_roc/, and prints a table.
+threshold 1e-2; other methods: scores above 1% of their maximum), and runtime. The methods that patch
+(activation patching, ACDC) run on the engine and, for comparison, on PyTorch hooks (same semantics, same
+patch sets) under every ablation; a hook-loop ACDC stops after --hook-budget seconds and its total is
+extrapolated from the patched forwards it finished (`torch_extrapolated` in the CSV). Writes
+benchmarks/discovery_results.csv, ROC plots in benchmarks/discovery_roc/, and prints a table.
 
-    PYTHONPATH=. python benchmarks/discovery.py [--n 16] [--programs reverse,frac_prevs]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/discovery.py [--n 16] [--programs reverse,frac_prevs]
 """
 
 from __future__ import annotations
@@ -61,14 +63,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--programs", default="")
     ap.add_argument(
-        "--torch-acdc",
-        default="reverse,frac_prevs",
-        help="programs on which ACDC also runs on PyTorch hooks under resample (timing)",
+        "--torch-programs",
+        default="all",
+        help="programs on which the patching methods also run on PyTorch hooks (timing); 'all' or a list",
+    )
+    ap.add_argument(
+        "--hook-budget",
+        type=float,
+        default=3.0,
+        help="seconds a hook-loop ACDC may run before its total is extrapolated",
     )
     args = ap.parse_args()
     torch.set_num_threads(1)
     names = args.programs.split(",") if args.programs else sorted(lib.LIBRARY)
-    torch_acdc = set(args.torch_acdc.split(","))
+    torch_progs = set(names) if args.torch_programs == "all" else set(args.torch_programs.split(","))
     rows = []
     os.makedirs(os.path.join(HERE, "discovery_roc"), exist_ok=True)
     import matplotlib
@@ -88,16 +96,20 @@ def main() -> None:
             aware = causal.necessary_edges(model, ds, ablation)
             for method in discovery.METHODS:
                 backends = ["auto"]
-                if method == "activation_patching" and ablation == "resample":
-                    backends = ["engine", "torch"]
-                if method == "acdc" and ablation == "resample":
-                    backends = ["engine"] + (["torch"] if name in torch_acdc else [])
+                if method in ("activation_patching", "acdc"):
+                    backends = ["engine"] + (["torch"] if name in torch_progs else [])
                 times = {}
                 res = None
+                extrapolated = False
                 for be in backends:
                     kw = {"thresholds": THRESHOLDS} if method == "acdc" else {}
+                    if method == "acdc" and be == "torch":
+                        kw["max_seconds"] = args.hook_budget
                     r = discovery.run_method(method, model, ds, ablation, backend=be, **kw)
                     times[r.backend] = r.runtime_s
+                    if not r.complete:  # same patch sets as the engine run: scale by forwards done
+                        extrapolated = True
+                        times[r.backend] = r.runtime_s * res.n_forward / max(r.n_forward, 1)
                     res = res or r
                 es = res.scores if res.level == "edge" else discovery.node_scores_to_edges(model, res.scores)
                 s_struct = score(es, gt)
@@ -121,6 +133,8 @@ def main() -> None:
                         "backend": res.backend,
                         "time_engine_s": round(times.get("engine", math.nan), 4),
                         "time_torch_s": round(times.get("torch", times.get("torch-grad", math.nan)), 4),
+                        "torch_extrapolated": extrapolated,
+                        "n_forward": res.n_forward,
                         "published": PUBLISHED.get(name, {}).get("ACDC", "") if method == "acdc" else "",
                     }
                 )
@@ -160,13 +174,29 @@ def print_table(rows: list[dict]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print("| " + " | ".join(str(r[h]) for h in head) + " |")
+        cells = {h: str(r[h]) for h in head}
+        if r.get("torch_extrapolated"):
+            cells["time_torch_s"] = "~" + cells["time_torch_s"]
+        print("| " + " | ".join(cells[h] for h in head) + " |")
+    print("\nruntime, engine vs hooks (patching methods; ~ = hook time extrapolated past the budget)")
+    print("| method | ablation | programs | engine total s | hooks total s | hooks/engine (min-median-max) |")
+    print("|---|---|---|---|---|---|")
+    timed: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if not (math.isnan(r["time_engine_s"]) or math.isnan(r["time_torch_s"])):
+            timed.setdefault((r["method"], r["ablation"]), []).append(r)
+    for (m, a), rs in sorted(timed.items()):
+        ratios = sorted(r["time_torch_s"] / max(r["time_engine_s"], 1e-9) for r in rs)
+        n_ex = sum(bool(r["torch_extrapolated"]) for r in rs)
+        print(
+            f"| {m} | {a} | {len(rs)} ({n_ex} extrapolated) | {sum(r['time_engine_s'] for r in rs):.2f} | "
+            f"{sum(r['time_torch_s'] for r in rs):.2f} | {ratios[0]:.0f}x - "
+            f"{float(np.median(ratios)):.0f}x - {ratios[-1]:.0f}x |"
+        )
     agg = {}
     for r in rows:
         agg.setdefault((r["method"], r["ablation"]), []).append(r)
-    print(
-        "\nmean over programs | method | ablation | auc_struct | auc_aware (non-empty aware truth)"
-    )
+    print("\nmean over programs | method | ablation | auc_struct | auc_aware (non-empty aware truth)")
     for (m, a), rs in sorted(agg.items()):
         s = np.nanmean([r["auc_struct"] for r in rs])
         aw = [r["auc_aware"] for r in rs if not math.isnan(r["auc_aware"])]

@@ -142,11 +142,12 @@ def forward_table(args: argparse.Namespace) -> None:
                 f"{ratio(t_comp, t_eng)} |")
 
 
-def engine_with(model: Any, kernel: str, min_blocks: str = "2") -> Engine:
-    """A CUDA engine whose kernel choice is forced (RASP_CUDA_KERNEL / RASP_CUDA_MINBLOCKS are read when an
-    engine is made)."""
-    saved = {k: os.environ.get(k) for k in ("RASP_CUDA_KERNEL", "RASP_CUDA_MINBLOCKS")}
+def engine_with(model: Any, kernel: str, min_blocks: str = "2", xskip: str = "1") -> Engine:
+    """A CUDA engine whose kernel choice is forced (RASP_CUDA_KERNEL / RASP_CUDA_MINBLOCKS / RASP_CUDA_XSKIP
+    are read when an engine is made)."""
+    saved = {k: os.environ.get(k) for k in ("RASP_CUDA_KERNEL", "RASP_CUDA_MINBLOCKS", "RASP_CUDA_XSKIP")}
     os.environ["RASP_CUDA_KERNEL"], os.environ["RASP_CUDA_MINBLOCKS"] = kernel, min_blocks
+    os.environ["RASP_CUDA_XSKIP"] = xskip
     try:
         return Engine(model, device="cuda")
     finally:
@@ -160,14 +161,23 @@ def engine_with(model: Any, kernel: str, min_blocks: str = "2") -> Engine:
 def kernel_table(args: argparse.Namespace) -> None:
     """Engine time per kernel variant at the large batches: block mode ("old": a block per sequence, uncapped
     registers) vs warp mode ("new": a warp per sequence, registers capped by min blocks per SM), and threads
-    per block (= warps x 32 in warp mode). The forward table above uses the automatic choice."""
+    per block (= warps x 32 in warp mode), and warp mode's skipping of all-zero input rows: xs0 none (run 2's
+    kernel), xs1 in matmuls reading the residual stream, xs2 in every matmul. "auto" is the engine as made by
+    default (the forward table above)."""
     batches = [b for b in (int(x) for x in args.batches.split(",")) if b >= 4096]
     if not batches:
         return
-    variants = [("old", "2", 128), ("old", "2", 64), ("new", "1", 128), ("new", "2", 128), ("new", "4", 128),
-                ("new", "2", 64), ("new", "2", 256), ("new", "4", 256)]
+    # (mode, min blocks, threads, xskip); threads 0 = the engine's own choice. "new mb2 t128 xs0" is run 2's
+    # automatic choice at these batches.
+    variants = [("old", "2", 128, "0"), ("new", "2", 128, "0"), ("new", "2", 256, "0"),
+                ("new", "2", 128, "1"), ("new", "2", 256, "1"), ("new", "4", 256, "1"),
+                ("new", "2", 128, "2"), ("new", "2", 256, "2"), ("auto", "2", 0, "")]
+
+    def label(k: str, mb: str, t: int, xs: str) -> str:
+        return {"old": f"old t{t}", "auto": "auto"}.get(k, f"new mb{mb} t{t} xs{xs}")
+
     say("")
-    say("## Kernel variants (mode / register cap as min blocks per SM / threads per block)")
+    say("## Kernel variants (mode / register cap as min blocks per SM / threads per block / row skipping)")
     say("")
     try:
         sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -175,26 +185,26 @@ def kernel_table(args: argparse.Namespace) -> None:
         say("")
     except Exception:  # noqa: BLE001 - informational only
         pass
-    say("| program | batch | " + " | ".join(f"{k} t{t}" if k == "old" else f"{k} mb{mb} t{t}"
-                                          for k, mb, t in variants) + " |")
+    say("| program | batch | " + " | ".join(label(*v) for v in variants) + " |")
     say("|---|---|" + "---|" * len(variants))
     for name in args.programs.split(","):
         model = library_model(name)
         engines = {}
-        for k, mb, _ in variants:
-            if (k, mb) not in engines:
-                engines[(k, mb)] = engine_with(model, k, mb)
+        for k, mb, _, xs in variants:
+            if (k, mb, xs) not in engines:
+                engines[(k, mb, xs)] = engine_with(model, k, mb, xs)
         for batch in batches:
             ids = torch.from_numpy(random_ids(model, min(batch, 4096), seed=3))
             ids = ids.repeat((batch + ids.shape[0] - 1) // ids.shape[0], 1)[:batch].to(torch.int32).cuda()
-            want = engines[("old", "2")].run(ids)
+            want = engines[("old", "2", "0")].run(ids)
             cells = []
-            for k, mb, t in variants:
-                eng = engines[(k, mb)]
-                eng._core.set_block_threads(t)
+            for k, mb, t, xs in variants:
+                eng = engines[(k, mb, xs)]
+                if t:
+                    eng._core.set_block_threads(t)
                 err = float((eng.run(ids) - want).abs().max())
                 if err > 1e-4:
-                    say(f"WARNING {name} batch {batch} {k}/{mb}/{t}: differs from old by {err}")
+                    say(f"WARNING {name} batch {batch} {label(k, mb, t, xs)}: differs from old by {err}")
                 cells.append(fmt(cuda_time(lambda e=eng: e.run(ids), min_time=0.1)))
             say(f"| {name} | {batch} | " + " | ".join(cells) + " |")
 

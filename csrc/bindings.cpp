@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -295,21 +296,55 @@ class EngineCore {
       std::lock_guard<std::mutex> lock(mu_);
       rasp::RunCache& clean = clean_;
       rasp::RunCache& src = src_;
-      rasp::forward_cpu(model_, tp, B, T, nullptr, nullptr, &clean, threads);
-      if (sp) rasp::forward_cpu(model_, sp, B, T, nullptr, nullptr, &src, threads);
-      else src.allocate(d_, B, T, /*zero=*/true);  // no source run: every patched writer has an override
+      // A sweep on exactly the inputs of the previous one (ACDC's steps, threshold sweeps) reuses its
+      // clean and source runs: the keys are the token ids (and source overrides) they were made from.
+      const size_t BT = static_cast<size_t>(B) * T;
       const size_t TD = static_cast<size_t>(T) * d_.d_model;
-      for (int k = 0; k < K; ++k)
-        for (int b = 0; b < B; ++b)
-          std::copy(ov + (static_cast<size_t>(k) * B + b) * TD, ov + (static_cast<size_t>(k) * B + b + 1) * TD,
-                    const_cast<float*>(src.writer(b, ov_id[k])));
+      const size_t n_ov = static_cast<size_t>(K) * B * TD;
+      auto same_ids = [BT](const std::vector<int32_t>& key, const int32_t* p) {
+        return key.size() == BT && std::equal(p, p + BT, key.begin());
+      };
+      const bool clean_hit = clean_valid_ && clean.B == B && clean.T == T && same_ids(clean_key_, tp);
+      if (!clean_hit) {
+        clean_valid_ = false;
+        clean.keep_inner = true;
+        rasp::forward_cpu(model_, tp, B, T, nullptr, nullptr, &clean, threads);
+        clean_key_.assign(tp, tp + BT);
+        clean_valid_ = true;
+      }
+      const bool src_hit = src_valid_ && src.B == B && src.T == T && src_has_tokens_ == (sp != nullptr) &&
+                           (!sp || same_ids(src_key_, sp)) && src_ov_ids_.size() == static_cast<size_t>(K) &&
+                           std::equal(ov_id, ov_id + K, src_ov_ids_.begin()) && src_ov_vals_.size() == n_ov &&
+                           (n_ov == 0 || std::memcmp(ov, src_ov_vals_.data(), n_ov * sizeof(float)) == 0);
+      if (!src_hit) {
+        src_valid_ = false;
+        if (sp) rasp::forward_cpu(model_, sp, B, T, nullptr, nullptr, &src, threads);
+        else src.allocate(d_, B, T, /*zero=*/true);  // no source run: every patched writer has an override
+        for (int k = 0; k < K; ++k)
+          for (int b = 0; b < B; ++b)
+            std::copy(ov + (static_cast<size_t>(k) * B + b) * TD, ov + (static_cast<size_t>(k) * B + b + 1) * TD,
+                      const_cast<float*>(src.writer(b, ov_id[k])));
+        src_has_tokens_ = sp != nullptr;
+        if (sp) src_key_.assign(sp, sp + BT);
+        else src_key_.clear();
+        src_ov_ids_.assign(ov_id, ov_id + K);
+        src_ov_vals_.assign(ov, ov + n_ov);
+        src_valid_ = true;
+      }
       rasp::sweep_cpu(model_, tp, B, T, clean, src, plans, proj, metric, atol, sum_p, cnt_p, outs, threads);
       if (clean.bytes() + src.bytes() > kKeepCacheBytes) {  // do not hold big buffers between calls
         clean.release();
         src.release();
+        clean_valid_ = src_valid_ = false;
       }
     }
     return py::make_tuple(sums, counts, outs_obj);
+  }
+
+  // Drops the clean/source runs kept from the last sweep (the next sweep recomputes them).
+  void forget_runs() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    clean_valid_ = src_valid_ = false;
   }
 
   py::dict stats() const {
@@ -357,6 +392,10 @@ class EngineCore {
   mutable std::mutex mu_;         // guards the reusable caches below
   mutable rasp::RunCache clean_;  // clean-run cache of the last sweep (reused buffers)
   mutable rasp::RunCache src_;    // source-run cache of the last sweep
+  // What clean_ / src_ were computed from (valid flags false after a release or a failed run).
+  mutable bool clean_valid_ = false, src_valid_ = false, src_has_tokens_ = false;
+  mutable std::vector<int32_t> clean_key_, src_key_, src_ov_ids_;
+  mutable std::vector<float> src_ov_vals_;
 };
 
 bool cuda_available() {
@@ -406,6 +445,7 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("node_offsets"), py::arg("edges"), py::arg("edge_offsets"), py::arg("proj_diag"),
            py::arg("proj_mat"), py::arg("metric"), py::arg("atol"), py::arg("return_outputs"),
            py::arg("override_ids"), py::arg("override_values"), py::arg("threads") = 0)
+      .def("forget_runs", &EngineCore::forget_runs)
       .def("stats", &EngineCore::stats);
 #ifdef RASP_HAVE_CUDA
   m.def("cuda_smoke_test", [] {

@@ -68,10 +68,12 @@ from rasp_compiler import compiling
 from rasp_compiler.engine import EdgePatch, Engine
 from rasp_compiler.lib import LIBRARY
 import os
-for name, kernel in (("sort", "old"), ("shuffle_dyck2", "old"), ("shuffle_dyck2", "new")):
+for name, kernel, xskip in (("sort", "old", "1"), ("shuffle_dyck2", "old", "1"), ("shuffle_dyck2", "new", "1"),
+                            ("second_largest", "new", "2")):
     e = LIBRARY[name]
     m = compiling.compile_rasp_to_model(e.builder(), e.vocab, e.max_seq_len)
     os.environ["RASP_CUDA_KERNEL"] = kernel  # block mode and warp mode (read when the engine is made)
+    os.environ["RASP_CUDA_XSKIP"] = xskip  # warp mode's row skipping: residual inputs (1) or every matmul (2)
     eng = Engine(m, device="cuda")
     rng = np.random.default_rng(0)
     toks = rng.integers(1, m.config.d_vocab, size=(2, m.config.n_ctx)); toks[:, 0] = 0
@@ -80,7 +82,7 @@ for name, kernel in (("sort", "old"), ("shuffle_dyck2", "old"), ("shuffle_dyck2"
     eng.run_with_cache(toks)
     sets = [["L0.H0"], [("embed", "L1.MLP", "in")], [EdgePatch("L0.MLP", "output", "in", [0, 1])],
             [("pos_embed", "L1.H0", "k"), "L0.MLP"]]
-    print(name, kernel, eng.sweep(toks, src, sets, "kl", per_example=True))
+    print(name, kernel, xskip, eng.sweep(toks, src, sets, "kl", per_example=True))
 PYEOF
 if command -v compute-sanitizer >/dev/null; then
   step memcheck 45 "$OUT/sanitize.log" compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" "$OUT/.san.py"

@@ -280,3 +280,38 @@ def test_bad_kernel_mode_is_rejected(monkeypatch) -> None:
     monkeypatch.setenv("RASP_CUDA_KERNEL", "fastest")
     with pytest.raises((EngineError, ValueError), match="RASP_CUDA_KERNEL"):
         Engine(compiled("sort"), device="cuda")
+
+
+@pytest.mark.parametrize("mode,xskip", [("new", "1"), ("new", "0"), ("new", "2"), ("old", "1")])
+def test_long_sequences_in_both_modes(mode: str, xskip: str, monkeypatch) -> None:
+    """Sequences longer than warp mode's register tile of 8 positions (several tiles, a partial last one),
+    with warp mode's row skipping on and off (each tile lists its own nonzero rows)."""
+    monkeypatch.setenv("RASP_CUDA_KERNEL", mode)
+    monkeypatch.setenv("RASP_CUDA_XSKIP", xskip)
+    model = factory_model(5, n_layers=2, d_model=24, n_heads=2, d_head=6, d_mlp=20, max_seq_len=20,
+                          vocab=tuple(range(1, 7)), scale=0.3)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, model.config.d_vocab, size=(5, 21))
+    tokens[:, 0] = 0
+    source = rng.integers(1, model.config.d_vocab, size=(5, 21))
+    source[:, 0] = 0
+    compare_everything(model, tokens, source, 5, f"T=21 ({mode}, row skipping {xskip})")
+
+
+@pytest.mark.parametrize("xskip,name", [("0", "sort"), ("1", "sort"), ("2", "sort"), ("0", "second_largest"),
+                                        ("1", "second_largest"), ("2", "shuffle_dyck2")])
+def test_warp_mode_row_skipping_on_and_off(xskip: str, name: str, monkeypatch) -> None:
+    """Warp mode with and without skipping all-zero input rows (RASP_CUDA_XSKIP) matches the CPU engine on
+    every operation; compiled residual streams are nearly one-hot, so skipping is taken on most matmuls."""
+    if name not in LIBRARY:
+        pytest.skip(f"{name} is not in the library")
+    monkeypatch.setenv("RASP_CUDA_KERNEL", "new")
+    monkeypatch.setenv("RASP_CUDA_XSKIP", xskip)
+    compare_everything(compiled(name), library_batch(name, 6, 2), library_batch(name, 6, 3), 2,
+                       f"{name} (warp mode, row skipping {xskip})")
+
+
+def test_bad_row_skipping_setting_is_rejected(monkeypatch) -> None:
+    monkeypatch.setenv("RASP_CUDA_XSKIP", "yes")
+    with pytest.raises((EngineError, ValueError), match="RASP_CUDA_XSKIP"):
+        Engine(compiled("sort"), device="cuda")

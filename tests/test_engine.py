@@ -378,3 +378,67 @@ def test_source_outputs_replace_source_run_values() -> None:
         engine.run_patched(tokens, source, ["L0.H0"], source_outputs={"L0.H0": np.zeros((2, 2))})
     with pytest.raises(EngineError, match="logit_diff"):
         engine.sweep(tokens, None, [patches], "logit_diff", source_outputs=given)
+
+
+def test_single_patch_fast_path_and_encoded_sets_match_reference() -> None:
+    """Every-single-edge / every-single-node sweeps (the cached fast path on the second call) and
+    pre-encoded sets give the reference's outputs; names the engine never saw still get checked."""
+    model = random_model(6, sparse=True, n_layers=2)
+    tokens, source = random_tokens(model, 3, 1), random_tokens(model, 3, 2)
+    engine = Engine(model, threads=1)
+    _, edges_all = _random_patches(model, np.random.default_rng(1), 0, 10**6, subspace=False)
+    edge_sets = [[e] for e in edges_all]
+    node_sets = [[w] for w in writer_names(model.config)]
+    for sets, kind in ((edge_sets, "edge"), (node_sets, "node")):
+        first = engine.sweep(tokens, source, sets, "mse", return_outputs=True)[1]  # checks every name
+        again = engine.sweep(tokens, source, sets, "mse", return_outputs=True)[1]  # fast path
+        enc = engine.sweep(tokens, source, engine.encode(sets), "mse", return_outputs=True)[1]
+        np.testing.assert_array_equal(first, again)
+        np.testing.assert_array_equal(first, enc)
+        for k, (p,) in enumerate(sets):
+            nodes, edges = ({p: None}, None) if kind == "node" else (None, {p: None})
+            ref, _, _ = reference_run(model, tokens, source, nodes, edges)
+            assert_close(again[k], ref, f"{kind} {p}")
+    with pytest.raises(EngineError, match="L7.H0"):
+        engine.sweep(tokens, source, edge_sets + [[("L7.H0", "output", "in")]], "mse")
+    with pytest.raises(EngineError, match="L9.MLP"):
+        engine.sweep(tokens, source, node_sets + [["L9.MLP"]], "mse")
+    with pytest.raises(EngineError, match="another Engine"):
+        Engine(model, threads=1).sweep(tokens, source, engine.encode(node_sets), "mse")
+    with pytest.raises(EngineError, match="one patch set"):
+        engine.run_patched(tokens, source, engine.encode(node_sets))
+    one = engine.run_patched(tokens, source, engine.encode([node_sets[2]]))
+    ref, _, _ = reference_run(model, tokens, source, {node_sets[2][0]: None})
+    assert_close(one, ref, "run_patched(EncodedSets)")
+
+
+def test_sweep_reuses_clean_and_source_runs_only_for_identical_inputs() -> None:
+    """The engine keeps the last sweep's clean/source runs; any change of tokens, source tokens (even
+    in place) or source_outputs must recompute them: each result equals a fresh engine's."""
+    model = random_model(4, n_layers=2)
+    engine = Engine(model, threads=1)
+    T, D = model.config.n_ctx, model.config.d_model
+    sets = [["L0.H0"], [("L0.MLP", "output", "in")], ["L1.MLP", ("embed", "L1.H0", "q")]]
+    tokens, source = random_tokens(model, 3, 1), random_tokens(model, 3, 2)
+    mean = np.random.default_rng(3).standard_normal((1, tokens.shape[1], D)).astype(np.float32)
+
+    def check(tok, src, given=None) -> None:
+        kw = {"source_outputs": given} if given else {}
+        got = engine.sweep(tok, src, sets, "mse", return_outputs=True, **kw)[1]
+        want = Engine(model, threads=1).sweep(tok, src, sets, "mse", return_outputs=True, **kw)[1]
+        np.testing.assert_array_equal(got, want)
+
+    check(tokens, source)
+    check(tokens, source)  # reused
+    source[0, -1] = (source[0, -1] + 1) % model.config.d_vocab  # same array object, new content
+    check(tokens, source)
+    check(source, tokens)
+    check(tokens, source, {"L0.MLP": mean})
+    check(tokens, source, {"L0.MLP": mean + 1.0})
+    check(tokens, source, {"L0.H0": mean + 1.0})
+    check(tokens, None, {w: mean for w in ("L0.H0", "L0.MLP", "L1.MLP", "embed")})
+    check(tokens, source)
+    check(tokens[:2], source[:2])
+    engine.forget_runs()
+    check(tokens[:2], source[:2])
+    assert T >= tokens.shape[1]

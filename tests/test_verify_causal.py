@@ -160,3 +160,21 @@ def test_dataset_is_deterministic_by_seed() -> None:
     b = causal.make_dataset(model, program, 5, seed=7)
     assert a.clean == b.clean and a.corrupt == b.corrupt
     assert all(len(x) == a.length for x in a.clean + a.corrupt)
+
+
+@pytest.mark.parametrize("name", ["reverse", "shuffle_dyck2"])
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_engine_ablation_values_equal_the_hook_reference(name: str, ablation: str) -> None:
+    """The engine path computes mean/zero ablation values from its own clean run; they must equal the
+    PyTorch-hook definition (verify.patching_reference.ablation_values), and so must the patched runs."""
+    model, _, ds = build(name)
+    runner = causal.Patcher(model, ds, ablation, backend="engine")
+    got = runner._engine_ablation_values()
+    want = ablation_values(HookPatcher(model), ds.clean_ids, ds.corrupt_ids, ablation)
+    assert set(got) == set(want)
+    for w, v in want.items():
+        np.testing.assert_allclose(np.broadcast_to(got[w], v.shape), v.numpy(), atol=1e-5, err_msg=w)
+    edges = [str(e) for e in legal_edges(model.config.n_layers, model.config.n_heads)][::5]
+    sets = [edges[:k] for k in (1, 3, len(edges))]
+    torch_runner = causal.Patcher(model, ds, ablation, backend="torch")
+    np.testing.assert_allclose(runner.outputs(sets), torch_runner.outputs(sets), atol=1e-4)

@@ -36,7 +36,7 @@ import numpy as np
 
 from rasp_compiler import rasp
 from verify.circuit import Circuit, CircuitError, Edge, as_edge, legal_edges, node_kind
-from verify.patching_reference import HookPatcher, ablation_values
+from verify.patching_reference import HookPatcher, ablation_values, hook_of_writer, writer_nodes
 from verify.truth import annotation_dict, ground_truth, model_graph
 
 __all__ = [
@@ -216,6 +216,7 @@ class Patcher:
             )
         self.backend = "engine" if self._engine is not None else "torch"
         self._clean: np.ndarray | None = None
+        self._items: dict[Any, Any] = {}
 
     @property
     def hook(self) -> HookPatcher:
@@ -248,9 +249,36 @@ class Patcher:
         e = as_edge(item)
         return (e.writer, e.reader, e.input)
 
+    def _engine_ablation_values(self) -> dict[str, np.ndarray]:
+        """Mean / zero ablation values from the engine's own cached clean run (the same definition as
+        `ablation_values`, without a PyTorch pass): per writer `[1, T, D]`, broadcast over the batch."""
+        cfg = self.model.config
+        writers = writer_nodes(cfg.n_layers, cfg.n_heads)
+        clean = np.asarray(self.dataset.clean_ids)
+        T, D = clean.shape[1], int(cfg.d_model)
+        if self.ablation == "zero":
+            return {w: np.zeros((1, T, D), np.float32) for w in writers}
+        hooks = {w: hook_of_writer(w) for w in writers}
+        _, cache = self._engine.run_with_cache(clean, names=sorted({h for h, _ in hooks.values()}))
+        out = {}
+        for w, (hook, head) in hooks.items():
+            v = np.asarray(cache[hook]) if head is None else np.asarray(cache[hook])[:, :, head]
+            out[w] = v.mean(axis=0, keepdims=True, dtype=np.float32)
+        return out
+
+    def _item_cached(self, item: Any) -> Any:
+        """`_item`, memoised: ACDC hands the same (growing) list of edges over hundreds of times."""
+        try:
+            return self._items[item]
+        except KeyError:
+            out = self._items[item] = self._item(item)
+            return out
+        except TypeError:  # unhashable: convert (or raise) every time
+            return self._item(item)
+
     def outputs(self, patch_sets: Sequence[Iterable[Any]]) -> np.ndarray:
         """Outputs `[S, B, T, V]` of the patched runs, one per patch set."""
-        sets = [[self._item(i) for i in items] for items in patch_sets]
+        sets = [[self._item_cached(i) for i in items] for items in patch_sets]
         self.n_forward += len(sets)
         if not sets:
             return np.zeros((0,) + self.clean().shape, dtype=np.float32)
@@ -259,7 +287,7 @@ class Patcher:
             source = self.dataset.corrupt_ids
             if self.ablation != "resample":
                 if self._engine_sources is None:
-                    self._engine_sources = {w: v.numpy() for w, v in self.ablated_values().items()}
+                    self._engine_sources = self._engine_ablation_values()
                 kwargs["source_outputs"] = self._engine_sources
             _, outs = self._engine.sweep(
                 self.dataset.clean_ids, source, sets, "mse", return_outputs=True, **kwargs

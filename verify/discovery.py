@@ -58,6 +58,7 @@ class DiscoveryResult:
     circuits: dict[float, list[str]] = dataclasses.field(
         default_factory=dict
     )  # ACDC: threshold -> kept edges
+    complete: bool = True  # False: stopped at its time budget (scores/circuits partial; for timing only)
 
 
 def activation_patching(
@@ -90,8 +91,17 @@ def _floor(x: float) -> float:
     return 0.0 if abs(x) < NOISE_FLOOR else float(x)
 
 
+class _OutOfTime(Exception):
+    """ACDC ran past its `max_seconds` budget."""
+
+
 def _acdc_once(
-    model: Any, runner: Patcher, clean: np.ndarray, edges: list[Edge], threshold: float
+    model: Any,
+    runner: Patcher,
+    clean: np.ndarray,
+    edges: list[Edge],
+    threshold: float,
+    deadline: float = float("inf"),
 ) -> tuple[set[Edge], dict[Edge, float]]:
     """One ACDC pass at one threshold; returns the kept edges and each tested edge's divergence increase."""
     removed: list[Edge] = []
@@ -113,6 +123,8 @@ def _acdc_once(
                 removed.append(e)
             continue
         for e in sorted(into[(reader, inp)], key=lambda x: node_sort_key(x.writer), reverse=True):
+            if time.perf_counter() > deadline:
+                raise _OutOfTime
             trial = divergence(model, clean, runner.outputs([removed + [e]])[0])
             deltas[e] = trial - current
             if trial - current < threshold:
@@ -129,22 +141,40 @@ def acdc(
     *,
     thresholds: Any = DEFAULT_THRESHOLDS,
     backend: str = "auto",
+    max_seconds: float | None = None,
 ) -> DiscoveryResult:
     """ACDC over a sweep of thresholds. Score of an edge: the largest threshold at which it is kept
-    (0 if it is never kept), so ranking by score reproduces the sweep's ROC points."""
+    (0 if it is never kept), so ranking by score reproduces the sweep's ROC points.
+
+    `max_seconds`: stop once this much time has passed (benchmarks time slow backends this way); the
+    result then has `complete=False`, partial scores, and `runtime_s`/`n_forward` of the part done."""
     t0 = time.perf_counter()
+    deadline = t0 + max_seconds if max_seconds is not None else float("inf")
     runner = Patcher(model, dataset, ablation, backend)
     clean = runner.clean()
     edges = legal_edges(model.config.n_layers, model.config.n_heads)
     scores = {str(e): 0.0 for e in edges}
     circuits: dict[float, list[str]] = {}
+    complete = True
     for t in sorted(float(x) for x in thresholds):
-        kept, _ = _acdc_once(model, runner, clean, edges, t)
+        try:
+            kept, _ = _acdc_once(model, runner, clean, edges, t, deadline)
+        except _OutOfTime:
+            complete = False
+            break
         circuits[t] = sorted(str(e) for e in kept)
         for e in kept:
             scores[str(e)] = max(scores[str(e)], t)
     return DiscoveryResult(
-        "acdc", ablation, "edge", scores, time.perf_counter() - t0, runner.backend, runner.n_forward, circuits
+        "acdc",
+        ablation,
+        "edge",
+        scores,
+        time.perf_counter() - t0,
+        runner.backend,
+        runner.n_forward,
+        circuits,
+        complete,
     )
 
 

@@ -28,7 +28,7 @@ import torch
 
 from verify.circuit import Edge, as_edge, model_nodes, node_kind
 
-__all__ = ["HookPatcher", "PatchValue", "PatchingError", "ablation_values", "writer_nodes"]
+__all__ = ["HookPatcher", "PatchValue", "PatchingError", "ablation_values", "hook_of_writer", "writer_nodes"]
 
 
 class PatchingError(ValueError):
@@ -56,6 +56,11 @@ class PatchValue:
 def writer_nodes(n_layers: int, n_heads: int) -> list[str]:
     """Every component that writes into the residual stream, in forward order."""
     return [n for n in model_nodes(n_layers, n_heads) if n != "output"]
+
+
+def hook_of_writer(writer: str) -> tuple[str, int | None]:
+    """The TransformerLens hook holding `writer`'s output, and its head index for attention heads."""
+    return _hook_of(writer)
 
 
 def _hook_of(writer: str) -> tuple[str, int | None]:

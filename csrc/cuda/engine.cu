@@ -4,6 +4,12 @@
 // the same, only the scratch pointer differs). Weights stay in global memory, read through the
 // read-only cache; each matrix carries the list of its nonzero rows, so the mostly-zero compiled
 // weights cost only their nonzero rows. Semantics follow engine/cpu_forward.cpp exactly.
+// Two ways to map items to threads (DeviceState::launch picks per launch; RASP_CUDA_KERNEL=old|new|auto):
+// block mode, the whole block on one item (lowest latency: small batches), and warp mode, one warp per
+// item and threads/32 items per block with warp-level barriers only, register-tiled matmuls and a
+// register-capped kernel for more resident warps (throughput: large batches and sweeps); warp mode also skips
+// weight rows whose inputs are zero at every position (RASP_CUDA_XSKIP=0|1|2). See the GPU section of
+// benchmarks/RESULTS.md for why.
 #ifdef RASP_CUDA_EMULATE_HOST
 #include "cuda/emulate/cuda_runtime.h"  // CPU emulation for logic tests (scripts/cuda_emulate_check.sh)
 #define RASP_LAUNCH(kernel, grid, block, smem, stream, ...) rasp_emu_launch(kernel, grid, block, smem, __VA_ARGS__)
@@ -109,6 +115,7 @@ struct Params {
   int* err;
   int groups;  // thread groups per block, each running its own items (1: the whole block is one group)
   int warp;    // groups are single warps: they synchronise with __syncwarp, not __syncthreads
+  int xskip;   // warp mode: matmuls skip all-zero input rows: 0 never, 1 residual inputs, 2 every matmul
 };
 
 // The threads that run one item together: the whole block (block mode, for few items: most threads busy on
@@ -117,6 +124,8 @@ struct Params {
 struct Grp {
   int tid, n;
   bool warp;
+  int* idx;  // warp mode with row skipping: the group's list of rows with a nonzero input (else null)
+  bool skip_all;  // skip rows in every matmul, not only those reading the residual stream
   __device__ void sync() const {
 #ifdef RASP_CUDA_EMULATE_HOST
     if (!warp) __syncthreads();  // the emulation's warp groups have one thread
@@ -134,15 +143,52 @@ struct Grp {
 // leading dimension ldw, already offset to its first column. Ends with a barrier.
 __device__ void mm(const Grp& g, const float* X, int ldx, int T, const float* __restrict__ W, int ldw, int ncols,
                    const int* __restrict__ rows, int nrows, const float* __restrict__ bias, float* Y, int ldy,
-                   bool accumulate) {
+                   bool accumulate, bool resid_in = false) {
   if (g.warp) {
     // Warp mode: a lane owns columns and keeps kTile positions in registers, so that each weight and row
     // index is loaded once per kTile positions (not once per position) and kTile independent sums give
     // the lane instruction-level parallelism. Same terms in the same order as below: same results.
     constexpr int kTile = 8;
+    // Row skipping: compiled residual streams are nearly one-hot, so most rows i have X[t, i] == 0 at
+    // every position of a tile. The warp first lists the rows where some position is nonzero (a ballot
+    // per 32 rows), then runs the same loop over that list only: the skipped terms are exact zeros, so the
+    // sums are unchanged. Lists shorter than kSkipMin rows are not worth the extra pass. By default only
+    // matmuls reading the residual stream (resid_in: the sparsest inputs) skip; attention z and MLP hidden
+    // rows are denser, and listing them cost more than it saved on shuffle_dyck2 (H200, run 3).
+    constexpr int kSkipMin = 16;
+    const bool skip = g.idx != nullptr && nrows >= kSkipMin && (resid_in || g.skip_all);
+    const int* rows_all = rows;
+    const int nrows_all = nrows;
     for (int t0 = 0; t0 < T; t0 += kTile) {
       const int tn = T - t0 < kTile ? T - t0 : kTile;
       const float* x0 = X + static_cast<size_t>(t0) * ldx;
+      if (skip) {
+        int cnt = 0;
+        for (int r0 = 0; r0 < nrows_all; r0 += 32) {  // the same trip count on every lane
+#ifdef RASP_CUDA_EMULATE_HOST
+          for (int k = 0; k < 32 && r0 + k < nrows_all; ++k) {  // emulated warp groups are one thread
+            const int i = rows_all ? rows_all[r0 + k] : r0 + k;
+            bool nz = false;
+            for (int u = 0; u < tn; ++u) nz = nz || x0[static_cast<size_t>(u) * ldx + i] != 0.0f;
+            if (nz) g.idx[cnt++] = i;
+          }
+#else
+          const int r = r0 + g.tid;
+          int i = 0;
+          bool nz = false;
+          if (r < nrows_all) {
+            i = rows_all ? __ldg(rows_all + r) : r;
+            for (int u = 0; u < tn; ++u) nz = nz || x0[static_cast<size_t>(u) * ldx + i] != 0.0f;
+          }
+          const unsigned mask = __ballot_sync(0xffffffffu, nz);
+          if (nz) g.idx[cnt + __popc(mask & ((1u << g.tid) - 1u))] = i;
+          cnt += __popc(mask);
+#endif
+        }
+        g.sync();
+        rows = g.idx;
+        nrows = cnt;
+      }
       for (int j = g.tid; j < ncols; j += g.n) {
         const float b = bias ? __ldg(bias + j) : 0.0f;
         float s[kTile];
@@ -154,7 +200,7 @@ __device__ void mm(const Grp& g, const float* X, int ldx, int T, const float* __
         }
         if (rows) {
           for (int r = 0; r < nrows; ++r) {
-            const int i = __ldg(rows + r);
+            const int i = skip ? rows[r] : __ldg(rows + r);  // the skip list is in shared memory: no __ldg
             const float w = __ldg(W + static_cast<size_t>(i) * ldw + j);
             RASP_UNROLL
             for (int u = 0; u < kTile; ++u) s[u] += x0[static_cast<size_t>(u < tn ? u : tn - 1) * ldx + i] * w;
@@ -170,6 +216,7 @@ __device__ void mm(const Grp& g, const float* X, int ldx, int T, const float* __
         for (int u = 0; u < kTile; ++u)
           if (u < tn) Y[(t0 + u) * ldy + j] = s[u];
       }
+      if (skip) g.sync();  // every lane is done with the list before the next tile rewrites it
     }
     g.sync();
     return;
@@ -344,12 +391,14 @@ __device__ bool position_metric(int metric, float atol, const float* p, const fl
 // ------------------------------------------------------------------------------------------ the kernel
 
 struct Layout {  // float offsets of one block's scratch
-  size_t x, acc, work, red, res, diff, inb, total;
+  size_t x, acc, work, red, res, diff, inb, idx, total;
 };
 
 __host__ __device__ inline size_t round2(size_t n) { return (n + 3) & ~size_t(3); }  // 16-byte multiples
 
-__host__ __device__ inline Layout make_layout(int T, int D, int H, int E, int M, int V, bool full) {
+// idx: room for the row list of row skipping (residual inputs have D rows; every matrix at most
+// max(D, H*E, M)), only with xskip.
+__host__ __device__ inline Layout make_layout(int T, int D, int H, int E, int M, int V, bool full, int xskip) {
   const size_t TD = round2(static_cast<size_t>(T) * D);
   size_t attn = round2(static_cast<size_t>(T) * 3 * H * E) + round2(static_cast<size_t>(H) * T * T) +
                 round2(static_cast<size_t>(T) * H * E);
@@ -364,7 +413,13 @@ __host__ __device__ inline Layout make_layout(int T, int D, int H, int E, int M,
   L.res = L.red + round2(static_cast<size_t>(4) * T);  // 2T doubles
   L.diff = L.res + TD;
   L.inb = L.diff + TD;
-  L.total = full ? L.inb + TD : L.res + TD;  // unpatched runs need no diff/inb
+  L.idx = full ? L.inb + TD : L.res + TD;  // unpatched runs need no diff/inb
+  int max_rows = D;
+  if (xskip >= 2) {
+    max_rows = max_rows > H * E ? max_rows : H * E;
+    max_rows = max_rows > M ? max_rows : M;
+  }
+  L.total = L.idx + (xskip ? round2(static_cast<size_t>(max_rows)) : 0);
   return L;
 }
 
@@ -383,13 +438,15 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
   const int HE = H * E, TD = T * D, NW = 2 + m.L * (H + 1), NR = m.L * (H + 1) + 1;
   const PlanDev& pl = p.plan;
   const bool patched = pl.S > 0;
-  const Layout lay = make_layout(T, D, H, E, M, V, patched);
+  const int xskip = p.warp != 0 ? p.xskip : 0;
+  const Layout lay = make_layout(T, D, H, E, M, V, patched, xskip);
   const int gsize = static_cast<int>(blockDim.x) / p.groups, gi = static_cast<int>(threadIdx.x) / gsize;
-  const Grp g{static_cast<int>(threadIdx.x) - gi * gsize, gsize, p.warp != 0};
   const int64_t grp_id = static_cast<int64_t>(blockIdx.x) * p.groups + gi;
   const int64_t n_grps = static_cast<int64_t>(gridDim.x) * p.groups;
   float* base = p.gscratch ? p.gscratch + static_cast<size_t>(grp_id) * p.scratch_floats
                            : reinterpret_cast<float*>(smem_f4) + static_cast<size_t>(gi) * p.scratch_floats;
+  const Grp g{static_cast<int>(threadIdx.x) - gi * gsize, gsize, p.warp != 0,
+              xskip ? reinterpret_cast<int*>(base + lay.idx) : nullptr, xskip >= 2};
   float* x = base + lay.x;
   float* acc = base + lay.acc;
   float* work = base + lay.work;
@@ -492,7 +549,8 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
       const bool rec_attn = rl && (rec(l, kRecQ) || rec(l, kRecK) || rec(l, kRecV) || rec(l, kRecZ) ||
                                    rec(l, kRecScores) || rec(l, kRecPattern) || rec(l, kRecResult));
       if (Ld.any_active || rec_attn) {
-        mm(g, x, D, T, Ld.qkv, 3 * HE, 3 * HE, Ld.qkv_rows, Ld.n_qkv_rows, Ld.bqkv, qkv, 3 * HE, false);
+        mm(g, x, D, T, Ld.qkv, 3 * HE, 3 * HE, Ld.qkv_rows, Ld.n_qkv_rows, Ld.bqkv, qkv, 3 * HE, false,
+           true);
         if (patched) {
           for (int h = 0; h < H; ++h) {
             if (!Ld.active[h]) continue;  // an inactive head's output is 0 whatever its inputs
@@ -500,7 +558,8 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
             for (int mi = 0; mi < 3; ++mi) {
               if (!edge_delta(reader, mi, inb)) continue;
               const int c0 = (mi * H + h) * E;
-              mm(g, inb, D, T, Ld.qkv + c0, 3 * HE, E, Ld.qkv_rows, Ld.n_qkv_rows, nullptr, qkv + c0, 3 * HE, true);
+              mm(g, inb, D, T, Ld.qkv + c0, 3 * HE, E, Ld.qkv_rows, Ld.n_qkv_rows, nullptr, qkv + c0, 3 * HE, true,
+                 true);
             }
           }
         }
@@ -558,7 +617,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
         in = inb;
       }
       float* hid = work;
-      mm(g, in, D, T, Ld.win, M, M, Ld.win_rows, Ld.n_win_rows, Ld.bin, hid, M, false);
+      mm(g, in, D, T, Ld.win, M, M, Ld.win_rows, Ld.n_win_rows, Ld.bin, hid, M, false, true);
       const size_t bTM = static_cast<size_t>(b) * T * M;
       if (float* r = rec(l, kRecMlpPre)) copy_block(g, r + bTM, hid, T * M);
       g.sync();
@@ -581,7 +640,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
       fin = inb;
     }
     float* logits = work;
-    mm(g, fin, D, T, m.w_u, V, V, m.u_rows, m.n_u_rows, m.b_u, logits, V, false);
+    mm(g, fin, D, T, m.w_u, V, V, m.u_rows, m.n_u_rows, m.b_u, logits, V, false, true);
     const int TV = T * V;
     if (p.out) copy_block(g, p.out + static_cast<size_t>(b) * TV, logits, TV);
     if (p.cache.out) copy_block(g, p.cache.out + static_cast<size_t>(b) * TV, logits, TV);
@@ -696,13 +755,24 @@ struct DeviceState {
   int warp_min_blocks = 2;  // RASP_CUDA_MINBLOCKS: the register cap of the warp-mode kernel (1, 2 or 4)
 
   int kernel_mode = 0;  // RASP_CUDA_KERNEL: 0 auto, 1 block ("old"), 2 warp ("new")
+  bool threads_set = false;  // set_block_threads was called: warp mode uses `threads` too
+  int xskip = 1;  // RASP_CUDA_XSKIP: warp-mode matmuls skip all-zero input rows: 0 no, 1 residual inputs, 2 all
+
+  // Threads per block in warp mode: the set size, else 256 (8 warps: measured a little faster than 128 on
+  // an H200, run 2), halved back to 128 where 8 groups' scratch would not fit in shared memory.
+  int warp_threads(size_t group_bytes) const {
+    if (threads_set) return threads;
+    int t = 256;
+    while (t > 128 && static_cast<size_t>(t / 32) * group_bytes > smem_optin) t /= 2;
+    return t;
+  }
 
   // Warp mode (a warp per item, threads/32 items per block) pays off once there are enough items to fill
   // the GPU with warps; below that block mode spreads one sequence over the whole block, which has lower
   // latency. Warp mode needs each group's scratch in shared memory.
-  bool use_warp_mode(int64_t n_items, size_t group_bytes) const {
+  bool use_warp_mode(int64_t n_items, size_t group_bytes, int wthreads) const {
     if (kernel_mode == 1) return false;
-    const int groups = std::max(threads / 32, 1);
+    const int groups = std::max(wthreads / 32, 1);
     if (group_bytes * groups > smem_optin) return false;
     if (kernel_mode == 2) return true;
     return n_items >= static_cast<int64_t>(16) * sm_count;
@@ -710,21 +780,34 @@ struct DeviceState {
 
   // Launch settings for a run: grid size and where the scratch lives.
   void launch(Params& prm, int64_t n_items, bool full, cudaStream_t stream) {
-    const Layout lay = make_layout(prm.T, dims.d_model, dims.n_heads, dims.d_head, dims.d_mlp, dims.d_vocab_out,
-                                   full);
+    auto layout = [&](int xs) {
+      return make_layout(prm.T, dims.d_model, dims.n_heads, dims.d_head, dims.d_mlp, dims.d_vocab_out, full, xs);
+    };
+    // Row skipping needs a little more scratch per group; where that would cost warp mode, go without it.
+    int xs = xskip;
+    Layout lay = layout(xs);
+    int wthreads = warp_threads(lay.total * sizeof(float));
+    bool warp = use_warp_mode(n_items, lay.total * sizeof(float), wthreads);
+    if (xs && !warp) {
+      xs = 0;
+      lay = layout(0);
+      wthreads = warp_threads(lay.total * sizeof(float));
+      warp = use_warp_mode(n_items, lay.total * sizeof(float), wthreads);
+    }
     prm.scratch_floats = lay.total;  // a multiple of 4 floats: every group's scratch stays 16-byte aligned
     const size_t group_bytes = lay.total * sizeof(float);
-    const bool warp = use_warp_mode(n_items, group_bytes);
 #ifdef RASP_CUDA_EMULATE_HOST
     // the emulation runs RASP_EMU_THREADS threads per block: in warp mode each is a group of one
     const int groups = warp ? std::min(RASP_EMU_THREADS, kMaxGroups) : 1;
     const int block = warp ? groups : threads;
+    (void)wthreads;
 #else
-    const int groups = warp ? std::max(threads / 32, 1) : 1;
-    const int block = threads;
+    const int groups = warp ? std::max(wthreads / 32, 1) : 1;
+    const int block = warp ? wthreads : threads;
 #endif
     prm.groups = groups;
     prm.warp = warp ? 1 : 0;
+    prm.xskip = warp ? xs : 0;
     const size_t bytes = group_bytes * groups;
     // block mode keeps the original uncapped kernel; warp mode takes the register-capped one
     const int var = !warp ? 0 : warp_min_blocks >= 4 ? 2 : warp_min_blocks >= 2 ? 1 : 0;
@@ -863,6 +946,11 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     if (v == "1" || v == "2" || v == "4") st.warp_min_blocks = v[0] - '0';
     else if (!v.empty()) throw std::invalid_argument("RASP_CUDA_MINBLOCKS must be 1, 2 or 4, not '" + v + "'");
   }
+  if (const char* xs = std::getenv("RASP_CUDA_XSKIP")) {
+    const std::string v(xs);
+    if (v == "0" || v == "1" || v == "2") st.xskip = v[0] - '0';
+    else if (!v.empty()) throw std::invalid_argument("RASP_CUDA_XSKIP must be 0, 1 or 2, not '" + v + "'");
+  }
   st.dims = m.dims;
   const ModelDims& d = m.dims;
   const int D = d.d_model, H = d.n_heads, E = d.d_head, L = d.n_layers;
@@ -994,6 +1082,7 @@ void CudaEngine::set_block_threads(int n) {
                                 std::to_string(kMaxThreads) + "], got " +
                                 std::to_string(n));
   st_->threads = n;
+  st_->threads_set = true;
 }
 int CudaEngine::block_threads() const { return st_->threads; }
 int CudaEngine::device() const { return st_->device; }

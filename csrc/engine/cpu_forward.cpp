@@ -158,6 +158,12 @@ void forward_one(const Model& m, const int32_t* tok, int T, int b, Scratch& s, f
     bool any_head = record_attn;
     for (int h = 0; h < H && !any_head; ++h) any_head = L.head_active[h];
     if (any_head) affine_rows(L.qkv, L.bqkv.data(), x, s.qkv.data(), T);
+    const bool inner = cache && cache->keep_inner;
+    if (inner) {
+      float* dst = const_cast<float*>(cache->qkv_of(b, l));
+      if (any_head) copy_n(dst, s.qkv.data(), T * cache->qkv_width());
+      else zero_n(dst, T * cache->qkv_width());  // never read: only active heads are recomputed
+    }
     float* acc = s.acc.data();
     for (int t = 0; t < T; ++t) copy_n(acc + static_cast<size_t>(t) * D, L.b_o.data(), D);
     for (int h = 0; h < H; ++h) {
@@ -193,8 +199,10 @@ void forward_one(const Model& m, const int32_t* tok, int T, int b, Scratch& s, f
     if (cache) copy_n(const_cast<float*>(cache->mid(b, l)), x, TD);
     float* mo = cache ? const_cast<float*>(cache->writer(b, d.mlp_writer(l))) : s.delta.data();
     const size_t TM = static_cast<size_t>(T) * M;
-    mlp_rows(L, x, s.pre.data(), mo, T, D, M, (r && r->mlp_pre) ? r->mlp_pre + b * TM : nullptr,
+    float* keep_pre = inner ? const_cast<float*>(cache->mlp_pre_of(b, l)) : nullptr;
+    mlp_rows(L, x, s.pre.data(), mo, T, D, M, (r && r->mlp_pre) ? r->mlp_pre + b * TM : keep_pre,
              (r && r->mlp_post) ? r->mlp_post + b * TM : nullptr);
+    if (keep_pre && r && r->mlp_pre) copy_n(keep_pre, r->mlp_pre + b * TM, TM);
     if (r && r->mlp_out) copy_n(r->mlp_out + b * TD, mo, TD);
     add_n(x, mo, TD);
     if (r && r->resid_post) copy_n(r->resid_post + b * TD, x, TD);
@@ -318,6 +326,7 @@ const float* patched_one(const Model& m, const int32_t* tok, int T, int b, const
       xr = clean.mid(b, l);
     } else {
       bool changed = false, qkv_ready = false;
+      const float* qkv_src = s.qkv.data();
       float* acc = s.acc.data();
       for (int t = 0; t < T; ++t) copy_n(acc + static_cast<size_t>(t) * D, L.b_o.data(), D);
       for (int h = 0; h < H; ++h) {
@@ -338,10 +347,12 @@ const float* patched_one(const Model& m, const int32_t* tok, int T, int b, const
         }
         if (recompute) {
           if (!qkv_ready) {
-            affine_rows(L.qkv, L.bqkv.data(), xr, s.qkv.data(), T);
+            // a clean residual here: the clean run's projection is the same computation's result
+            if (!dirty && clean.has_inner()) qkv_src = clean.qkv_of(b, l);
+            else affine_rows(L.qkv, L.bqkv.data(), xr, s.qkv.data(), T);
             qkv_ready = true;
           }
-          split_head(s.qkv.data(), T, H, E, h, s.q.data(), s.k.data(), s.v.data());
+          split_head(qkv_src, T, H, E, h, s.q.data(), s.k.data(), s.v.data());
           float* dsts[3] = {s.q.data(), s.k.data(), s.v.data()};
           for (int i = 0; i < 3; ++i)
             if (has_delta[i]) add_n(dsts[i], dprod[i], TE);
@@ -373,7 +384,8 @@ const float* patched_one(const Model& m, const int32_t* tok, int T, int b, const
     if (M > 0 && edge_delta(plan.edges_into(r, kInputIn), source, b, s, proj, T, D))
       has_delta = delta_product(L.w_in, s.delta.data(), s.dpre.data(), T);
     if (dirty || has_delta) {
-      affine_rows(L.w_in, L.b_in.data(), xr, s.pre.data(), T);
+      if (!dirty && clean.has_inner()) copy_n(s.pre.data(), clean.mlp_pre_of(b, l), TM);
+      else affine_rows(L.w_in, L.b_in.data(), xr, s.pre.data(), T);
       if (has_delta) add_n(s.pre.data(), s.dpre.data(), TM);
       for (size_t i = 0; i < TM; ++i) s.pre[i] = s.pre[i] > 0.0f ? s.pre[i] : 0.0f;
       float* slot = s.slot(w, TD);
@@ -406,9 +418,28 @@ int argmax_row(const float* v, int n) {
   return best;
 }
 
+// Log-softmax and softmax (float64) of each row of a clean output [T, V]: KL's clean side, computed
+// once per sequence instead of once per patch set.
+void clean_log_probs(const float* clean, int T, int V, double* lp, double* p) {
+  for (int t = 0; t < T; ++t) {
+    const float* c = clean + static_cast<size_t>(t) * V;
+    double mc = c[0];
+    for (int i = 1; i < V; ++i) mc = std::max(mc, static_cast<double>(c[i]));
+    double zc = 0.0;
+    for (int i = 0; i < V; ++i) zc += std::exp(c[i] - mc);
+    const double lzc = std::log(zc) + mc;
+    for (int i = 0; i < V; ++i) {
+      lp[static_cast<size_t>(t) * V + i] = c[i] - lzc;
+      p[static_cast<size_t>(t) * V + i] = std::exp(c[i] - lzc);
+    }
+  }
+}
+
 // Metric of one patched sequence against the clean (and source) outputs, summed over counted positions.
+// For KL, clean_lp / clean_p are clean_log_probs of `clean`.
 void sequence_metric(Metric metric, float atol, const float* patched, const float* clean, const float* source,
-                     const int32_t* tok, int T, int V, int pad, float* sum_out, float* count_out) {
+                     const double* clean_lp, const double* clean_p, const int32_t* tok, int T, int V, int pad,
+                     float* sum_out, float* count_out) {
   double sum = 0.0, count = 0.0;
   if (patched == clean && metric != Metric::kLogitDiff) {  // unchanged run: KL = MSE = 0, accuracy = 1
     for (int t = 1; t < T; ++t)
@@ -423,21 +454,17 @@ void sequence_metric(Metric metric, float atol, const float* patched, const floa
     const float* c = clean + static_cast<size_t>(t) * V;
     switch (metric) {
       case Metric::kKL: {  // KL(softmax(clean) || softmax(patched))
-        double mc = c[0], mp = p[0];
-        for (int i = 1; i < V; ++i) {
-          mc = std::max(mc, static_cast<double>(c[i]));
-          mp = std::max(mp, static_cast<double>(p[i]));
-        }
-        double zc = 0.0, zp = 0.0;
-        for (int i = 0; i < V; ++i) {
-          zc += std::exp(c[i] - mc);
-          zp += std::exp(p[i] - mp);
-        }
-        const double lzc = std::log(zc) + mc, lzp = std::log(zp) + mp;
+        const double* lcs = clean_lp + static_cast<size_t>(t) * V;
+        const double* pcs = clean_p + static_cast<size_t>(t) * V;
+        double mp = p[0];
+        for (int i = 1; i < V; ++i) mp = std::max(mp, static_cast<double>(p[i]));
+        double zp = 0.0;
+        for (int i = 0; i < V; ++i) zp += std::exp(p[i] - mp);
+        const double lzp = std::log(zp) + mp;
         double kl = 0.0;
         for (int i = 0; i < V; ++i) {
-          const double lc = c[i] - lzc, lp = p[i] - lzp;
-          kl += std::exp(lc) * (lc - lp);
+          const double lp = p[i] - lzp;
+          kl += pcs[i] * (lcs[i] - lp);
         }
         sum += std::max(kl, 0.0);
         count += 1.0;
@@ -486,6 +513,13 @@ void RunCache::allocate(const ModelDims& d, int batch, int seq, bool zero) {
   size(resid_pre, static_cast<size_t>(batch) * (d.n_layers + 1) * TD);
   size(resid_mid, static_cast<size_t>(batch) * d.n_layers * TD);
   size(out, static_cast<size_t>(batch) * seq * d.d_vocab_out);
+  if (keep_inner) {
+    size(qkv, static_cast<size_t>(batch) * d.n_layers * seq * 3 * d.n_heads * d.d_head);
+    size(mlp_pre, static_cast<size_t>(batch) * d.n_layers * seq * d.d_mlp);
+  } else {
+    qkv.clear();
+    mlp_pre.clear();
+  }
 }
 
 void forward_cpu(const Model& m, const int32_t* tokens, int B, int T, float* out, const Record* rec,
@@ -515,6 +549,12 @@ void sweep_cpu(const Model& m, const int32_t* tokens, int B, int T, const RunCac
   std::vector<Scratch> scratch(nw);
   std::vector<std::vector<float>> outbuf(nw, std::vector<float>(TV));
   for (auto& s : scratch) s.ensure(m.dims, T);
+  std::vector<double> clean_lp, clean_p;  // KL's clean side per item [B][T][V], shared by every plan
+  if (metric == Metric::kKL) {
+    clean_lp.resize(static_cast<size_t>(B) * TV);
+    clean_p.resize(static_cast<size_t>(B) * TV);
+    for (int b = 0; b < B; ++b) clean_log_probs(clean.output(b), T, V, clean_lp.data() + b * TV, clean_p.data() + b * TV);
+  }
   parallel_for_worker(n, threads, [&](int64_t i, int w) {
     const int64_t si = i / B;
     const int b = static_cast<int>(i % B);
@@ -523,7 +563,9 @@ void sweep_cpu(const Model& m, const int32_t* tokens, int B, int T, const RunCac
         patched_one(m, tokens + static_cast<int64_t>(b) * T, T, b, plans[si], proj, clean, source, scratch[w], o);
     if (outs && got != o) copy_n(o, got, TV);
     if (metric != Metric::kNone)
-      sequence_metric(metric, atol, got, clean.output(b), source.output(b), tokens + static_cast<int64_t>(b) * T, T,
+      sequence_metric(metric, atol, got, clean.output(b), source.output(b),
+                      clean_lp.empty() ? nullptr : clean_lp.data() + b * TV,
+                      clean_p.empty() ? nullptr : clean_p.data() + b * TV, tokens + static_cast<int64_t>(b) * T, T,
                       V, m.dims.pad_token_id, metric_sum + i, metric_count + i);
   });
 }

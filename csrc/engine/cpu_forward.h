@@ -32,14 +32,33 @@ struct RunCache {
   std::vector<float> resid_pre;   // [B][n_layers + 1][T][D]: index n_layers is the final residual
   std::vector<float> resid_mid;   // [B][n_layers][T][D]
   std::vector<float> out;         // [B][T][d_vocab_out]
+  // Only when `keep_inner` is set before the run (the clean run of a sweep): each layer's fused q/k/v
+  // projection and MLP pre-activation, so a patched run whose residual is still clean at a layer
+  // starts from them instead of recomputing them.
+  bool keep_inner = false;
+  std::vector<float> qkv;         // [B][n_layers][T][3*H*E]
+  std::vector<float> mlp_pre;     // [B][n_layers][T][M]
 
   // Sizes the buffers (keeping their capacity: callers reuse one RunCache across calls, since fresh
   // pages cost a fault each). Contents are unspecified unless `zero`.
   void allocate(const ModelDims& d, int batch, int seq, bool zero = false);
   size_t bytes() const {
-    return sizeof(float) * (writer_out.capacity() + resid_pre.capacity() + resid_mid.capacity() + out.capacity());
+    return sizeof(float) * (writer_out.capacity() + resid_pre.capacity() + resid_mid.capacity() + out.capacity() +
+                            qkv.capacity() + mlp_pre.capacity());
   }
-  void release() { *this = RunCache(); }
+  void release() {
+    const bool keep = keep_inner;
+    *this = RunCache();
+    keep_inner = keep;
+  }
+  bool has_inner() const { return keep_inner && !qkv.empty(); }
+  size_t qkv_width() const { return static_cast<size_t>(3) * dims.n_heads * dims.d_head; }
+  const float* qkv_of(int b, int l) const {
+    return qkv.data() + ((static_cast<size_t>(b) * dims.n_layers + l) * T) * qkv_width();
+  }
+  const float* mlp_pre_of(int b, int l) const {
+    return mlp_pre.data() + ((static_cast<size_t>(b) * dims.n_layers + l) * T) * dims.d_mlp;
+  }
   const float* writer(int b, int w) const {
     return writer_out.data() + ((static_cast<size_t>(b) * dims.n_writers() + w) * T) * dims.d_model;
   }
