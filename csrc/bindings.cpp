@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "bindings_common.h"
 #include "common/parallel.h"
 #include "engine/cpu_forward.h"
 #include "engine/model.h"
@@ -24,6 +25,7 @@
 #endif
 
 namespace py = pybind11;
+namespace bind = rasp::bind;
 
 namespace {
 
@@ -61,83 +63,15 @@ py::array_t<float> matmul(const py::handle& a_obj, const py::handle& b_obj, int 
 }
 
 
-std::string shape_str(const py::array& a) {
-  std::string s = "[";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + "]";
-}
-
-// A C-contiguous array of dtype T and exactly `shape` (-1 = any), or a clear exception.
-template <class T>
-py::array_t<T> checked(const py::handle& obj, const std::string& what, std::vector<py::ssize_t> shape) {
-  py::array arr = py::array::ensure(obj);
-  if (!arr) throw py::type_error(what + ": expected a numpy array");
-  if (!arr.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(what + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
-                         std::string(py::str(arr.dtype())));
-  bool ok = arr.ndim() == static_cast<py::ssize_t>(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || arr.shape(i) == shape[i];
-  if (!ok) {
-    std::string want = "[";
-    for (size_t i = 0; i < shape.size(); ++i)
-      want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
-    throw py::value_error(what + ": expected shape " + want + "], got " + shape_str(arr));
-  }
-  if (!(arr.flags() & py::array::c_style)) throw py::value_error(what + ": expected a C-contiguous array");
-  return py::array_t<T>(arr);
-}
-
 // The engine object Python holds: a copy of the model's weights plus the backend entry points.
 class EngineCore {
  public:
-  EngineCore(const py::dict& dims, const py::list& weights) {
-    auto get = [&](const char* k) { return dims[k].cast<int>(); };
-    d_.n_layers = get("n_layers");
-    d_.d_model = get("d_model");
-    d_.n_heads = get("n_heads");
-    d_.d_head = get("d_head");
-    d_.d_mlp = get("d_mlp");
-    d_.n_ctx = get("n_ctx");
-    d_.d_vocab = get("d_vocab");
-    d_.d_vocab_out = get("d_vocab_out");
-    d_.pad_token_id = dims.contains("pad_token_id") && !dims["pad_token_id"].is_none() ? get("pad_token_id") : -1;
+  EngineCore(const py::dict& dims, const py::list& weights) : d_(bind::read_dims(dims)) {
     if (d_.n_layers < 0 || d_.d_model < 1 || d_.n_heads < 0 || d_.d_head < 0 || d_.d_mlp < 0 || d_.n_ctx < 1 ||
         d_.d_vocab < 1 || d_.d_vocab_out < 1 || d_.pad_token_id >= d_.d_vocab)
       throw py::value_error("EngineCore: invalid model dimensions");
-    const py::ssize_t expect = 4 + 12 * static_cast<py::ssize_t>(d_.n_layers);
-    if (static_cast<py::ssize_t>(weights.size()) != expect)
-      throw py::value_error("EngineCore: expected " + std::to_string(expect) + " weight arrays, got " +
-                            std::to_string(weights.size()));
-    const py::ssize_t D = d_.d_model, H = d_.n_heads, E = d_.d_head, M = d_.d_mlp;
     std::vector<py::array_t<float>> keep;  // holds references while the model is built
-    auto w = [&](py::ssize_t i, const std::string& name, std::vector<py::ssize_t> shape) {
-      keep.push_back(checked<float>(weights[i], name, std::move(shape)));
-      return keep.back().data();
-    };
-    rasp::ModelWeightViews v;
-    v.W_E = w(0, "W_E", {d_.d_vocab, D});
-    v.W_pos = w(1, "W_pos", {d_.n_ctx, D});
-    for (int l = 0; l < d_.n_layers; ++l) {
-      const py::ssize_t o = 2 + 12 * static_cast<py::ssize_t>(l);
-      const std::string a = "blocks." + std::to_string(l) + ".attn.", m = "blocks." + std::to_string(l) + ".mlp.";
-      rasp::LayerWeightViews lv{};
-      lv.W_Q = w(o + 0, a + "W_Q", {H, D, E});
-      lv.W_K = w(o + 1, a + "W_K", {H, D, E});
-      lv.W_V = w(o + 2, a + "W_V", {H, D, E});
-      lv.b_Q = w(o + 3, a + "b_Q", {H, E});
-      lv.b_K = w(o + 4, a + "b_K", {H, E});
-      lv.b_V = w(o + 5, a + "b_V", {H, E});
-      lv.W_O = w(o + 6, a + "W_O", {H, E, D});
-      lv.b_O = w(o + 7, a + "b_O", {D});
-      lv.W_in = w(o + 8, m + "W_in", {D, M});
-      lv.b_in = w(o + 9, m + "b_in", {M});
-      lv.W_out = w(o + 10, m + "W_out", {M, D});
-      lv.b_out = w(o + 11, m + "b_out", {D});
-      v.layers.push_back(lv);
-    }
-    const py::ssize_t o = 2 + 12 * static_cast<py::ssize_t>(d_.n_layers);
-    v.W_U = w(o, "W_U", {D, d_.d_vocab_out});
-    v.b_U = w(o + 1, "b_U", {d_.d_vocab_out});
+    const rasp::ModelWeightViews v = bind::weight_views(weights, d_, "EngineCore", keep);
     try {
       model_ = rasp::build_model(d_, v);
     } catch (const std::invalid_argument& e) {
@@ -148,8 +82,7 @@ class EngineCore {
   py::array_t<float> forward(const py::handle& tokens_obj, int threads) const {
     auto tokens = check_tokens(tokens_obj, "tokens");
     const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
-    py::array_t<float> out({static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(T),
-                            static_cast<py::ssize_t>(d_.d_vocab_out)});
+    py::array_t<float> out = bind::logits_for(tokens, d_);
     const int32_t* tp = tokens.data();
     float* op = out.mutable_data();
     {
@@ -163,43 +96,10 @@ class EngineCore {
   py::tuple forward_record(const py::handle& tokens_obj, const std::vector<std::pair<std::string, int>>& hooks,
                            int threads) const {
     auto tokens = check_tokens(tokens_obj, "tokens");
-    const py::ssize_t B = tokens.shape(0), T = tokens.shape(1), D = d_.d_model, H = d_.n_heads, E = d_.d_head,
-                      M = d_.d_mlp;
+    const py::ssize_t B = tokens.shape(0), T = tokens.shape(1);
     rasp::Record rec;
-    rec.layers.resize(d_.n_layers);
-    py::list arrays;
-    for (const auto& [kind, layer] : hooks) {
-      std::vector<py::ssize_t> shape;
-      float** slot = nullptr;
-      if (kind == "embed" || kind == "pos_embed") {
-        shape = {B, T, D};
-        slot = kind == "embed" ? &rec.embed : &rec.pos_embed;
-      } else {
-        if (layer < 0 || layer >= d_.n_layers)
-          throw py::value_error("hook " + kind + ": layer " + std::to_string(layer) + " out of range");
-        rasp::LayerRecord& r = rec.layers[layer];
-        if (kind == "resid_pre") { shape = {B, T, D}; slot = &r.resid_pre; }
-        else if (kind == "q") { shape = {B, T, H, E}; slot = &r.q; }
-        else if (kind == "k") { shape = {B, T, H, E}; slot = &r.k; }
-        else if (kind == "v") { shape = {B, T, H, E}; slot = &r.v; }
-        else if (kind == "z") { shape = {B, T, H, E}; slot = &r.z; }
-        else if (kind == "attn_scores") { shape = {B, H, T, T}; slot = &r.scores; }
-        else if (kind == "pattern") { shape = {B, H, T, T}; slot = &r.pattern; }
-        else if (kind == "result") { shape = {B, T, H, D}; slot = &r.result; }
-        else if (kind == "attn_out") { shape = {B, T, D}; slot = &r.attn_out; }
-        else if (kind == "resid_mid") { shape = {B, T, D}; slot = &r.resid_mid; }
-        else if (kind == "mlp_pre") { shape = {B, T, M}; slot = &r.mlp_pre; }
-        else if (kind == "mlp_post") { shape = {B, T, M}; slot = &r.mlp_post; }
-        else if (kind == "mlp_out") { shape = {B, T, D}; slot = &r.mlp_out; }
-        else if (kind == "resid_post") { shape = {B, T, D}; slot = &r.resid_post; }
-        else throw py::value_error("unknown hook kind '" + kind + "'");
-      }
-      if (*slot) throw py::value_error("hook " + kind + " of layer " + std::to_string(layer) + " requested twice");
-      py::array_t<float> a(shape);
-      *slot = a.mutable_data();
-      arrays.append(a);
-    }
-    py::array_t<float> out({B, T, static_cast<py::ssize_t>(d_.d_vocab_out)});
+    py::list arrays = bind::record_arrays(hooks, d_, B, T, rec);
+    py::array_t<float> out = bind::logits_for(tokens, d_);
     const int32_t* tp = tokens.data();
     float* op = out.mutable_data();
     {
@@ -217,79 +117,12 @@ class EngineCore {
                   const py::handle& diag_obj, const py::handle& mat_obj, const std::string& metric_name, float atol,
                   bool return_outputs, const py::handle& override_ids_obj, const py::handle& override_obj,
                   int threads) const {
-    auto tokens = check_tokens(tokens_obj, "tokens");
-    const bool have_source = !source_obj.is_none();
-    py::array_t<int32_t> source;
-    if (have_source) {
-      source = check_tokens(source_obj, "source_tokens");
-      if (source.shape(0) != tokens.shape(0) || source.shape(1) != tokens.shape(1))
-        throw py::value_error("source_tokens shape " + shape_str(source) + " differs from tokens shape " +
-                              shape_str(tokens));
-    }
-    // Writer outputs that replace the source run's (mean / zero ablation): ids [K], values [K, B, T, D].
-    auto ov_ids = checked<int32_t>(override_ids_obj, "source override ids", {-1});
-    auto ov_vals = checked<float>(override_obj, "source override values",
-                                  {ov_ids.shape(0), tokens.shape(0), tokens.shape(1), d_.d_model});
-    for (py::ssize_t i = 0; i < ov_ids.shape(0); ++i)
-      if (ov_ids.data()[i] < 0 || ov_ids.data()[i] >= d_.n_writers())
-        throw py::value_error("source override: writer id out of range");
-    auto nodes = checked<int32_t>(nodes_obj, "nodes", {-1, 2});
-    auto node_off = checked<int64_t>(node_off_obj, "node_offsets", {-1});
-    auto edges = checked<int32_t>(edges_obj, "edges", {-1, 4});
-    auto edge_off = checked<int64_t>(edge_off_obj, "edge_offsets", {-1});
-    const py::ssize_t D = d_.d_model;
-    auto diag = checked<float>(diag_obj, "projection diagonals", {-1, D});
-    auto mat = checked<float>(mat_obj, "projection matrices", {-1, D, D});
-    if (node_off.shape(0) != edge_off.shape(0) || node_off.shape(0) < 1)
-      throw py::value_error("node_offsets and edge_offsets must both have n_sets + 1 entries");
-    const py::ssize_t S = node_off.shape(0) - 1;
-    rasp::Metric metric;
-    if (metric_name == "none") metric = rasp::Metric::kNone;
-    else if (metric_name == "kl") metric = rasp::Metric::kKL;
-    else if (metric_name == "logit_diff") metric = rasp::Metric::kLogitDiff;
-    else if (metric_name == "accuracy") metric = rasp::Metric::kAccuracy;
-    else if (metric_name == "mse") metric = rasp::Metric::kMSE;
-    else throw py::value_error("unknown metric '" + metric_name + "' (kl, logit_diff, accuracy, mse, none)");
-    rasp::Projections proj;
-    proj.d_model = d_.d_model;
-    proj.n_diag = static_cast<int>(diag.shape(0));
-    proj.diag = diag.data();
-    proj.n_mat = static_cast<int>(mat.shape(0));
-    proj.mat = mat.data();
-    const int64_t* no = node_off.data();
-    const int64_t* eo = edge_off.data();
-    std::vector<rasp::PatchPlan> plans;
-    plans.reserve(S);
-    const auto* np = reinterpret_cast<const rasp::NodePatch*>(nodes.data());
-    const auto* ep = reinterpret_cast<const rasp::EdgePatch*>(edges.data());
-    for (py::ssize_t s = 0; s < S; ++s) {
-      if (no[s] < 0 || no[s] > no[s + 1] || no[s + 1] > nodes.shape(0) || eo[s] < 0 || eo[s] > eo[s + 1] ||
-          eo[s + 1] > edges.shape(0))
-        throw py::value_error("patch set " + std::to_string(s) + ": offsets out of order or out of range");
-      try {
-        plans.push_back(rasp::make_plan(d_, np + no[s], static_cast<int>(no[s + 1] - no[s]), ep + eo[s],
-                                        static_cast<int>(eo[s + 1] - eo[s]), proj));
-      } catch (const std::invalid_argument& e) {
-        throw py::value_error("patch set " + std::to_string(s) + ": " + e.what());
-      }
-    }
-    const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
-    py::array_t<float> sums({S, static_cast<py::ssize_t>(B)}), counts({S, static_cast<py::ssize_t>(B)});
-    py::object outs_obj = py::none();
-    float* outs = nullptr;
-    if (return_outputs) {
-      py::array_t<float> o({S, static_cast<py::ssize_t>(B), static_cast<py::ssize_t>(T),
-                            static_cast<py::ssize_t>(d_.d_vocab_out)});
-      outs = o.mutable_data();
-      outs_obj = o;
-    }
-    const int32_t* tp = tokens.data();
-    const int32_t* sp = have_source ? source.data() : nullptr;
-    float* sum_p = sums.mutable_data();
-    float* cnt_p = counts.mutable_data();
-    const int K = static_cast<int>(ov_ids.shape(0));
-    const int32_t* ov_id = ov_ids.data();
-    const float* ov = ov_vals.data();
+    bind::SweepInputs in = bind::parse_sweep(d_, tokens_obj, source_obj, nodes_obj, node_off_obj, edges_obj,
+                                             edge_off_obj, diag_obj, mat_obj, metric_name, return_outputs,
+                                             override_ids_obj, override_obj);
+    const int B = in.B, T = in.T, K = in.K;
+    const int32_t *tp = in.tp, *sp = in.sp, *ov_id = in.ov_id;
+    const float* ov = in.ov;
     {
       py::gil_scoped_release release;
       // The caches live in the engine between calls (fresh pages cost a fault each); one call at a time.
@@ -331,14 +164,15 @@ class EngineCore {
         src_ov_vals_.assign(ov, ov + n_ov);
         src_valid_ = true;
       }
-      rasp::sweep_cpu(model_, tp, B, T, clean, src, plans, proj, metric, atol, sum_p, cnt_p, outs, threads);
+      rasp::sweep_cpu(model_, tp, B, T, clean, src, in.plans, in.proj, in.metric, atol, in.sum_p, in.cnt_p,
+                      in.outs, threads);
       if (clean.bytes() + src.bytes() > kKeepCacheBytes) {  // do not hold big buffers between calls
         clean.release();
         src.release();
         clean_valid_ = src_valid_ = false;
       }
     }
-    return py::make_tuple(sums, counts, outs_obj);
+    return py::make_tuple(in.sums, in.counts, in.outs_obj);
   }
 
   // Drops the clean/source runs kept from the last sweep (the next sweep recomputes them).
@@ -347,43 +181,11 @@ class EngineCore {
     clean_valid_ = src_valid_ = false;
   }
 
-  py::dict stats() const {
-    py::dict s;
-    int64_t nnz = 0, dense = 0;
-    auto add = [&](const rasp::SparseMat& m) {
-      nnz += m.nnz;
-      dense += static_cast<int64_t>(m.rows) * m.cols;
-    };
-    for (const auto& L : model_.layers) {
-      add(L.qkv);
-      for (const auto& m : L.wo) add(m);
-      add(L.w_in);
-      add(L.w_out);
-    }
-    add(model_.w_u);
-    int active = 0;
-    for (const auto& L : model_.layers)
-      for (auto a : L.head_active) active += a;
-    s["matrix_nonzeros"] = nnz;
-    s["matrix_entries"] = dense;
-    s["active_heads"] = active;
-    s["n_writers"] = d_.n_writers();
-    s["n_readers"] = d_.n_readers();
-    return s;
-  }
+  py::dict stats() const { return bind::model_stats(model_, d_); }
 
  private:
   py::array_t<int32_t> check_tokens(const py::handle& obj, const std::string& what) const {
-    auto t = checked<int32_t>(obj, what, {-1, -1});
-    if (t.shape(1) > d_.n_ctx)
-      throw py::value_error(what + ": sequence length " + std::to_string(t.shape(1)) + " exceeds n_ctx " +
-                            std::to_string(d_.n_ctx));
-    const int32_t* p = t.data();
-    for (py::ssize_t i = 0; i < t.size(); ++i)
-      if (p[i] < 0 || p[i] >= d_.d_vocab)
-        throw py::value_error(what + ": token id " + std::to_string(p[i]) + " outside [0, " +
-                              std::to_string(d_.d_vocab) + ")");
-    return t;
+    return bind::check_tokens(obj, what, d_);
   }
 
   static constexpr size_t kKeepCacheBytes = size_t{64} << 20;

@@ -573,11 +573,6 @@ def run_compiler_item(item: CompilerItem) -> dict[str, Any]:
     }
 
 
-def _call_indexed(job: tuple[Callable[[Any], Any], int, Any]) -> tuple[int, Any]:
-    fn, pos, item = job
-    return pos, fn(item)
-
-
 def map_work(
     fn: Callable[[Any], Any],
     items: Sequence[Any],
@@ -601,50 +596,11 @@ def map_work(
         if on_result is not None:
             on_result(result)
 
-    if use_ray:
-        for pos, result in _ray_map(fn, items, ray_address):
-            got(pos, result)
-    elif workers <= 1 or len(items) <= 1:
-        for pos, it in enumerate(items):
-            got(pos, fn(it))
-    else:
-        import multiprocessing as mp
+    from rasp_compiler.suite import iter_work
 
-        from rasp_compiler.suite import _init_worker
-
-        ctx = mp.get_context("spawn")
-        jobs = [(fn, pos, it) for pos, it in enumerate(items)]
-        with ctx.Pool(processes=min(workers, len(items)), initializer=_init_worker) as pool:
-            for pos, result in pool.imap_unordered(_call_indexed, jobs, chunksize=1):
-                got(pos, result)
+    for pos, result in iter_work(fn, items, workers=workers, use_ray=use_ray, ray_address=ray_address):
+        got(pos, result)
     return out
-
-
-def _ray_map(fn: Callable[[Any], Any], items: list[Any], address: str | None):  # noqa: ANN202
-    """(position, result) pairs as Ray tasks finish; starts (and stops) Ray unless it is already running."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError(
-            "--ray needs the optional 'ray' package (pip install 'rasp-compiler[ray]')"
-        ) from None
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False, include_dashboard=False)
-        else:
-            ray.init(log_to_driver=False, include_dashboard=False)
-        started = True
-    try:
-        task = ray.remote(_call_indexed)
-        pending = [task.remote((fn, pos, it)) for pos, it in enumerate(items)]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _check_limits(limits: dict[str, Any] | None) -> dict[str, Any]:

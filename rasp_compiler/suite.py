@@ -680,19 +680,40 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _run_local(items: list[WorkItem], workers: int) -> Iterator[dict[str, Any]]:
-    if workers <= 1 or len(items) <= 1:
-        for it in items:
-            yield _build_safely(it)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(processes=min(workers, len(items)), initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(_build_safely, items, chunksize=1)
+def _call_indexed(job: tuple[Callable[[Any], Any], int, Any]) -> tuple[int, Any]:
+    fn, pos, item = job
+    return pos, fn(item)
 
 
-def _run_ray(items: list[WorkItem], address: str | None) -> Iterator[dict[str, Any]]:
+def iter_work(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    *,
+    workers: int = 1,
+    use_ray: bool = False,
+    ray_address: str | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """(position, `fn(item)`) pairs as they finish: computed here (`workers` <= 1 or one item), in a pool
+    of `workers` spawned processes, or as Ray tasks (`use_ray`; `ray_address` None: a local instance,
+    started and stopped here unless Ray is already running). The suite and the fuzz campaigns share it;
+    `fn` must be a module-level function and `items` picklable for the pool and Ray.
+    """
+    items = list(items)
+    if use_ray:
+        yield from _ray_map(fn, items, ray_address)
+    elif workers <= 1 or len(items) <= 1:
+        for pos, it in enumerate(items):
+            yield pos, fn(it)
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        jobs = [(fn, pos, it) for pos, it in enumerate(items)]
+        with ctx.Pool(processes=min(workers, len(items)), initializer=_init_worker) as pool:
+            yield from pool.imap_unordered(_call_indexed, jobs, chunksize=1)
+
+
+def _ray_map(fn: Callable[[Any], Any], items: list[Any], address: str | None) -> Iterator[tuple[int, Any]]:
     try:
         import ray
     except ImportError:
@@ -706,8 +727,8 @@ def _run_ray(items: list[WorkItem], address: str | None) -> Iterator[dict[str, A
         ) if address else ray.init(log_to_driver=False, include_dashboard=False)
         started = True
     try:
-        task = ray.remote(_build_safely)
-        pending = [task.remote(it) for it in items]
+        task = ray.remote(_call_indexed)
+        pending = [task.remote((fn, pos, it)) for pos, it in enumerate(items)]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -863,7 +884,8 @@ def generate_suite(
 
         bar = tqdm(total=len(items), initial=summary.skipped, desc="suite", unit="model", file=sys.stderr)
     failed: dict[str, dict[str, Any]] = {}
-    runner = _run_ray(todo, ray_address) if use_ray else _run_local(todo, workers)
+    work = iter_work(_build_safely, todo, workers=workers, use_ray=use_ray, ray_address=ray_address)
+    runner = (result for _, result in work)
     try:
         for result in runner:
             if "files" in result:

@@ -5,7 +5,6 @@ extension was built with CUDA and a GPU is visible; skipped with the reason else
 
 from __future__ import annotations
 
-import functools
 import random
 
 import numpy as np
@@ -20,33 +19,15 @@ if not engine_mod.cuda_available():
     pytest.skip("CUDA tests: the extension has CUDA kernels but no CUDA device is visible",
                 allow_module_level=True)
 
+from _library_models import compiled, library_batch  # noqa: E402
 from _model_factory import random_model as factory_model  # noqa: E402
 from engine_reference import random_model, random_tokens, upstream, writer_names  # noqa: E402
 
-from rasp_compiler import compiling  # noqa: E402
 from rasp_compiler.engine import EdgePatch, Engine, EngineError, NodePatch  # noqa: E402
 from rasp_compiler.lib import LIBRARY  # noqa: E402
 
 ATOL = 1e-4
 NAMES = sorted(LIBRARY)
-
-
-@functools.cache
-def compiled(name: str):
-    entry = LIBRARY[name]
-    return compiling.compile_rasp_to_model(entry.builder(), entry.vocab, entry.max_seq_len)
-
-
-def library_batch(name: str, n: int, seed: int) -> np.ndarray:
-    entry, model = LIBRARY[name], compiled(name)
-    rng = random.Random(seed)
-    vocab = sorted(entry.vocab, key=repr)
-    T = min(entry.max_seq_len, len(vocab)) if entry.distinct_tokens else entry.max_seq_len
-    rows = []
-    for _ in range(n):
-        xs = rng.sample(vocab, T) if entry.distinct_tokens else [rng.choice(vocab) for _ in range(T)]
-        rows.append(model.encode([model.codec.bos, *xs]))
-    return np.array(rows, dtype=np.int64)
 
 
 def check(got, want, categorical: bool, what: str) -> None:

@@ -3,7 +3,6 @@ cached, node-, edge- and subspace-patched runs agree within 1e-5 and decode iden
 
 from __future__ import annotations
 
-import functools
 import random
 import zlib
 
@@ -12,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _library_models import compiled, library_batch  # noqa: E402
 from engine_reference import upstream, writer_names  # noqa: E402
 
 from rasp_compiler import compiling  # noqa: E402
@@ -20,25 +20,6 @@ from rasp_compiler.lib import LIBRARY  # noqa: E402
 
 ATOL = 1e-5
 NAMES = sorted(LIBRARY)
-
-
-@functools.cache
-def compiled(name: str):
-    entry = LIBRARY[name]
-    return compiling.compile_rasp_to_model(entry.builder(), entry.vocab, entry.max_seq_len)
-
-
-def batch(name: str, n: int, seed: int) -> np.ndarray:
-    """n random full-length inputs (BOS first), distinct tokens where the program needs them."""
-    entry, model = LIBRARY[name], compiled(name)
-    rng = random.Random(seed)
-    vocab = sorted(entry.vocab, key=repr)
-    T = min(entry.max_seq_len, len(vocab)) if entry.distinct_tokens else entry.max_seq_len
-    rows = []
-    for _ in range(n):
-        xs = rng.sample(vocab, T) if entry.distinct_tokens else [rng.choice(vocab) for _ in range(T)]
-        rows.append(model.encode(["BOS" if model.codec.bos == "BOS" else model.codec.bos, *xs]))
-    return np.array(rows, dtype=np.int64)
 
 
 def check(got: np.ndarray, want: np.ndarray, categorical: bool, what: str) -> None:
@@ -59,7 +40,7 @@ def test_library_program_engine_equals_torch(name: str) -> None:
     model = compiled(name)
     module = model.to_torch()
     categorical = model.config.output_encoding == "categorical"
-    tokens, source = batch(name, 8, 0), batch(name, 8, 1)
+    tokens, source = library_batch(name, 8, 0), library_batch(name, 8, 1)
     engine = Engine(model, threads=2)
     with torch.no_grad():
         want, cache = module.run_with_cache(torch.from_numpy(tokens))
