@@ -221,3 +221,44 @@ def test_weight_truth_survives_rotation_within_each_variable() -> None:
             rotated.weights[name] = (rot.T @ mat).astype(np.float32)
     assert not np.allclose(rotated.weights["W_pos"], toy.weights["W_pos"])
     assert verify.ground_truth(rotated, method="weights") == verify.ground_truth(toy)
+
+
+def _svg_texts(svg: str) -> set[str]:
+    import re
+
+    texts = set(re.findall(r"<text[^>]*>([^<]*)</text>", svg))
+    return {t.strip() for t in texts | set(re.findall(r"<!-- ([^>]*?) -->", svg))}
+
+
+def test_every_library_program_draws_with_every_component_named(tmp_path) -> None:
+    import torch
+
+    from rasp_compiler.compiling import compile_rasp_to_model
+    from rasp_compiler.lib import LIBRARY
+
+    torch.set_num_threads(1)
+    assert len(LIBRARY) > 5
+    for name, e in LIBRARY.items():
+        model = compile_rasp_to_model(e.builder(), e.vocab, e.max_seq_len)
+        truth = verify.ground_truth(model)
+        path = truth.draw(tmp_path / f"{name}.svg")
+        svg = path.read_text()
+        texts = _svg_texts(svg)
+        for node in truth.node_names(include_output=True):
+            assert node in texts, f"{name}: component {node} missing from the diagram"
+        for op in truth.ops():
+            assert any(op in t for t in texts), f"{name}: op {op} missing from the diagram"
+        for e_ in truth.edges:  # each edge's input kind shows in a label next to its reader
+            assert any(t.startswith(e_.input) or f",{e_.input}" in t for t in texts), f"{name}: {e_}"
+        if name == "shuffle_dyck2":  # deterministic: the same circuit gives the same bytes
+            assert truth.draw(tmp_path / "again.svg").read_bytes() == path.read_bytes()
+
+
+def test_long_op_names_wrap_inside_boxes_and_stay_whole_up_to_the_limit() -> None:
+    from verify.draw import _LONG, _wrap
+
+    items = ["a" * 10, "b" * 10, "c" * 30, "d_" * 40]
+    lines = _wrap(items, 24)
+    assert lines[:2] == ["a" * 10 + ", " + "b" * 10, "c" * 30]  # joined while short; 30 < _LONG kept whole
+    assert "".join(lines[2:]) == "d_" * 40 and len(lines) > 3  # split, nothing dropped
+    assert all(len(line) <= _LONG for line in lines[2:])
