@@ -436,6 +436,33 @@ def decode_value(data: Any) -> Any:
     raise ModelError(f"malformed saved token value {data!r}")
 
 
+# ---------------------------------------------------------------------------------------- output blocks
+
+
+def output_columns(annotation: Any) -> dict[str, dict[str, Any]] | None:
+    """The per-output `W_U` column blocks of a multi-output model (`rasp_compiler.multi`), else None.
+
+    A multi-output annotation is a JSON dict with `output_columns` = {name: {start, end, encoding,
+    values}}; any other annotation (an `Annotation` object, a single-output dict) has none.
+    """
+    if isinstance(annotation, dict):
+        cols = annotation.get("output_columns")
+        if cols:
+            return cols
+    return None
+
+
+def decode_block(logits: np.ndarray, start: int, end: int, encoding: str, values: Sequence[Any] | None
+                 ) -> list[Any]:
+    """Logits `[T, d_vocab_out]` -> one value per row, read from columns [start, end) only: the argmax
+    over that block for a categorical output, column `start` for a numerical one."""
+    part = np.asarray(logits)[:, start:end]
+    if encoding == "categorical":
+        assert values is not None
+        return [values[int(i)] for i in np.argmax(part, axis=-1)]
+    return [float(x) for x in part[:, 0]]
+
+
 # ----------------------------------------------------------------------------------------------- model
 
 
@@ -443,7 +470,7 @@ def decode_value(data: Any) -> Any:
 class ApplyOutput:
     """Result of `CompiledModel.apply` on one input (names follow tracr's output where they exist)."""
 
-    decoded: list[Any]
+    decoded: list[Any] | dict[str, list[Any]]  # a dict {output name: values} for a multi-output model
     output: np.ndarray  # [T, d_vocab_out] logits (or the numerical value in column 0)
     tokens: list[int]  # input ids
     residuals: list[np.ndarray]  # [T, d_model]: after embedding, then after each attention and MLP
@@ -524,9 +551,29 @@ class CompiledModel:
         """`["BOS", x1, ...]` -> ids."""
         return self.codec.encode(tokens)
 
-    def decode(self, output: np.ndarray, *, bos_first: bool = True) -> list[Any]:
-        """Logits `[T, d_vocab_out]` -> values, BOS at position 0 (tracr's `decoded`)."""
-        return self.codec.decode(output, bos_first=bos_first)
+    def decode(self, output: np.ndarray, *, bos_first: bool = True) -> list[Any] | dict[str, list[Any]]:
+        """Logits `[T, d_vocab_out]` -> values, BOS at position 0 (tracr's `decoded`).
+
+        A multi-output model (`rasp_compiler.multi`) decodes each output over its own `W_U` columns
+        and gives {output name: values}; one argmax across all outputs' columns would mean nothing.
+        """
+        cols = output_columns(self.annotation)
+        if cols is None:
+            return self.codec.decode(output, bos_first=bos_first)
+        output = np.asarray(output)
+        width = max(int(c["end"]) for c in cols.values())
+        if output.ndim != 2 or output.shape[1] != width:
+            raise ModelError(f"decode expects output of shape [T, {width}] (the multi-output model's "
+                             f"W_U columns), got {output.shape}")
+        out: dict[str, list[Any]] = {}
+        for name, c in cols.items():
+            vals = c.get("values")
+            values = decode_block(output, int(c["start"]), int(c["end"]), str(c["encoding"]),
+                                  None if vals is None else [decode_value(v) for v in vals])
+            if bos_first and values:
+                values[0] = self.codec.bos
+            out[str(name)] = values
+        return out
 
     # -- running
 
@@ -574,10 +621,11 @@ class CompiledModel:
         return ApplyOutput(decoded=self.decode(out1), output=out1, tokens=ids, residuals=residuals,
                            cache=cache1, output_encoding=self.config.output_encoding)
 
-    def apply_batch(self, inputs: Sequence[Sequence[Any]]) -> list[list[Any]]:
-        """Decode many inputs (each `["BOS", ...]`) with batched numpy forwards, grouped by length."""
+    def apply_batch(self, inputs: Sequence[Sequence[Any]]) -> list[list[Any] | dict[str, list[Any]]]:
+        """Decode many inputs (each `["BOS", ...]`) with batched numpy forwards, grouped by length
+        (each result as `apply(x).decoded`: a dict per input for a multi-output model)."""
         encoded = [self.encode(x) for x in inputs]
-        results: list[list[Any] | None] = [None] * len(encoded)
+        results: list[list[Any] | dict[str, list[Any]] | None] = [None] * len(encoded)
         by_len: dict[int, list[int]] = {}
         for i, ids in enumerate(encoded):
             by_len.setdefault(len(ids), []).append(i)

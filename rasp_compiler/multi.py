@@ -8,8 +8,10 @@ output's circuit, a strict subset of the model's components.
 
 Annotation (a JSON dict): `output` (the first output's op label), `outputs` (op labels, as
 docs/CONTRACTS.md section 6 says), `output_names` ({name: op label}) and `output_columns` ({name:
-{start, end, encoding, values}}). The model's own codec decodes over all columns at once, which has
-no meaning; use `decode_outputs(model, logits)` or `output_view(model, name)`, a single-output
+{start, end, encoding, values}}). `model.apply(x).decoded` / `model.decode` / `apply_batch` give
+{name: values (BOS first)}, each output decoded over its own columns (`model.codec.decode` alone
+would take one argmax over all columns, which has no meaning); `decode_outputs(model, logits)` does
+the same without BOS, and `output_view(model, name)` gives a single-output
 model with the same components (so every single-output tool - engine, verify, causal checks,
 suite - works on it unchanged).
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler.model import Codec, CompiledModel, decode_value, encode_value, sort_values
+from rasp_compiler.model import Codec, CompiledModel, decode_block, decode_value, encode_value, sort_values
 
 __all__ = [
     "MultiOutputError",
@@ -102,15 +104,8 @@ def _block(model: CompiledModel, name: str) -> OutputBlock:
 def decode_outputs(model: CompiledModel, logits: np.ndarray) -> dict[str, list[Any]]:
     """Logits `[T, d_vocab_out]` (BOS first) -> {output name: one value per input position (no BOS)}."""
     logits = np.asarray(logits)
-    out: dict[str, list[Any]] = {}
-    for b in output_blocks(model):
-        part = logits[1:, b.start : b.end]
-        if b.encoding == "categorical":
-            assert b.values is not None
-            out[b.name] = [b.values[int(i)] for i in np.argmax(part, axis=-1)]
-        else:
-            out[b.name] = [float(x) for x in part[:, 0]]
-    return out
+    blocks = output_blocks(model)
+    return {b.name: decode_block(logits[1:], b.start, b.end, b.encoding, b.values) for b in blocks}
 
 
 def output_view(model: CompiledModel, name: str) -> CompiledModel:

@@ -139,3 +139,26 @@ def test_output_names_differ_from_labels() -> None:
     assert verify.ground_truth(model, output="rev") == verify.ground_truth(model, output="reverse")
     view = multi.output_view(model, "h")
     assert view.apply_batch([["BOS", "a", "b", "a"]])[0][1:] == rasp.evaluate(progs["hist"], ["a", "b", "a"])
+
+
+def test_apply_decodes_each_output_over_its_own_columns() -> None:
+    progs = _programs()
+    programs = {"rev": progs["reverse"], "h": progs["hist"]}
+    model = multi.compile_programs(programs, VOCAB, MAX_LEN)
+    inputs = variants.all_inputs(model)
+    assert len(inputs) > 100
+    batch = model.apply_batch(inputs)
+    for x, got_batch in zip(inputs, batch):
+        want = {name: ["BOS", *rasp.evaluate(p, x[1:])] for name, p in programs.items()}
+        assert model.apply(x).decoded == want, x
+        assert got_batch == want, x
+
+
+def test_apply_batch_on_mixed_outputs(compiled: tuple) -> None:
+    programs, model, inputs = compiled
+    for x, got in zip(inputs, model.apply_batch(inputs)):
+        assert list(got) == list(programs)
+        for name, program in programs.items():
+            want = rasp.evaluate(program, x[1:])
+            assert got[name][0] == "BOS" and len(got[name]) == len(want) + 1, (name, x)
+            assert all(_same(a, b) for a, b in zip(got[name][1:], want)), (name, x, got[name], want)
