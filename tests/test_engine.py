@@ -251,7 +251,8 @@ def test_numerical_model_metrics() -> None:
 
 
 def test_torch_tensors_in_and_out() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     model = random_model(1)
     engine = Engine(model)
     tokens = random_tokens(model, 2, 3)

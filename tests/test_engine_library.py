@@ -8,9 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-
+import torch
 from _library_models import compiled, library_batch  # noqa: E402
 from engine_reference import upstream, writer_names  # noqa: E402
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch  # noqa: E402
 from _model_factory import fraction_model, random_model
 
-torch = pytest.importorskip("torch")
 transformer_lens = pytest.importorskip(
     "transformer_lens",
     reason="transformer-lens not installed (optional extra: pip install 'rasp-compiler[tl]')",

@@ -62,17 +62,14 @@ def test_hypothesis_programs_numpy_forward(case: tuple[gen.GeneratedProgram, lis
 # --------------------------------------------------------------------------------------------- regressions
 
 
-def _regression_params() -> list:
-    params = []
-    for path in fuzz.regression_files(REGRESSIONS):
-        status = json.loads(path.read_text()).get("status", "open")
-        why = f"{path.name} records an open bug; set status 'fixed' once it passes"
-        marks = [pytest.mark.xfail(reason=why, strict=False)] if status == "open" else []
-        params.append(pytest.param(path, id=path.stem, marks=marks))
-    return params or [pytest.param(None, id="none", marks=pytest.mark.skip(reason="no regression files"))]
+REGRESSION_FILES = fuzz.regression_files(REGRESSIONS)
 
 
-@pytest.mark.parametrize("path", _regression_params())
+def test_regression_files_exist() -> None:
+    assert REGRESSION_FILES, f"no regression files in {REGRESSIONS}"
+
+
+@pytest.mark.parametrize("path", REGRESSION_FILES, ids=lambda p: p.stem)
 def test_regression_replays(path: Path) -> None:
     failures = fuzz.replay_regression(path)
     assert not failures, "\n".join(f.describe() for f in failures[:3])

@@ -145,8 +145,7 @@ def test_no_pickle_in_files(saved):
 
 
 def test_compiled_model_round_trip(tmp_path):
-    compiling = pytest.importorskip("rasp_compiler.compiling")
-    from rasp_compiler import lib, rasp
+    from rasp_compiler import compiling, lib, rasp
 
     m = compiling.compile_rasp_to_model(lib.make_reverse(rasp.tokens), {1, 2, 3}, 4)
     m.save(tmp_path)

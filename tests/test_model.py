@@ -300,10 +300,9 @@ def test_numpy_forward_matches_tracr(tracr_models, name):
 
 
 def test_compiled_reverse_matches_evaluate_numpy_and_torch():
-    compiling = pytest.importorskip("rasp_compiler.compiling")
     import torch
 
-    from rasp_compiler import lib, rasp
+    from rasp_compiler import compiling, lib, rasp
 
     program = lib.make_reverse(rasp.tokens)
     m = compiling.compile_rasp_to_model(program, {1, 2, 3}, 4)

@@ -128,15 +128,15 @@ def test_other_seed_other_suite_and_settings_mismatch(suites: tuple[Path, Path],
     assert tree_hashes(d) != tree_hashes(e)
 
 
-def test_ray_missing_gives_clear_error(tmp_path: Path) -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        p = cli("suite", "--n", "2", "--out", str(tmp_path / "r"), "--ray")
-        assert p.returncode != 0 and "Traceback" not in p.stderr
-        assert "ray" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    else:
-        pytest.skip("ray is installed: the missing-ray error cannot be shown")
+def test_ray_missing_gives_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # hide ray whether or not it is installed: a package on PYTHONPATH whose import fails
+    shim = tmp_path / "noray" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('ray hidden by the test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shim.parent))
+    p = cli("suite", "--n", "2", "--out", str(tmp_path / "r"), "--ray")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "ray" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 def test_ray_local_instance_gives_same_files(suites: tuple[Path, Path], tmp_path: Path) -> None:

@@ -260,7 +260,7 @@ def test_compression_refuses_bad_width() -> None:
 
 
 def test_variants_run_on_the_engine() -> None:
-    engine = pytest.importorskip("rasp_compiler.engine")
+    from rasp_compiler import engine
     _, model = _compile("reverse")
     inputs = [x for x in variants.all_inputs(model) if len(x) == model.config.max_seq_len + 1][:40]
     ids = np.array([model.encode(x) for x in inputs])
@@ -275,7 +275,7 @@ def test_variants_run_on_the_engine() -> None:
 def test_subspace_patch_in_rotated_basis_matches_plain() -> None:
     """Patching a variable's subspace: by labels in the plain model, by the recorded projection in the
     rotated one; the outputs agree (the subspaces rotate with the weights)."""
-    engine = pytest.importorskip("rasp_compiler.engine")
+    from rasp_compiler import engine
     _, model = _compile("reverse")
     rot = variants.rotate(model, seed=2)
     inputs = [x for x in variants.all_inputs(model) if len(x) == model.config.max_seq_len + 1]

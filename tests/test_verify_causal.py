@@ -123,11 +123,12 @@ def test_iia_ground_truth_alignments_and_a_wrong_one(name: str) -> None:
             if differs:
                 assert res.iia < 1.0, f"{name}: wrong alignment {x} -> {y}'s subspace scored 1.0"
                 return
-    pytest.skip(f"{name}: no variable pair whose interventions differ on this dataset")
+            # the evaluator says intervening on x or on y gives the same outputs here, so patching y's
+            # subspace must agree with the x-intervention as well as it does with its own (IIA 1.0)
+            assert res.iia == 1.0, f"{name}: {x} at {y}'s subspace scored {res.iia} where x and y agree"
 
 
 def test_engine_and_hook_reference_agree_on_patched_outputs() -> None:
-    pytest.importorskip("rasp_compiler._engine")
     rng = np.random.default_rng(0)
     for name in ("reverse", "shuffle_dyck", "frac_prevs", "running_max"):
         model, program, ds = build(name)

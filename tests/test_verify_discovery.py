@@ -59,7 +59,6 @@ def test_eap_matches_the_exact_effect_of_a_single_edge_on_a_linear_reader() -> N
 
 @pytest.mark.parametrize("method", ["activation_patching", "acdc"])
 def test_engine_and_hooks_give_the_same_scores(method: str) -> None:
-    pytest.importorskip("rasp_compiler._engine")
     model, ds = build("reverse")
     kw = {"thresholds": (1e-3, 1e-1)} if method == "acdc" else {}
     a = discovery.run_method(method, model, ds, "resample", backend="engine", **kw)

@@ -19,11 +19,8 @@ import numpy as np
 import pytest
 
 import verify
+from rasp_compiler import compiling, generate, lib, rasp  # noqa: E402
 from verify import formats as F
-
-lib = pytest.importorskip("rasp_compiler.lib")
-compiling = pytest.importorskip("rasp_compiler.compiling")
-from rasp_compiler import generate, rasp  # noqa: E402
 
 NAMES = sorted(lib.LIBRARY)
 _CACHE: dict[str, tuple] = {}
