@@ -486,18 +486,23 @@ def _first_names(names: Sequence[str], most: int = 12) -> str:
     return ", ".join(names[:most]) + more
 
 
+def _ray_choice(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """(use Ray?, cluster address or None for a local instance), checked once for `suite` and `fuzz`."""
+    if args.ray is None:
+        return False, None
+    if args.workers is not None:
+        raise CLIError("--ray and --workers exclude each other (Ray decides the parallelism)")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise CLIError("--ray needs the optional 'ray' package: pip install 'rasp-compiler[ray]'") from None
+    return True, None if args.ray == "local" else args.ray
+
+
 def cmd_suite(args: argparse.Namespace) -> int:
     from rasp_compiler import suite
 
-    if args.ray is not None and args.workers is not None:
-        raise CLIError("--ray and --workers exclude each other (Ray decides the parallelism)")
-    if args.ray is not None:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise CLIError(
-                "--ray needs the optional 'ray' package: pip install 'rasp-compiler[ray]'"
-            ) from None
+    use_ray, ray_address = _ray_choice(args)
     try:
         noise = args.noise
         variants = suite.SuiteVariants(
@@ -516,8 +521,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
             args.out,
             workers=args.workers,
             pairs=args.pairs,
-            use_ray=args.ray is not None,
-            ray_address=None if args.ray in (None, "local") else args.ray,
+            use_ray=use_ray,
+            ray_address=ray_address,
             progress=not args.quiet,
             variants=variants,
         )
@@ -530,19 +535,11 @@ def cmd_suite(args: argparse.Namespace) -> int:
 def cmd_fuzz(args: argparse.Namespace) -> int:
     from rasp_compiler import fuzz
 
-    if args.ray is not None and args.workers is not None:
-        raise CLIError("--ray and --workers exclude each other (Ray decides the parallelism)")
-    if args.ray is not None:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise CLIError(
-                "--ray needs the optional 'ray' package: pip install 'rasp-compiler[ray]'"
-            ) from None
+    use_ray, ray_address = _ray_choice(args)
     spread = {
         "workers": args.workers or 1,
-        "use_ray": args.ray is not None,
-        "ray_address": None if args.ray in (None, "local") else args.ray,
+        "use_ray": use_ray,
+        "ray_address": ray_address,
     }
     if args.target == "tool":
         from verify.fuzz import ToolFuzzError, scoring_keywords
