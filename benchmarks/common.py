@@ -14,8 +14,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rasp_compiler import compiling, generate  # noqa: E402
-from rasp_compiler.lib import LIBRARY  # noqa: E402
+from rasp_compiler.compiler import compiling  # noqa: E402
+from rasp_compiler.testing import generate
+from rasp_compiler.rasp.lib import LIBRARY  # noqa: E402
 
 DEFAULT_PROGRAMS = ("sort", "reverse", "most_frequent", "shuffle_dyck2")
 

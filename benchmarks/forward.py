@@ -38,7 +38,7 @@ def main() -> None:
     try:
         import transformer_lens  # noqa: F401
 
-        from rasp_compiler.export import to_hooked_transformer
+        from rasp_compiler.model.export import to_hooked_transformer
 
         have_tl = True
     except ImportError:

@@ -106,7 +106,7 @@ def forward_table(args: argparse.Namespace) -> None:
         tl_model = None
         if have_tl:
             try:
-                from rasp_compiler.export import to_transformer_lens  # type: ignore[attr-defined]
+                from rasp_compiler.model.export import to_transformer_lens  # type: ignore[attr-defined]
 
                 tl_model = to_transformer_lens(model).cuda()
             except Exception as exc:  # noqa: BLE001 - TL is optional; report and go on

@@ -21,8 +21,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rasp_compiler import lib, multi, variants  # noqa: E402
-from rasp_compiler.compiling import compile_rasp_to_model  # noqa: E402
+from rasp_compiler.rasp import lib  # noqa: E402
+from rasp_compiler.compiler import multi
+from rasp_compiler.model import output_view
+from rasp_compiler.transforms import variants
+from rasp_compiler.compiler.compiling import compile_rasp_to_model  # noqa: E402
 from verify import causal, discovery, ground_truth, score  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,7 +46,7 @@ def _variants(name: str, seed: int) -> list[tuple[str, object, object]]:
     shared = multi.compile_programs(programs, VOCAB, MAX_LEN)
     return [
         ("plain", plain, program),
-        (f"multi(+{','.join(partners)})", multi.output_view(shared, name), program),
+        (f"multi(+{','.join(partners)})", output_view(shared, name), program),
         ("rotated", variants.rotate(plain, seed), program),
         ("noisy", variants.add_noise(plain, seed=seed, **NOISE), program),
         ("cancelling", variants.add_noise(plain, seed=seed, **CANCEL), program),

@@ -3,7 +3,9 @@
 import tempfile
 
 import verify
-from rasp_compiler import compiling, lib, rasp
+from rasp_compiler.compiler import compiling
+from rasp_compiler.rasp import lib
+from rasp_compiler import rasp
 from rasp_compiler.engine import Engine
 from verify import causal, discovery
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from rasp_compiler.cli import main
+from rasp_compiler.app.cli import main
 
 sys.exit(main())

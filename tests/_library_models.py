@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler import compiling
-from rasp_compiler.lib import LIBRARY
+from rasp_compiler.compiler import compiling
+from rasp_compiler.rasp.lib import LIBRARY
 
 
 @functools.cache

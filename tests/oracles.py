@@ -1,4 +1,4 @@
-"""Plain-Python reference implementations of every program in `rasp_compiler.lib`.
+"""Plain-Python reference implementations of every program in `rasp_compiler.rasp.lib`.
 
 Each oracle is written from the program's definition (its docstring), not from its RASP, so that
 the library tests compare two independent implementations. `ORACLES` maps each `LIBRARY` name to a

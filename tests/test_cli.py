@@ -43,7 +43,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_list_shows_library() -> None:
-    from rasp_compiler.lib import LIBRARY
+    from rasp_compiler.rasp.lib import LIBRARY
 
     p = cli("list")
     assert p.returncode == 0, p.stderr
@@ -52,7 +52,7 @@ def test_list_shows_library() -> None:
 
 
 def test_compile_writes_a_loadable_model(reverse_dir: Path) -> None:
-    from rasp_compiler.io import load
+    from rasp_compiler.model import load
 
     for name in ("weights.safetensors", "model.json", "circuit.json"):
         assert (reverse_dir / name).is_file()
@@ -82,7 +82,7 @@ def test_run_rejects_unknown_token_and_long_input(reverse_dir: Path) -> None:
 
 def test_circuit_table_json_and_drawing(reverse_dir: Path, tmp_path: Path) -> None:
     import verify
-    from rasp_compiler.io import load
+    from rasp_compiler.model import load
 
     png, out = tmp_path / "c.png", tmp_path / "c.json"
     p = cli("circuit", str(reverse_dir), "--draw", str(png))
@@ -115,7 +115,7 @@ def _score_line(stdout: str, level: str) -> list[str]:
 
 def test_verify_scores_each_form(reverse_dir: Path, tmp_path: Path) -> None:
     import verify
-    from rasp_compiler.io import load
+    from rasp_compiler.model import load
 
     truth = verify.ground_truth(load(reverse_dir))
     edges = sorted(str(e) for e in truth.edges)
@@ -300,8 +300,9 @@ def test_demo_discovery_truths_match_hook_patching(tmp_path: Path) -> None:
     input with PyTorch hooks (not the engine the causal check uses) and see which change a decoded output."""
     import random
 
-    from rasp_compiler import engine, report
-    from rasp_compiler.lib import LIBRARY
+    from rasp_compiler import engine
+    from rasp_compiler.app import report
+    from rasp_compiler.rasp.lib import LIBRARY
     from verify.circuit import Edge, legal_edges
 
     _, model, truth, program = report.check_program("sort", tmp_path, random.Random(0))

@@ -11,8 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from rasp_compiler import compiling, lib
-from rasp_compiler.annotation import Annotation
+from rasp_compiler.compiler import compiling
+from rasp_compiler.rasp import lib
+from rasp_compiler.model.annotation import Annotation
 from tests.compiler_support import check_model, inputs_for
 
 CONFIGS = (5, 10)

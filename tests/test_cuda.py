@@ -24,7 +24,7 @@ from _model_factory import random_model as factory_model  # noqa: E402
 from engine_reference import random_model, random_tokens, upstream, writer_names  # noqa: E402
 
 from rasp_compiler.engine import EdgePatch, Engine, EngineError, NodePatch  # noqa: E402
-from rasp_compiler.lib import LIBRARY  # noqa: E402
+from rasp_compiler.rasp.lib import LIBRARY  # noqa: E402
 
 ATOL = 1e-4
 NAMES = sorted(LIBRARY)

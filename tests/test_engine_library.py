@@ -12,9 +12,9 @@ import torch
 from _library_models import compiled, library_batch  # noqa: E402
 from engine_reference import upstream, writer_names  # noqa: E402
 
-from rasp_compiler import compiling  # noqa: E402
+from rasp_compiler.compiler import compiling  # noqa: E402
 from rasp_compiler.engine import EdgePatch, Engine, NodePatch, torch_patched_run  # noqa: E402
-from rasp_compiler.lib import LIBRARY  # noqa: E402
+from rasp_compiler.rasp.lib import LIBRARY  # noqa: E402
 
 ATOL = 1e-5
 NAMES = sorted(LIBRARY)
@@ -80,7 +80,7 @@ def test_library_program_engine_equals_torch(name: str) -> None:
 
 def test_random_programs_engine_equals_torch() -> None:
     """100 generated programs: plain, node-patched and edge-patched runs agree with the torch module."""
-    from rasp_compiler import generate
+    from rasp_compiler.testing import generate
 
     checked = 0
     refused: list[str] = []

@@ -12,7 +12,7 @@ transformer_lens = pytest.importorskip(
     reason="transformer-lens not installed (optional extra: pip install 'rasp-compiler[tl]')",
 )
 
-from rasp_compiler.export import to_hooked_transformer  # noqa: E402
+from rasp_compiler.model.export import to_hooked_transformer  # noqa: E402
 
 torch.set_num_threads(1)
 

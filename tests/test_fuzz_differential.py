@@ -1,7 +1,7 @@
 """Differential fuzzing: the compiled model (numpy, torch, C++ engine) must decode exactly what the
 evaluator computes, on random well-typed programs and random valid inputs; saved regressions replay.
 
-CI runs a fixed-seed slice; long campaigns: `python -m rasp_compiler.fuzz compiler --programs 1000`.
+CI runs a fixed-seed slice; long campaigns: `python -m rasp_compiler.testing.fuzz compiler --programs 1000`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from rasp_compiler import fuzz, rasp
-from rasp_compiler import generate as gen
-from rasp_compiler.source import to_source
+import verify
+
+from rasp_compiler.testing import fuzz
+from rasp_compiler import rasp
+from rasp_compiler.testing import generate as gen
+from rasp_compiler.rasp.source import to_source
 
 REGRESSIONS = Path(__file__).parent / "regressions"
 SLICE_PROGRAMS = 400
@@ -167,14 +170,14 @@ def _never_reports_qk(model, data):  # noqa: ANN001, ANN202
 
 
 def test_fuzz_tool_passes_a_correct_tool() -> None:
-    s = fuzz.fuzz_tool(_truth_from_weights, programs=60, seed=2)
+    s = verify.fuzz_tool(_truth_from_weights, programs=60, seed=2)
     print("\n" + s.report())
     assert len(s.cases) >= 50  # programs with a constant output have an empty circuit and are skipped
     assert not s.flagged and s.worst.f1 == 1.0
 
 
 def test_fuzz_tool_flags_and_shrinks_a_broken_tool() -> None:
-    s = fuzz.fuzz_tool(_never_reports_qk, programs=60, seed=2)
+    s = verify.fuzz_tool(_never_reports_qk, programs=60, seed=2)
     print("\n" + s.report())
     assert s.flagged and s.worst.f1 < 0.9
     assert s.per_kind()["aggregate_categorical"] < 1.0
@@ -225,7 +228,7 @@ def test_same_results_for_any_worker_count_and_in_another_process() -> None:
     two = fuzz.run_compiler_campaign(10, 21, workers=2, **kw)
     assert _outcome(one) == _outcome(two)
     p = subprocess.run(
-        [sys.executable, "-m", "rasp_compiler.fuzz", "compiler", "--programs", "10", "--seed", "21",
+        [sys.executable, "-m", "rasp_compiler.testing.fuzz", "compiler", "--programs", "10", "--seed", "21",
          "--inputs", "6", "--backends", "numpy", "--no-save", "--no-shrink", "--quiet"],
         capture_output=True, text=True, timeout=300,
     )
@@ -241,7 +244,7 @@ def test_ray_local_instance_gives_the_same_campaigns(monkeypatch: pytest.MonkeyP
     )
     import os
 
-    from verify import fuzz as vfuzz
+    from verify import tool_fuzz as vfuzz
 
     root = str(Path(__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))

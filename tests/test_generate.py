@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 
-from rasp_compiler import generate as gen
+from rasp_compiler.testing import generate as gen
 from rasp_compiler import rasp
-from rasp_compiler.source import SourceError, from_source, function_source, to_source
+from rasp_compiler.rasp.source import SourceError, from_source, function_source, to_source
 
 N_PROGRAMS = 1000
 SEED = 20240601
@@ -282,7 +282,7 @@ def test_to_source_rejects_unprintable_functions() -> None:
 
 
 def test_to_source_of_library_programs() -> None:
-    from rasp_compiler import lib
+    from rasp_compiler.rasp import lib
 
     progs = [lib.make_length(), lib.make_hist(), lib.make_reverse(rasp.tokens),
              lib.make_sort_unique(rasp.tokens, rasp.tokens), lib.make_frac_prevs(

@@ -10,7 +10,7 @@ from _model_factory import random_model
 from safetensors.numpy import save_file
 
 import rasp_compiler
-from rasp_compiler.io import ModelFileError, load, save
+from rasp_compiler.model import ModelFileError, load, save
 from rasp_compiler.model import Codec, CompiledModel
 
 
@@ -145,7 +145,9 @@ def test_no_pickle_in_files(saved):
 
 
 def test_compiled_model_round_trip(tmp_path):
-    from rasp_compiler import compiling, lib, rasp
+    from rasp_compiler.compiler import compiling
+    from rasp_compiler.rasp import lib
+    from rasp_compiler import rasp
 
     m = compiling.compile_rasp_to_model(lib.make_reverse(rasp.tokens), {1, 2, 3}, 4)
     m.save(tmp_path)
@@ -187,7 +189,7 @@ def test_save_is_byte_identical_across_processes(tmp_path):
     here = Path(__file__).resolve().parent
     code = (
         "import sys; sys.path.insert(0, sys.argv[2]); from _model_factory import random_model; "
-        "from rasp_compiler.io import save; save(random_model(3, pad='PAD'), sys.argv[1])"
+        "from rasp_compiler.model import save; save(random_model(3, pad='PAD'), sys.argv[1])"
     )
     outs = []
     for hashseed in ("1", "2", "3"):

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 import verify
-from rasp_compiler import multi, rasp, variants
-from rasp_compiler.io import load, save
+from rasp_compiler.compiler import multi
+from rasp_compiler import rasp
+from rasp_compiler.transforms import variants
+from rasp_compiler.model import load, output_view, save
+from rasp_compiler.model.outputs import decode_outputs, output_names
 
 torch.set_num_threads(1)
 
@@ -48,7 +51,7 @@ def _same(a: object, b: object) -> bool:
 
 def _check_all_outputs(model: object, programs: dict, inputs: list) -> None:
     for x in inputs:
-        got = multi.decode_outputs(model, model.forward_numpy(np.array(model.encode(x))))
+        got = decode_outputs(model, model.forward_numpy(np.array(model.encode(x))))
         for name, program in programs.items():
             want = rasp.evaluate(program, x[1:])
             assert all(_same(a, b) for a, b in zip(got[name], want)), (name, x, got[name], want)
@@ -56,7 +59,7 @@ def _check_all_outputs(model: object, programs: dict, inputs: list) -> None:
 
 def test_outputs_equal_the_evaluator(compiled: tuple) -> None:
     programs, model, inputs = compiled
-    assert multi.output_names(model) == list(programs)
+    assert output_names(model) == list(programs)
     _check_all_outputs(model, programs, inputs)
 
 
@@ -93,7 +96,7 @@ def test_each_output_survives_ablating_everything_else(compiled: tuple) -> None:
     from verify import causal
     programs, model, _ = compiled
     for name, program in programs.items():
-        view = multi.output_view(model, name)
+        view = output_view(model, name)
         truth = verify.ground_truth(view)
         assert truth == verify.ground_truth(model, output=name)
         data = causal.make_dataset(view, program, n=24, seed=3)
@@ -105,12 +108,12 @@ def test_each_output_survives_ablating_everything_else(compiled: tuple) -> None:
 
 def test_view_engine_io_and_rotation(compiled: tuple, tmp_path: object) -> None:
     programs, model, inputs = compiled
-    view = multi.output_view(model, "hist")
+    view = output_view(model, "hist")
     got = view.apply_batch(inputs[:60])
     assert [g[1:] for g in got] == [rasp.evaluate(programs["hist"], x[1:]) for x in inputs[:60]]
     save(model, tmp_path / "m")
     back = load(tmp_path / "m")
-    assert multi.output_names(back) == list(programs)
+    assert output_names(back) == list(programs)
     _check_all_outputs(back, programs, inputs[:80])
     rot = variants.rotate(back, seed=9)
     _check_all_outputs(rot, programs, inputs[:80])
@@ -129,15 +132,15 @@ def test_bad_arguments() -> None:
         multi.compile_programs({}, VOCAB, MAX_LEN)
     model = multi.compile_programs({"hist": _programs()["hist"]}, VOCAB, MAX_LEN)
     with pytest.raises(multi.MultiOutputError, match="nope"):
-        multi.output_view(model, "nope")
+        output_view(model, "nope")
 
 
 def test_output_names_differ_from_labels() -> None:
     progs = _programs()
     model = multi.compile_programs({"rev": progs["reverse"], "h": progs["hist"]}, VOCAB, MAX_LEN)
-    assert multi.output_names(model) == ["rev", "h"]
+    assert output_names(model) == ["rev", "h"]
     assert verify.ground_truth(model, output="rev") == verify.ground_truth(model, output="reverse")
-    view = multi.output_view(model, "h")
+    view = output_view(model, "h")
     assert view.apply_batch([["BOS", "a", "b", "a"]])[0][1:] == rasp.evaluate(progs["hist"], ["a", "b", "a"])
 
 

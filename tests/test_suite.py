@@ -49,8 +49,8 @@ def test_same_seed_gives_identical_files_for_any_worker_count(suites: tuple[Path
 
 def test_index_and_model_files(suites: tuple[Path, Path]) -> None:
     from rasp_compiler import rasp
-    from rasp_compiler.io import load
-    from rasp_compiler.source import from_source
+    from rasp_compiler.model import load
+    from rasp_compiler.rasp.source import from_source
 
     a, _ = suites
     index = json.loads((a / "index.json").read_text())
@@ -156,14 +156,14 @@ def test_ray_local_instance_gives_same_files(suites: tuple[Path, Path], tmp_path
 def _decoded_all(model, tokens: list) -> dict:
     import numpy as np
 
-    from rasp_compiler import multi
+    from rasp_compiler.model.outputs import decode_outputs
 
-    return multi.decode_outputs(model, model.forward_numpy(np.array(model.encode(tokens))))
+    return decode_outputs(model, model.forward_numpy(np.array(model.encode(tokens))))
 
 
 def _programs_of(d: Path) -> dict:
     """Each output's program, rebuilt from the printed source in the card (the evaluator is the oracle)."""
-    from rasp_compiler.source import from_source
+    from rasp_compiler.rasp.source import from_source
 
     card = json.loads((d / "card.json").read_text())
     if "outputs" in card:
@@ -173,7 +173,7 @@ def _programs_of(d: Path) -> dict:
 
 def test_noisy_rotated_suite_is_reproducible_exact_and_recorded(tmp_path: Path) -> None:
     from rasp_compiler import rasp
-    from rasp_compiler.io import load
+    from rasp_compiler.model import load
 
     args = ["suite", "--n", "3", "--seed", "7", "--noise", "--rotate", "--pairs", "8", "--quiet"]
     p = cli(*args, "--out", str(tmp_path / "a"), "--workers", "1")
@@ -214,7 +214,7 @@ def test_noisy_rotated_suite_is_reproducible_exact_and_recorded(tmp_path: Path) 
 
 def test_compressed_suite_records_the_accuracy_it_has(tmp_path: Path) -> None:
     from rasp_compiler import rasp
-    from rasp_compiler.io import load
+    from rasp_compiler.model import load
 
     out = tmp_path / "c"
     p = cli(
@@ -242,7 +242,7 @@ def test_compressed_suite_records_the_accuracy_it_has(tmp_path: Path) -> None:
 
 def test_multi_output_suite_has_a_circuit_per_output(tmp_path: Path) -> None:
     from rasp_compiler import rasp
-    from rasp_compiler.io import load
+    from rasp_compiler.model import load
 
     out = tmp_path / "m"
     p = cli("suite", "--n", "2", "--seed", "1", "--multi", "2", "--pairs", "6", "--quiet", "--out", str(out))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rasp_compiler import lib
-from rasp_compiler.compiling import compile_rasp_to_model
+from rasp_compiler.rasp import lib
+from rasp_compiler.compiler.compiling import compile_rasp_to_model
 from verify import causal, ground_truth, legal_edges
 from verify.patching_reference import HookPatcher, ablation_values
 

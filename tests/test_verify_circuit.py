@@ -233,15 +233,15 @@ def _svg_texts(svg: str) -> set[str]:
 def test_every_library_program_draws_with_every_component_named(tmp_path) -> None:
     import torch
 
-    from rasp_compiler.compiling import compile_rasp_to_model
-    from rasp_compiler.lib import LIBRARY
+    from rasp_compiler.compiler.compiling import compile_rasp_to_model
+    from rasp_compiler.rasp.lib import LIBRARY
 
     torch.set_num_threads(1)
     assert len(LIBRARY) > 5
     for name, e in LIBRARY.items():
         model = compile_rasp_to_model(e.builder(), e.vocab, e.max_seq_len)
         truth = verify.ground_truth(model)
-        path = truth.draw(tmp_path / f"{name}.svg")
+        path = verify.draw_circuit(truth, tmp_path / f"{name}.svg")
         svg = path.read_text()
         texts = _svg_texts(svg)
         for node in truth.node_names(include_output=True):
@@ -251,7 +251,7 @@ def test_every_library_program_draws_with_every_component_named(tmp_path) -> Non
         for e_ in truth.edges:  # each edge's input kind shows in a label next to its reader
             assert any(t.startswith(e_.input) or f",{e_.input}" in t for t in texts), f"{name}: {e_}"
         if name == "shuffle_dyck2":  # deterministic: the same circuit gives the same bytes
-            assert truth.draw(tmp_path / "again.svg").read_bytes() == path.read_bytes()
+            assert verify.draw_circuit(truth, tmp_path / "again.svg").read_bytes() == path.read_bytes()
 
 
 def test_long_op_names_wrap_inside_boxes_and_stay_whole_up_to_the_limit() -> None:

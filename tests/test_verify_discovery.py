@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rasp_compiler import lib
-from rasp_compiler.compiling import compile_rasp_to_model
+from rasp_compiler.rasp import lib
+from rasp_compiler.compiler.compiling import compile_rasp_to_model
 from verify import causal, discovery, legal_edges, score
 from verify.patching_reference import writer_nodes
 

@@ -281,9 +281,9 @@ def test_single_hook_helpers() -> None:
         F.tl_hook("output")
 
 
-def test_circuit_json_methods(toy) -> None:
+def test_circuit_json_round_trip_with_model(toy) -> None:
     truth = verify.ground_truth(toy)
-    assert verify.Circuit.from_json(truth.to_json(), toy) == truth
+    assert F.from_json(F.to_json(truth), toy) == truth
 
 
 def _random_edge_sets():

@@ -9,9 +9,10 @@ import textwrap
 import pytest
 import torch
 
-from rasp_compiler import generate, rasp
-from rasp_compiler.source import to_source
-from verify import causal, fuzz, ground_truth
+from rasp_compiler.testing import generate
+from rasp_compiler import rasp
+from rasp_compiler.rasp.source import to_source
+from verify import causal, tool_fuzz as fuzz, ground_truth
 from verify.circuit import legal_edges
 
 torch.set_num_threads(1)
@@ -166,9 +167,9 @@ def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(fuzz.ToolFuzzError, match="cannot import module 'no_such_mod_xyz'"):
         fuzz.load_tool("no_such_mod_xyz:f")
     with pytest.raises(fuzz.ToolFuzzError, match="has no attribute 'nope'"):
-        fuzz.load_tool("verify.fuzz:nope")
+        fuzz.load_tool("verify.tool_fuzz:nope")
     with pytest.raises(fuzz.ToolFuzzError, match="not a callable"):
-        fuzz.load_tool("verify.fuzz:TRUTHS")
+        fuzz.load_tool("verify.tool_fuzz:TRUTHS")
 
 
 def test_hooked_transformer_needs_the_tl_extra() -> None:
@@ -221,9 +222,8 @@ def test_command_line(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit) as exc:
         fuzz.main(["--tool", "my_tools_for_fuzz:missing", "--programs", "1"])
     assert exc.value.code == 2 and "has no attribute 'missing'" in capsys.readouterr().err
-    from rasp_compiler import fuzz as rfuzz
 
-    s = rfuzz.run_tool_campaign(6, 0, tool="acdc", progress=False, truth="ablation", shrink=False)
+    s = fuzz.run_tool_campaign(6, 0, tool="acdc", progress=False, truth="ablation", shrink=False)
     assert s.tool == "acdc" and s.ok == (not s.flagged) and "acdc" in s.report()
 
 

@@ -9,7 +9,7 @@ from verify import formats
 from verify.circuit import LEVELS, Circuit, CircuitError, Edge, ModelGraph, Part, legal_edges, model_nodes
 from verify.draw import draw_circuit
 from verify.formats import from_edges, from_nodes
-from verify.fuzz import fuzz_tool
+from verify.tool_fuzz import fuzz_tool
 from verify.structural import ScoreResult, roc_auc, roc_curve, score
 from verify.truth import TOL, ground_truth, model_graph
 

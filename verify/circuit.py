@@ -26,7 +26,6 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import networkx as nx
 
@@ -561,24 +560,6 @@ class Circuit:
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        """This circuit in the versioned JSON schema of `verify.formats`."""
-        from verify.formats import to_json
-
-        return to_json(self)
-
-    @classmethod
-    def from_json(cls, data: Any, model: Any = None) -> Circuit:
-        from verify.formats import from_json
-
-        return from_json(data, model)
-
-    def draw(self, path: Any, **kwargs: Any) -> Any:
-        """Write a diagram (SVG or PNG by extension); see `verify.draw.draw_circuit`."""
-        from verify.draw import draw_circuit
-
-        return draw_circuit(self, path, **kwargs)
 
 
 def summarize_labels(labels: Iterable[str]) -> str:

@@ -24,8 +24,8 @@ from rasp_compiler.compiler.graph import OpNode, ProgramGraph
 from rasp_compiler.compiler.options import CompileError, CompilerOptions
 from rasp_compiler.compiler.selectors import leaf_pairs, selector_groups
 from rasp_compiler.compiler.spaces import ONE, Residual
-from rasp_compiler.compiler.values import ValueSets, _is_number
-from rasp_compiler.model import _token_key
+from rasp_compiler.compiler.values import ValueSets
+from rasp_compiler.model.values import is_number, token_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +190,7 @@ class _Ctx:
 
     def max_abs(self, label: str) -> float:
         vals = self.values[label].values
-        return max((abs(float(v)) for v in vals if _is_number(v)), default=1.0) if vals else 1e6
+        return max((abs(float(v)) for v in vals if is_number(v)), default=1.0) if vals else 1e6
 
     def out_vec(self, label: str, y: Any) -> dict[str, float] | None:
         """Residual write for value y of SOp `label` (None: y is not representable -> nothing)."""
@@ -200,7 +200,7 @@ class _Ctx:
         if node.encoding == "categorical":
             d = self.res.dir_of(label, y)
             return None if d is None else {d: 1.0}
-        if not _is_number(y) and not isinstance(y, bool):
+        if not is_number(y) and not isinstance(y, bool):
             raise CompileError(f"{label}: numerical SOp takes non-numeric value {y!r}")
         return {self.res.numerical_dir(label): float(y)} if float(y) != 0 else {}
 
@@ -295,7 +295,7 @@ def _linear_mlp(ctx: _Ctx, label: str, terms: Sequence[tuple[str, float]]) -> ML
             lin[d] = lin.get(d, 0.0) + float(fac)
         else:
             for v, enc in ctx.in_cases(child):
-                if not _is_number(v):
+                if not is_number(v):
                     raise CompileError(
                         f"{label}: LinearSequenceMap input {child} has non-numeric value {v!r}"
                     )
@@ -332,7 +332,7 @@ def _numerical_input_mlp(
     yidx = np.empty(len(x), dtype=np.int64)
     for i, j in enumerate(order.tolist()):
         y = ys[j]
-        key = None if y is None else _token_key(y)
+        key = None if y is None else token_key(y)
         c = codes.get(key)
         if c is None:
             c = codes[key] = len(vecs)
@@ -559,7 +559,7 @@ def _map_mlp(ctx: _Ctx, label: str, inner: str, f: Any) -> MLPBlock:
     if ctx.graph.nodes[inner].encoding == "categorical":
         return _categorical_input_mlp(ctx, label, inner, f)
     vals = ctx.values.require(inner, f"the numerical-input Map {label}")
-    bad = next((v for v in vals if not _is_number(v)), None)
+    bad = next((v for v in vals if not is_number(v)), None)
     if bad is not None:
         raise CompileError(f"{label}: numerical input {inner} has non-numeric value {bad!r}")
     ys = [_call(f, v) for v in vals]

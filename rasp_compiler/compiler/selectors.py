@@ -16,6 +16,7 @@ import numpy as np
 
 from rasp_compiler.compiler.graph import ProgramGraph
 from rasp_compiler.compiler.options import CompileError
+from rasp_compiler.model.values import is_number
 
 
 def _call(f: Any, *args: Any) -> Any:
@@ -23,10 +24,6 @@ def _call(f: Any, *args: Any) -> Any:
         return f(*args)
     except Exception:  # noqa: BLE001 - a predicate failing on a value pair does not select
         return None
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +99,7 @@ def _fast_table(graph: ProgramGraph, label: str, kv: Sequence[Any], qv: Sequence
         return np.ones((len(qv), len(kv)), dtype=bool)
     if name == "FALSE":
         return np.zeros((len(qv), len(kv)), dtype=bool)
-    if name not in _NUMPY_CMP or not all(_is_number(v) for v in (*kv, *qv)):
+    if name not in _NUMPY_CMP or not all(is_number(v) for v in (*kv, *qv)):
         return None
     k = np.array([float(v) for v in kv])[None, :]
     q = np.array([float(v) for v in qv])[:, None]

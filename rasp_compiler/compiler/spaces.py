@@ -15,7 +15,7 @@ from rasp_compiler.compiler.fuse import Fusion
 from rasp_compiler.compiler.graph import ProgramGraph
 from rasp_compiler.compiler.options import CompileError, CompilerOptions
 from rasp_compiler.compiler.values import ValueSets
-from rasp_compiler.model import _token_key, sort_values
+from rasp_compiler.model.values import sort_values, token_key
 
 ONE = "one"
 
@@ -35,7 +35,7 @@ class Residual:
 
     def dir_of(self, label: str, value: Any) -> str | None:
         """Residual label of `value` of categorical SOp `label` (None: not a value it can take)."""
-        return self.value_dirs[label].get(_token_key(value))
+        return self.value_dirs[label].get(token_key(value))
 
     def numerical_dir(self, label: str) -> str:
         (d,) = self.sop_dirs[label]
@@ -62,7 +62,7 @@ def build_residual(
                 name = f"{label}:{v!r}"
             used.add(name)
             dirs.append(name)
-            vd[_token_key(v)] = name
+            vd[token_key(v)] = name
         sop_dirs[label] = tuple(dirs)
         value_dirs[label] = vd
 

@@ -8,7 +8,6 @@ default 0 when nothing is selected), computed with Fractions. A set that would e
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from rasp_compiler.compiler.graph import ProgramGraph
 from rasp_compiler.compiler.options import CompileError, CompilerOptions
 from rasp_compiler.compiler.selectors import always_selects, only_selects_earlier
-from rasp_compiler.model import sort_values
+from rasp_compiler.model.values import is_number, sort_values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +53,9 @@ def _apply(f: Any, *args: Any) -> Any:
         return None
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, Fraction)) and not (isinstance(v, float) and math.isnan(v))
-
-
 def _numeric_means(vals: tuple[Any, ...], n_max: int, limit: int, label: str) -> tuple[Any, ...] | None:
     """Every mean of a multiset of 1..n_max elements of vals, plus 0; None when over `limit`."""
-    if not all(_is_number(v) for v in vals):
+    if not all(is_number(v) for v in vals):
         raise CompileError(f"{label}: numerical Aggregate of non-numeric values {list(vals)[:5]}")
     fr = sorted({Fraction(v) for v in vals})
     if not fr:

@@ -1,13 +1,13 @@
 """Differential fuzzing of the compiler: evaluator vs compiled model (numpy, torch, C++ engine).
 
-`run_compiler_campaign(n_programs, seed)` samples programs (`rasp_compiler.generate`), compiles each,
+`run_compiler_campaign(n_programs, seed)` samples programs (`rasp_compiler.testing.generate`), compiles each,
 runs every backend on random valid inputs, and compares each decoded output with `rasp.evaluate`.
 Failures (compile errors, crashes, mismatches) are shrunk to a minimal program and input and saved as
 JSON regression files that the test suite replays (`tests/test_fuzz_differential.py`).
 
 Command line (long campaigns)::
 
-    python -m rasp_compiler.fuzz compiler --programs 1000 --seed 0 [--inputs 10] [--backends numpy,torch]
+    python -m rasp_compiler.testing.fuzz compiler --programs 1000 --seed 0 [--inputs 10] [--backends numpy,torch]
         [--workers N | --ray [ADDRESS]]
 
 Program i and its inputs come from (seed, i) alone, so a campaign is a map over program indices (run
@@ -33,8 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler import generate, rasp
-from rasp_compiler.source import from_source, to_source
+from rasp_compiler.testing import generate
+from rasp_compiler import rasp
+from rasp_compiler.rasp.source import from_source, to_source
+from rasp_compiler.testing.runner import map_work
+from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
 
 __all__ = [
     "BACKENDS",
@@ -43,17 +46,14 @@ __all__ = [
     "available_backends",
     "check_program",
     "CompilerItem",
-    "fuzz_tool",
     "item_seed",
     "load_regression",
     "main",
-    "map_work",
     "program_for",
     "regression_files",
     "replay_regression",
     "run_compiler_campaign",
     "run_compiler_item",
-    "run_tool_campaign",
     "save_regression",
     "shrink_failure",
 ]
@@ -183,7 +183,7 @@ def available_backends() -> tuple[str, ...]:
 
 
 def _compile(program: Any, vocab: Sequence, max_seq_len: int) -> Any:
-    from rasp_compiler import compiling
+    from rasp_compiler.compiler import compiling
 
     return compiling.compile_rasp_to_model(program, set(vocab), max_seq_len)
 
@@ -313,91 +313,14 @@ def shrink_failure(f: Failure, max_rounds: int = 50) -> Failure:
     return cur
 
 
-def _size(program: Any) -> int:
-    return sum(1 for e in rasp.topological_order(program) if e.children)
-
-
-def _rebuild(e: Any, kids: list) -> Any:
-    """`e` with new children, same function/predicate/default and annotations (name, encoding)."""
-    if isinstance(e, rasp.Map):
-        new = rasp.Map(e.f, kids[0], simplify=False)
-    elif isinstance(e, rasp.LinearSequenceMap):
-        new = rasp.LinearSequenceMap(kids[0], kids[1], e.fst_fac, e.snd_fac)
-    elif isinstance(e, rasp.SequenceMap):
-        new = rasp.SequenceMap(e.f, kids[0], kids[1])
-    elif isinstance(e, rasp.Select):
-        new = rasp.Select(kids[0], kids[1], e.predicate)
-    elif isinstance(e, rasp.Aggregate):
-        new = rasp.Aggregate(kids[0], kids[1], default=e.default)
-    elif isinstance(e, rasp.SelectorWidth):
-        new = rasp.SelectorWidth(kids[0])
-    elif isinstance(e, rasp.SelectorAnd):
-        new = rasp.SelectorAnd(kids[0], kids[1])
-    elif isinstance(e, rasp.SelectorOr):
-        new = rasp.SelectorOr(kids[0], kids[1])
-    elif isinstance(e, rasp.SelectorNot):
-        new = rasp.SelectorNot(kids[0])
-    else:
-        raise TypeError(f"cannot rebuild {type(e).__name__}")
-    return rasp.annotate(new, **dict(e.annotations))
-
-
-def _substitute(program: Any, target: Any, replacement: Any) -> Any:
-    """The program with every use of `target` replaced by `replacement` (shared nodes stay shared)."""
-    new: dict[int, Any] = {id(target): replacement}
-    for e in rasp.topological_order(program):
-        if id(e) in new or not e.children:
-            continue
-        kids = [new.get(id(c), c) for c in e.children]
-        if any(k is not c for k, c in zip(kids, e.children, strict=True)):
-            new[id(e)] = _rebuild(e, kids)
-    return new.get(id(program), program)
-
-
-def _candidates(program: Any) -> list[Any]:
-    """Smaller programs: sub-programs, then the program with one op bypassed (a combinator replaced by
-    one of its selectors, an SOp by a child of the same encoding)."""
-    order = rasp.topological_order(program)
-    subs = [e for e in order if isinstance(e, rasp.SOp) and e.children and e is not program]
-    subs.sort(key=_size)
-    out = list(subs)
-    for e in order:
-        if isinstance(e, (rasp.SelectorAnd, rasp.SelectorOr, rasp.SelectorNot)):
-            options = [c for c in e.children if isinstance(c, rasp.Selector)]
-        elif isinstance(e, rasp.SOp) and e.children and e is not program:
-            options = [c for c in e.children
-                       if isinstance(c, rasp.SOp) and rasp.get_encoding(c) == rasp.get_encoding(e)]
-        else:
-            continue
-        for c in options:
-            try:
-                out.append(_substitute(program, e, c))
-            except (TypeError, ValueError):
-                continue
-    return out
-
-
-def _total_on(program: Any, inputs: list[list]) -> bool:
-    """Every SOp evaluates without error or None on `inputs`: the candidate is still a valid test."""
-    try:
-        for e in rasp.topological_order(program):
-            if isinstance(e, rasp.SOp):
-                for xs in inputs:
-                    if any(v is None for v in rasp.evaluate(e, xs)):
-                        return False
-    except Exception:  # noqa: BLE001
-        return False
-    return True
-
-
 def _shrink_step(f: Failure) -> Failure | None:
     xs = f.input
     # 1. a smaller program, still total on the failing input and on random valid inputs
     probe = generate.sample_inputs(generate.GeneratedProgram(f.program, f.vocab, f.max_seq_len), 12, 0)
     probe += [xs] if xs is not None else []
-    size = _size(f.program)
-    for cand in _candidates(f.program):
-        if _size(cand) >= size or not _total_on(cand, probe):
+    size = program_size(f.program)
+    for cand in smaller_programs(f.program):
+        if program_size(cand) >= size or not total_on(cand, probe):
             continue
         g = _fails_alike(f, cand, f.vocab, f.max_seq_len, xs)
         if g is not None:
@@ -532,9 +455,7 @@ def item_seed(seed: int, index: int, what: str) -> int:
 def program_for(seed: int, index: int, limits: dict[str, Any] | None = None) -> generate.GeneratedProgram:
     """Program `index` of a campaign with `seed` (and generator `limits`), built the same way anywhere:
     RASP ids restart first so its default labels do not depend on what this process built before."""
-    from rasp_compiler.suite import restart_ids
-
-    restart_ids()
+    rasp.restart_ids()
     return generate.sample_programs(1, item_seed(seed, index, "program"), **dict(limits or {}))[0]
 
 
@@ -571,36 +492,6 @@ def run_compiler_item(item: CompilerItem) -> dict[str, Any]:
         "pairs": len(inputs) if model is not None else 0,
         "failures": records,
     }
-
-
-def map_work(
-    fn: Callable[[Any], Any],
-    items: Sequence[Any],
-    *,
-    workers: int = 1,
-    use_ray: bool = False,
-    ray_address: str | None = None,
-    on_result: Callable[[Any], None] | None = None,
-) -> list[Any]:
-    """`[fn(item) for item in items]`, in that order, computed here (`workers` <= 1), in a process pool, or
-    as Ray tasks (`use_ray`; `ray_address` None: a local instance). `fn` must be a module-level function
-    and `items` picklable for the pool and Ray; `on_result` sees each result as it arrives (progress).
-
-    The campaign's reduce reads the list in item order, so results do not depend on how they were made.
-    """
-    items = list(items)
-    out: list[Any] = [None] * len(items)
-
-    def got(pos: int, result: Any) -> None:
-        out[pos] = result
-        if on_result is not None:
-            on_result(result)
-
-    from rasp_compiler.suite import iter_work
-
-    for pos, result in iter_work(fn, items, workers=workers, use_ray=use_ray, ray_address=ray_address):
-        got(pos, result)
-    return out
 
 
 def _check_limits(limits: dict[str, Any] | None) -> dict[str, Any]:
@@ -698,40 +589,6 @@ def run_compiler_campaign(
     return summary
 
 
-# ------------------------------------------------------------------------------------------------ tools
-# Fuzzing a circuit-discovery tool lives in `verify.fuzz` (it needs the ground truth and the causal
-# checks); these names delegate there so that `rasp_compiler.fuzz` stays the one door for campaigns.
-
-_TOOL_NAMES = {"ToolDataset": "ToolDataset", "ToolCase": "ToolCase", "ToolCampaignSummary": "ToolFuzzSummary"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TOOL_NAMES:
-        from verify import fuzz as vfuzz
-
-        return getattr(vfuzz, _TOOL_NAMES[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def fuzz_tool(tool: Callable[..., Any], programs: Any = 100, seed: int = 0, **kwargs: Any) -> Any:
-    """`verify.fuzz.fuzz_tool`: score a circuit-discovery tool on random compiled programs."""
-    from verify.fuzz import fuzz_tool as run
-
-    return run(tool, programs, seed, **kwargs)
-
-
-def run_tool_campaign(n_programs: int, seed: int, *, tool: Any, progress: bool = True, **kwargs: Any) -> Any:
-    """For `rasp-compiler fuzz tool`: `tool` is a callable, a built-in baseline name (`acdc`, `eap`, ...)
-    or `package.module:function`. Returns a summary with `.report()` and `.ok` (False when flagged)."""
-    from verify.fuzz import ToolFuzzError, load_tool
-
-    if tool is None:
-        raise ToolFuzzError("fuzz tool: name the tool (a built-in baseline or 'package.module:function')")
-    name = tool if isinstance(tool, str) else None
-    fn = load_tool(tool, kwargs.get("ablation", "resample")) if isinstance(tool, str) else tool
-    return fuzz_tool(fn, n_programs, seed, progress=progress, name=name, **kwargs)
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -741,8 +598,8 @@ def _default_save_dir() -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m rasp_compiler.fuzz compiler --programs N --seed S`; exit status 1 when anything failed."""
-    parser = argparse.ArgumentParser(prog="python -m rasp_compiler.fuzz", description=__doc__.split("\n")[0])
+    """`python -m rasp_compiler.testing.fuzz compiler --programs N --seed S`; exit status 1 when anything failed."""
+    parser = argparse.ArgumentParser(prog="python -m rasp_compiler.testing.fuzz", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="target", required=True)
     p = sub.add_parser("compiler", help="differential campaign: evaluator vs compiled model backends")
     p.add_argument("--programs", type=int, default=1000, help="number of random programs (default 1000)")

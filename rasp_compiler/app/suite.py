@@ -5,8 +5,8 @@
     out/suite.json                 the settings (format, version, seed, n, pairs); a resumed run must match
     out/index.json                 one row per model (sizes, circuit size, status) + the failures
     out/models/<id>/               one directory per model (also a model directory for `rasp-compiler run`)
-        weights.safetensors, model.json    the model (rasp_compiler.io)
-        program.py                         the program as Python source (`rasp_compiler.source.to_source`)
+        weights.safetensors, model.json    the model (rasp_compiler.model.io)
+        program.py                         the program as Python source (`rasp_compiler.rasp.source.to_source`)
         circuit.json                       ground truth, verify's JSON form
         circuit.acdc.json, circuit.autocircuit.json, circuit.eapig.json, circuit.tl_hooks.json
         dataset.json                       clean / corrupted input pairs with the evaluator's outputs
@@ -21,12 +21,12 @@ same vocabulary), then transformed in this order: distractors and weight noise
 first output; the card's "variant" section (from `variants.variant_card`, the basis left in
 model.json) and the index row name every step.
 
-Models are library programs (`rasp_compiler.lib.LIBRARY`) and generated ones
-(`rasp_compiler.generate`). Each model is one work item whose every random choice is seeded from
+Models are library programs (`rasp_compiler.rasp.lib.LIBRARY`) and generated ones
+(`rasp_compiler.testing.generate`). Each model is one work item whose every random choice is seeded from
 `(seed, item index)` alone, so results do not depend on the worker count or on the order items
 finish. A model directory is built completely in memory, written to `<id>.tmp-<pid>` and renamed:
 a directory without the `.tmp` suffix is complete, and a second run skips it (resumable). The same
-seed gives byte-identical files: JSON with sorted keys, no timestamps, and `rasp_compiler.io.save`
+seed gives byte-identical files: JSON with sorted keys, no timestamps, and `rasp_compiler.model.io.save`
 writes canonical safetensors headers.
 """
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -44,9 +43,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from rasp_compiler.testing.runner import available_cores, iter_work
 
 __all__ = [
     "SUITE_FORMAT",
@@ -55,11 +56,9 @@ __all__ = [
     "SuiteSummary",
     "SuiteVariants",
     "WorkItem",
-    "available_cores",
     "build_item",
     "generate_suite",
     "plan",
-    "restart_ids",
     "read_index",
 ]
 
@@ -67,9 +66,6 @@ SUITE_FORMAT = "rasp_compiler.suite"
 SUITE_VERSION = 1
 DATASET_FORMAT = "rasp_compiler.dataset"
 MAX_ATTEMPTS = 12  # generated programs: draws per item until one compiles exactly
-# RASP ids restart here for every program, so default labels (map_1003) repeat exactly. Above the ids that
-# importing the package uses (under 10 today), so a program never shares an id with a module-level expression.
-_ID_BASE = 1000
 _ATOL = 1e-4
 
 
@@ -112,7 +108,7 @@ class SuiteVariants:
     compress_method: str = "pca"
 
     def __post_init__(self) -> None:
-        from rasp_compiler.variants import COMPRESS_METHODS
+        from rasp_compiler.transforms.variants import COMPRESS_METHODS
 
         if isinstance(self.multi, bool) or not isinstance(self.multi, int) or not 1 <= self.multi <= 6:
             raise SuiteError(f"--multi must be an int from 1 to 6, got {self.multi!r}")
@@ -195,7 +191,7 @@ class SuiteSummary:
 
 def plan(n: int, seed: int, pairs: int = 32, variants: SuiteVariants | None = None) -> list[WorkItem]:
     """The suite's work items: about half library programs (all of them when n >= 60), then generated."""
-    from rasp_compiler.lib import LIBRARY
+    from rasp_compiler.rasp.lib import LIBRARY
 
     if n < 1:
         raise SuiteError(f"--n must be at least 1, got {n}")
@@ -213,17 +209,6 @@ def plan(n: int, seed: int, pairs: int = 32, variants: SuiteVariants | None = No
 
 
 # ----------------------------------------------------------------------------------------------- one item
-
-
-def restart_ids() -> None:
-    """Make default labels (`map_<id>`) independent of what this process built before.
-
-    Workaround until rasp offers a public way (docs/CONTRACTS.md, Requests): labels of unnamed ops come
-    from a process-wide counter, so the same program built after different others gets other labels.
-    """
-    from rasp_compiler import rasp
-
-    rasp.RASPExpr._ids = itertools.count(_ID_BASE)
 
 
 def _item_seed(item: WorkItem, what: str, attempt: int = 0) -> int:
@@ -371,8 +356,8 @@ def _circuit_files(truth: Any) -> dict[str, bytes]:
 def _partners(item: WorkItem, vocab: tuple, distinct: bool, k: int) -> dict[str, Any]:
     """`k` other library programs to share a multi-output model with the item's program: first those
     over the same vocabulary, then programs defined on any vocabulary; seeded by the item alone."""
-    from rasp_compiler.lib import LIBRARY
-    from rasp_compiler.model import sort_values
+    from rasp_compiler.rasp.lib import LIBRARY
+    from rasp_compiler.model.values import sort_values
 
     same = [
         n
@@ -386,11 +371,12 @@ def _partners(item: WorkItem, vocab: tuple, distinct: bool, k: int) -> dict[str,
 
 def _draft(item: WorkItem, attempt: int) -> tuple[Any, tuple, int, tuple[int, ...], bool, str]:
     """(program, vocab, max_seq_len, lengths, distinct_tokens, summary) for one attempt at an item."""
-    from rasp_compiler import generate
-    from rasp_compiler.lib import LIBRARY  # imported before the restart: its module-level programs take ids
-    from rasp_compiler.model import sort_values
+    from rasp_compiler import rasp
+    from rasp_compiler.testing import generate
+    from rasp_compiler.rasp.lib import LIBRARY  # imported before the restart: its module-level programs take ids
+    from rasp_compiler.model.values import sort_values
 
-    restart_ids()
+    rasp.restart_ids()
     if item.origin == "library":
         e = LIBRARY[item.name]
         return (
@@ -414,7 +400,7 @@ def _apply_variants(
     model: Any, v: SuiteVariants, item: WorkItem, attempt: int, inputs: list[list[Any]]
 ) -> Any:
     """Noise, then rotation, then compression, as `v` asks; each step checks itself on `inputs`."""
-    from rasp_compiler import variants
+    from rasp_compiler.transforms import variants
 
     if v.noisy:
         model = variants.add_noise(
@@ -469,9 +455,12 @@ def build_item(item: WorkItem) -> dict[str, Any]:
     private temporary directory).
     """
     import verify
-    from rasp_compiler import compiling, multi, rasp, variants
-    from rasp_compiler.generate import op_kinds
-    from rasp_compiler.source import to_source
+    from rasp_compiler.compiler import compiling, multi
+    from rasp_compiler.model import output_view
+    from rasp_compiler import rasp
+    from rasp_compiler.transforms import variants
+    from rasp_compiler.testing.generate import op_kinds
+    from rasp_compiler.rasp.source import to_source
     from verify.circuit import CircuitError
 
     v = item.variants
@@ -492,7 +481,7 @@ def build_item(item: WorkItem) -> dict[str, Any]:
             last_error = f"compile error: {_first_line(e)}"
             continue
         views = (
-            {n: multi.output_view(model, n) for n in programs} if len(programs) > 1 else {item.name: model}
+            {n: output_view(model, n) for n in programs} if len(programs) > 1 else {item.name: model}
         )
         numerical = {n: m.config.output_encoding == "numerical" for n, m in views.items()}
         rng = random.Random(_item_seed(item, "data", attempt))
@@ -520,7 +509,7 @@ def build_item(item: WorkItem) -> dict[str, Any]:
                 last_error = f"variant: {_first_line(e)}"
                 continue
             views = (
-                {n: multi.output_view(model, n) for n in programs}
+                {n: output_view(model, n) for n in programs}
                 if len(programs) > 1
                 else {item.name: model}
             )
@@ -658,84 +647,6 @@ def _build_safely(item: WorkItem) -> dict[str, Any]:
             "id": item.model_id,
             "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
         }
-
-
-# ----------------------------------------------------------------------------------------------- runners
-
-
-def _init_worker() -> None:
-    """Each worker is one core: no BLAS threads; import the heavy modules once, up front."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import rasp_compiler.compiling  # noqa: F401
-    import rasp_compiler.generate  # noqa: F401
-    import rasp_compiler.lib  # noqa: F401
-    import verify  # noqa: F401
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask, which containers and `taskset` narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _call_indexed(job: tuple[Callable[[Any], Any], int, Any]) -> tuple[int, Any]:
-    fn, pos, item = job
-    return pos, fn(item)
-
-
-def iter_work(
-    fn: Callable[[Any], Any],
-    items: Sequence[Any],
-    *,
-    workers: int = 1,
-    use_ray: bool = False,
-    ray_address: str | None = None,
-) -> Iterator[tuple[int, Any]]:
-    """(position, `fn(item)`) pairs as they finish: computed here (`workers` <= 1 or one item), in a pool
-    of `workers` spawned processes, or as Ray tasks (`use_ray`; `ray_address` None: a local instance,
-    started and stopped here unless Ray is already running). The suite and the fuzz campaigns share it;
-    `fn` must be a module-level function and `items` picklable for the pool and Ray.
-    """
-    items = list(items)
-    if use_ray:
-        yield from _ray_map(fn, items, ray_address)
-    elif workers <= 1 or len(items) <= 1:
-        for pos, it in enumerate(items):
-            yield pos, fn(it)
-    else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        jobs = [(fn, pos, it) for pos, it in enumerate(items)]
-        with ctx.Pool(processes=min(workers, len(items)), initializer=_init_worker) as pool:
-            yield from pool.imap_unordered(_call_indexed, jobs, chunksize=1)
-
-
-def _ray_map(fn: Callable[[Any], Any], items: list[Any], address: str | None) -> Iterator[tuple[int, Any]]:
-    try:
-        import ray
-    except ImportError:
-        raise SuiteError(
-            "--ray needs the optional 'ray' package (pip install 'rasp-compiler[ray]')"
-        ) from None
-    started = False
-    if not ray.is_initialized():
-        ray.init(
-            address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False
-        ) if address else ray.init(log_to_driver=False, include_dashboard=False)
-        started = True
-    try:
-        task = ray.remote(_call_indexed)
-        pending = [task.remote((fn, pos, it)) for pos, it in enumerate(items)]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 # ----------------------------------------------------------------------------------------------- suite

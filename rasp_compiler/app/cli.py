@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rasp_compiler.testing.runner import RunnerError
+
 __all__ = ["CLIError", "load_program", "main", "parse_input", "read_circuit_file"]
 
 PROG = "rasp-compiler"
@@ -56,7 +58,7 @@ def load_program(
     `MAX_SEQ_LEN` in the file; a library program's defaults can be overridden by the flags.
     """
     from rasp_compiler import rasp
-    from rasp_compiler.lib import LIBRARY
+    from rasp_compiler.rasp.lib import LIBRARY
 
     if ":" in target and (target.rsplit(":", 1)[0].endswith(".py") or os.sep in target or "/" in target):
         path_text, func = target.rsplit(":", 1)
@@ -116,7 +118,7 @@ def load_program(
 
 
 def _load_model(directory: str) -> Any:
-    from rasp_compiler.io import load
+    from rasp_compiler.model import load
 
     return load(directory)
 
@@ -284,7 +286,7 @@ def _edge_name_form(names: list[str]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rasp_compiler.lib import LIBRARY
+    from rasp_compiler.rasp.lib import LIBRARY
 
     width = max(len(n) for n in LIBRARY)
     for name in sorted(LIBRARY):
@@ -296,7 +298,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     import verify
-    from rasp_compiler import compiling, rasp
+    from rasp_compiler.compiler import compiling
+    from rasp_compiler import rasp
     from verify import formats
 
     program, vocab, max_seq_len, name = load_program(args.target, args.vocab, args.max_seq_len)
@@ -391,14 +394,17 @@ def cmd_circuit(args: argparse.Namespace) -> int:
 
 def _draw_truth(model: Any, truth: Any, path: str | Path) -> Any:
     """The ground-truth circuit diagram, heads placed by the model's layout; returns the written path."""
-    return truth.draw(
+    from verify.draw import draw_circuit
+
+    return draw_circuit(
+        truth,
         path, heads_per_layer=model.config.heads_per_layer, title=f"ground-truth circuit of {truth.output}"
     )
 
 
 def _pictures(model: Any, truth: Any, out: Path, input_text: str | None) -> None:
     """Circuit diagram, residual-stream picture and the attention of every circuit head on one input."""
-    from rasp_compiler import pictures
+    from rasp_compiler.app import pictures
 
     out.mkdir(parents=True, exist_ok=True)
     vocab = model.codec.vocab
@@ -500,7 +506,7 @@ def _ray_choice(args: argparse.Namespace) -> tuple[bool, str | None]:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from rasp_compiler import suite
+    from rasp_compiler.app import suite
 
     use_ray, ray_address = _ray_choice(args)
     try:
@@ -526,14 +532,14 @@ def cmd_suite(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             variants=variants,
         )
-    except suite.SuiteError as e:
+    except (suite.SuiteError, RunnerError) as e:
         raise CLIError(str(e)) from None
     print(summary.report())
     return 0 if summary.ok else 1
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from rasp_compiler import fuzz
+    from rasp_compiler.testing import fuzz
 
     use_ray, ray_address = _ray_choice(args)
     spread = {
@@ -542,14 +548,15 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         "ray_address": ray_address,
     }
     if args.target == "tool":
-        from verify.fuzz import ToolFuzzError, scoring_keywords
+        from verify import tool_fuzz
+        from verify.tool_fuzz import ToolFuzzError, scoring_keywords
 
         if not args.tool:
             raise CLIError(
                 "fuzz tool needs --tool: acdc, activation_patching, eap, eap_ig or package.module:function"
             )
         try:
-            summary = fuzz.run_tool_campaign(
+            summary = tool_fuzz.run_tool_campaign(
                 args.programs,
                 args.seed,
                 tool=args.tool,
@@ -585,7 +592,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rasp_compiler import report
+    from rasp_compiler.app import report
 
     programs = [p.strip() for p in args.programs.split(",")] if args.programs else None
     result = report.run_demo(args.out, programs=programs, focus=args.focus, progress=not args.quiet)

@@ -7,7 +7,7 @@ input, so the generator builds them by construction rather than by filtering:
   expression over pool members (a Map, a SequenceMap, a Select + Aggregate, ...), so shrinking removes or
   simplifies one step at a time and the result stays readable;
 - every function comes from a table of named templates (``lambda x: (x + 2) % 3``) compiled from source
-  text, and keeps that text in ``__rasp_source__`` so `rasp_compiler.source.to_source` prints it;
+  text, and keeps that text in ``__rasp_source__`` so `rasp_compiler.rasp.source.to_source` prints it;
 - value sets are tracked exactly as a compiler infers them, and bounded (`Limits`);
 - categorical Aggregates only use selectors that provably select exactly one key, or a non-empty set of
   keys on which the aggregated SOp is constant (``Select(k, k, EQ)`` aggregating ``f(k)``); numerical

@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler.model import CompiledModel, ModelConfig
+from rasp_compiler.model.compiled import CompiledModel
+from rasp_compiler.model.config import ModelConfig
 
 __all__ = [
     "CompiledModel",
@@ -215,7 +216,7 @@ def _by_length(
 
 def _decoded(model: CompiledModel, inputs: Sequence[Sequence[Any]]) -> list[dict[str, list[Any]]]:
     """Per input, per output name: the decoded values (BOS position dropped)."""
-    from rasp_compiler.multi import decode_outputs
+    from rasp_compiler.model.outputs import decode_outputs
 
     res: list[dict[str, list[Any]] | None] = [None] * len(inputs)
     for _, (idx, ids) in _by_length(model, inputs).items():
@@ -647,7 +648,7 @@ def _learn_projection(
     """Learn write [D, d] and read [d, D] maps (from `init`) minimising the output error."""
     import torch
 
-    from rasp_compiler.multi import output_blocks
+    from rasp_compiler.model.outputs import output_blocks
 
     torch.manual_seed(seed)
     cfg = model.config

@@ -343,7 +343,7 @@ class Engine:
     def run(self, tokens: Any) -> Any:
         """Forward pass: ids `[B, T]` -> outputs `[B, T, d_vocab_out]` (logits, or the numerical value)."""
         if self.device == "cuda" and getattr(tokens, "is_cuda", False):
-            from rasp_compiler._cuda_io import run_cuda_tensor
+            from rasp_compiler.engine.cuda_io import run_cuda_tensor
 
             return run_cuda_tensor(self, tokens)
         ids, squeeze, is_torch = self._tokens(tokens)

@@ -80,6 +80,7 @@ __all__ = [
     "DefaultRASPEvaluator",
     "evaluate",
     "topological_order",
+    "restart_ids",
 ]
 
 Value = None | int | float | str | bool
@@ -241,6 +242,13 @@ class RASPExpr(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.label!r})"
+
+
+def restart_ids(start: int = 1000) -> None:
+    """Restart the counter that numbers unnamed expressions (`map_<id>`), so that a program built after
+    this call gets the same default labels in every process whatever was built before (suites and
+    campaigns call it before building each program; named expressions are unaffected)."""
+    RASPExpr._ids = itertools.count(start)
 
 
 def annotate(expr: RASPExprT, **annotations: Any) -> RASPExprT:

@@ -18,14 +18,16 @@ suite - works on it unchanged).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from rasp_compiler.model import Codec, CompiledModel, decode_block, decode_value, encode_value, sort_values
+from rasp_compiler.model.codec import Codec
+from rasp_compiler.model.compiled import CompiledModel
+from rasp_compiler.model.outputs import MultiOutputError
+from rasp_compiler.model.values import encode_value, sort_values
 
 __all__ = [
     "MultiOutputError",
@@ -38,94 +40,6 @@ __all__ = [
 ]
 
 _ROOT = "__multi_root_"
-
-
-class MultiOutputError(ValueError):
-    """Bad programs mapping, or an output name the model lacks."""
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputBlock:
-    """One output's share of the unembedding: columns [start, end) of W_U."""
-
-    name: str
-    label: str  # the op label (residual directions and ground truth speak of it)
-    start: int
-    end: int
-    encoding: str
-    values: tuple[Any, ...] | None  # categorical: the value of each column
-
-
-def output_blocks(model: CompiledModel) -> list[OutputBlock]:
-    """The model's outputs; a single-output model has one block spanning every column."""
-    ann = model.annotation_json()
-    cols = ann.get("output_columns") if isinstance(ann, dict) else None
-    if not cols:
-        label = str(ann.get("output", "output")) if isinstance(ann, dict) else "output"
-        vals = model.codec.output_values
-        return [
-            OutputBlock(
-                label,
-                label,
-                0,
-                model.config.d_vocab_out,
-                model.config.output_encoding,
-                None if vals is None else tuple(vals),
-            )
-        ]
-    names = ann.get("output_names", {})
-    out = []
-    for name, c in cols.items():
-        vals = c.get("values")
-        out.append(
-            OutputBlock(
-                str(name),
-                str(names.get(name, name)),
-                int(c["start"]),
-                int(c["end"]),
-                str(c["encoding"]),
-                None if vals is None else tuple(decode_value(v) for v in vals),
-            )
-        )
-    return out
-
-
-def output_names(model: CompiledModel) -> list[str]:
-    return [b.name for b in output_blocks(model)]
-
-
-def _block(model: CompiledModel, name: str) -> OutputBlock:
-    for b in output_blocks(model):
-        if name in (b.name, b.label):
-            return b
-    raise MultiOutputError(f"output {name!r} is not an output of the model (outputs: {output_names(model)})")
-
-
-def decode_outputs(model: CompiledModel, logits: np.ndarray) -> dict[str, list[Any]]:
-    """Logits `[T, d_vocab_out]` (BOS first) -> {output name: one value per input position (no BOS)}."""
-    logits = np.asarray(logits)
-    blocks = output_blocks(model)
-    return {b.name: decode_block(logits[1:], b.start, b.end, b.encoding, b.values) for b in blocks}
-
-
-def output_view(model: CompiledModel, name: str) -> CompiledModel:
-    """A single-output model: the same weights with only `name`'s columns of W_U (same components)."""
-    b = _block(model, name)
-    ann = copy.deepcopy(model.annotation_json())
-    if len(output_blocks(model)) == 1:
-        return model
-    for key in ("outputs", "output_names", "output_columns"):
-        ann.pop(key, None)
-    ann["output"] = b.label
-    weights = dict(model.weights)
-    weights["W_U"] = np.ascontiguousarray(model.weights["W_U"][:, b.start : b.end])
-    weights["b_U"] = np.ascontiguousarray(model.weights["b_U"][b.start : b.end])
-    c = model.codec
-    codec = Codec(
-        c.input_tokens, c.bos, c.pad, c.max_seq_len, b.encoding, None if b.values is None else list(b.values)
-    )
-    cfg = dataclasses.replace(model.config, d_vocab_out=b.end - b.start, output_encoding=b.encoding)
-    return CompiledModel(cfg, weights, codec, ann, model.program_source)
 
 
 # ============================================================================================ compiling
@@ -165,7 +79,7 @@ def compile_programs(
 ) -> CompiledModel:
     """Compile several programs into one model (shared residual stream; ops that are the same object
     are built once). Each output reads its own op's directions through its own W_U columns."""
-    from rasp_compiler import compiling
+    from rasp_compiler.compiler import compiling
 
     if not isinstance(programs, Mapping) or not programs:
         raise MultiOutputError("compile_programs expects a non-empty mapping {name: program}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler.model import CompiledModel
+from rasp_compiler.model.compiled import CompiledModel
 
 __all__ = ["to_hooked_transformer", "hooked_transformer_config"]
 

@@ -1,6 +1,6 @@
 """Fuzz a circuit-discovery tool: run it on many random compiled programs whose circuits are known.
 
-`fuzz_tool(tool, programs=100, seed=0)` samples programs (`rasp_compiler.generate`), compiles each,
+`fuzz_tool(tool, programs=100, seed=0)` samples programs (`rasp_compiler.testing.generate`), compiles each,
 builds a dataset of clean/corrupted inputs, calls `tool(model, dataset)` and scores the answer (a
 `verify.Circuit`, a set of edges, a dict of edge or node scores, or a `discovery.DiscoveryResult`)
 against the truth:
@@ -16,8 +16,8 @@ programs, printed as RASP source that rebuilds them.
 
 Command line::
 
-    python -m verify.fuzz --tool acdc --programs 50 --seed 0 --truth ablation
-    python -m verify.fuzz --tool my_package.my_module:discover --programs 200 --seed 1
+    python -m verify.tool_fuzz --tool acdc --programs 50 --seed 0 --truth ablation
+    python -m verify.tool_fuzz --tool my_package.my_module:discover --programs 200 --seed 1
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler import generate, rasp
-from rasp_compiler.source import to_source
+from rasp_compiler.testing import generate
+from rasp_compiler import rasp
+from rasp_compiler.rasp.source import to_source
 from verify.circuit import Circuit, CircuitError, Edge
 from verify.structural import ScoreResult, score
 from verify.truth import ground_truth
@@ -416,7 +417,7 @@ def _answer_scores(answer: Any, model: Any, level: str) -> tuple[Any, bool]:
 def _tool_input(model: Any, s: _Settings) -> Any:
     if not s.as_hooked_transformer:
         return model
-    from rasp_compiler.export import to_hooked_transformer
+    from rasp_compiler.model.export import to_hooked_transformer
 
     return to_hooked_transformer(model)
 
@@ -431,7 +432,7 @@ def _score_case(
     s: _Settings,
 ) -> ToolCase | str:
     """Compile, build the dataset and the truth, run the tool, score. A string: why it was skipped."""
-    from rasp_compiler.compiling import compile_rasp_to_model
+    from rasp_compiler.compiler.compiling import compile_rasp_to_model
 
     gp = generate.GeneratedProgram(program, vocab, max_seq_len, input_length)
     try:
@@ -522,7 +523,7 @@ class _ToolItem:
 def _run_tool_item(item: _ToolItem) -> ToolCase | str:
     """Score one program. A sampled program's case comes back without it (`program` None: the caller
     rebuilds it), so nothing unpicklable crosses processes."""
-    from rasp_compiler.fuzz import program_for
+    from rasp_compiler.testing.fuzz import program_for
 
     gp = item.gp if item.gp is not None else program_for(item.seed, item.index, dict(item.limits))
     got = _score_case(item.tool, item.index, gp.program, gp.vocab, gp.max_seq_len, gp.input_length,
@@ -538,7 +539,7 @@ def _run_tool_item(item: _ToolItem) -> ToolCase | str:
 def _shrink(tool: Tool, case: ToolCase, s: _Settings, max_rounds: int = 40) -> ToolCase:
     """Greedy: sub-programs and programs with one op bypassed (as the compiler fuzzer shrinks), then a
     shorter max_seq_len and a smaller vocab, while the tool still scores below the threshold."""
-    from rasp_compiler.fuzz import _candidates, _size, _total_on
+    from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
 
     def bad(program: Any, vocab: tuple, msl: int) -> ToolCase | None:
         length = case.input_length
@@ -552,9 +553,9 @@ def _shrink(tool: Tool, case: ToolCase, s: _Settings, max_rounds: int = 40) -> T
         nxt = None
         gp = generate.GeneratedProgram(cur.program, cur.vocab, cur.max_seq_len, cur.input_length)
         probe = generate.sample_inputs(gp, 12, 0)
-        size = _size(cur.program)
-        for cand in _candidates(cur.program):
-            if _size(cand) < size and _total_on(cand, probe):
+        size = program_size(cur.program)
+        for cand in smaller_programs(cur.program):
+            if program_size(cand) < size and total_on(cand, probe):
                 nxt = bad(cand, cur.vocab, cur.max_seq_len)
                 if nxt is not None:
                     break
@@ -623,7 +624,7 @@ def fuzz_tool(
     `metric` (F1, ROC-AUC, or "auto": ROC-AUC for scored answers, F1 for sets) is below `threshold`
     fails; the `max_shrunk` worst are shrunk to minimal failing programs. A tool that raises scores 0.
 
-    Sampled program i and its dataset come from (`seed`, i) alone (`rasp_compiler.fuzz.program_for`), so
+    Sampled program i and its dataset come from (`seed`, i) alone (`rasp_compiler.testing.fuzz.program_for`), so
     the programs can be scored in `workers` processes or as Ray tasks (`use_ray`, `ray_address`; the
     tool must then be picklable: a module-level function or `baseline_tool`) with the same summary.
     """
@@ -688,7 +689,8 @@ def fuzz_tool(
         from tqdm import tqdm
 
         bar = tqdm(total=n_programs, desc="fuzz tool", unit="prog", file=sys.stderr)
-    from rasp_compiler.fuzz import map_work, program_for
+    from rasp_compiler.testing.fuzz import program_for
+    from rasp_compiler.testing.runner import map_work
 
     try:
         results = map_work(
@@ -774,6 +776,16 @@ def load_tool(spec: str, ablation: str = "resample") -> Tool:
     return obj
 
 
+def run_tool_campaign(n_programs: int, seed: int, *, tool: Any, progress: bool = True, **kwargs: Any) -> Any:
+    """For `rasp-compiler fuzz tool`: `tool` is a callable, a built-in baseline name (`acdc`, `eap`, ...)
+    or `package.module:function`. Returns a summary with `.report()` and `.ok` (False when flagged)."""
+    if tool is None:
+        raise ToolFuzzError("fuzz tool: name the tool (a built-in baseline or 'package.module:function')")
+    name = tool if isinstance(tool, str) else None
+    fn = load_tool(tool, kwargs.get("ablation", "resample")) if isinstance(tool, str) else tool
+    return fuzz_tool(fn, n_programs, seed, progress=progress, name=name, **kwargs)
+
+
 # ============================================================================================ CLI
 
 
@@ -794,9 +806,9 @@ def scoring_keywords(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m verify.fuzz --tool SPEC --programs N --seed S`; exit status 1 when the tool is flagged."""
+    """`python -m verify.tool_fuzz --tool SPEC --programs N --seed S`; exit status 1 when the tool is flagged."""
     parser = argparse.ArgumentParser(
-        prog="python -m verify.fuzz", description="Fuzz a circuit-discovery tool on random compiled programs."
+        prog="python -m verify.tool_fuzz", description="Fuzz a circuit-discovery tool on random compiled programs."
     )
     parser.add_argument(
         "--tool",

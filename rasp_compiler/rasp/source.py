@@ -3,7 +3,7 @@
 Used to save fuzzing failures as regression files and to describe a compiled model's program without
 pickle. Functions print from, in order of preference:
 
-1. their `__rasp_source__` text (every function `rasp_compiler.generate` makes carries one);
+1. their `__rasp_source__` text (every function `rasp_compiler.testing.generate` makes carries one);
 2. a Comparison (`rasp.Comparison.EQ`) or a builtin (`abs`);
 3. `inspect` source of a lambda or a `def`, with closure variables and globals it reads bound to their
    current values (literals, other printable functions, modules), e.g.
@@ -93,7 +93,7 @@ class _FunctionPrinter:
                 self._visiting.discard(id(f))
         raise SourceError(
             f"{where}: cannot print {type(f).__name__} {f!r} as source; give it a `__rasp_source__` text "
-            "(e.g. build it with rasp_compiler.generate.make_function) or use a lambda/def"
+            "(e.g. build it with rasp_compiler.testing.generate.make_function) or use a lambda/def"
         )
 
     # -- free variables -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ file. `load` checks every piece and reports damage as `ModelFileError` naming th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler.model import Codec, CompiledModel, ModelConfig, ModelError, compare_weight_names
+from rasp_compiler.model.annotation import Annotation
+from rasp_compiler.model.codec import Codec
+from rasp_compiler.model.config import ModelConfig, compare_weight_names
+from rasp_compiler.model.errors import ModelError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load", "save"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "ModelParts", "read_model_files", "write_model_files"]
 
 FORMAT_NAME = "rasp_compiler.model"
 FORMAT_VERSION = 1
@@ -62,10 +66,20 @@ def _weights_bytes(weights: dict[str, np.ndarray]) -> bytes:
     return raw[:8] + text + b" " * (hlen - len(text)) + raw[8 + hlen :]
 
 
-def save(model: CompiledModel, directory: str | os.PathLike) -> Path:
-    """Write `model` into `directory` (created if needed); returns the directory path."""
-    if not isinstance(model, CompiledModel):
-        raise TypeError(f"save expects a CompiledModel, got {type(model).__name__}")
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+    """What a model directory holds, checked against itself (`CompiledModel` is built from it)."""
+
+    config: ModelConfig
+    weights: dict[str, np.ndarray]
+    codec: Codec
+    annotation: Any
+    program_source: str
+
+
+def write_model_files(parts: ModelParts, directory: str | os.PathLike) -> Path:
+    """Write a model's parts into `directory` (created if needed); returns the directory path."""
+    model = parts
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     wpath = d / WEIGHTS_FILE
@@ -73,15 +87,15 @@ def save(model: CompiledModel, directory: str | os.PathLike) -> Path:
     tmp.write_bytes(_weights_bytes(model.weights))
     os.replace(tmp, wpath)
     try:
-        annotation = model.annotation_json()
+        annotation = model.annotation.to_json() if isinstance(model.annotation, Annotation) else model.annotation
         doc = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "config": model.config.to_json(),
             "codec": model.codec.to_json(),
             "annotation": annotation,
-            # "Annotation": rebuilt with rasp_compiler.annotation.Annotation.from_json; "json": kept as data
-            "annotation_type": "Annotation" if hasattr(model.annotation, "to_json") else "json",
+            # "Annotation": rebuilt with rasp_compiler.model.annotation.Annotation.from_json; "json": kept as data
+            "annotation_type": "Annotation" if isinstance(model.annotation, Annotation) else "json",
             "program_source": model.program_source,
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": _sha256(wpath),
@@ -100,20 +114,14 @@ def _load_annotation(data: Any, kind: Any) -> Any:
     if data is None or kind != "Annotation":
         return data
     try:
-        from rasp_compiler.annotation import Annotation  # written by the compiler
-    except ImportError:
-        return data
-    from_json = getattr(Annotation, "from_json", None)
-    if from_json is None:
-        return data
-    try:
-        return from_json(data)
+        return Annotation.from_json(data)
     except Exception as e:  # noqa: BLE001 - any failure here means a damaged annotation
         raise ModelFileError(f"{JSON_FILE}: annotation is malformed ({type(e).__name__}: {e})") from e
 
 
-def load(directory: str | os.PathLike) -> CompiledModel:
-    """Read a model saved by `save`, checking format, version, hash, tensor names and shapes."""
+def read_model_files(directory: str | os.PathLike) -> ModelParts:
+    """Read a model directory written by `write_model_files`, checking format, version, hash, tensor
+    names and shapes."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -177,9 +185,4 @@ def load(directory: str | os.PathLike) -> CompiledModel:
     source = doc.get("program_source", "")
     if not isinstance(source, str):
         raise ModelFileError(f"{JSON_FILE}: program_source must be a string")
-    try:
-        return CompiledModel(
-            config=config, weights=weights, codec=codec, annotation=annotation, program_source=source
-        )
-    except ModelError as e:
-        raise ModelFileError(f"model files are inconsistent: {e}") from e
+    return ModelParts(config=config, weights=weights, codec=codec, annotation=annotation, program_source=source)

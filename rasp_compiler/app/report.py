@@ -8,7 +8,7 @@ The discovery baseline is ACDC with resample ablation (`verify.discovery.acdc`, 
 scored against two truths: the structural circuit the compiler records (`verify.ground_truth`) and
 the ablation-aware one (`verify.causal.necessary_edges`: the edges whose single ablation changes an
 output on the dataset). The same is run on a rotated and on a distractor-laden copy of the model
-(`rasp_compiler.variants`), one line each.
+(`rasp_compiler.transforms.variants`), one line each.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from verify.draw import draw_circuit
 
 __all__ = [
     "DEFAULT_FOCUS",
@@ -145,16 +147,16 @@ def check_program(name: str, out_dir: Path, rng: random.Random) -> tuple[Program
     Returns (check, model, ground-truth circuit, program).
     """
     import verify
-    from rasp_compiler import compiling, rasp
-    from rasp_compiler.lib import LIBRARY
-    from rasp_compiler.suite import restart_ids
+    from rasp_compiler.compiler import compiling
+    from rasp_compiler import rasp
+    from rasp_compiler.rasp.lib import LIBRARY
 
     if name not in LIBRARY:
         raise ValueError(
             f"demo: {name!r} is not a library program (choose from {', '.join(sorted(LIBRARY))})"
         )
     entry = LIBRARY[name]
-    restart_ids()  # default labels (map_16, ...) then do not depend on what was built before
+    rasp.restart_ids()  # default labels (map_16, ...) then do not depend on what was built before
     program = entry.builder()
     t0 = time.perf_counter()
     model = compiling.compile_rasp_to_model(program, entry.vocab, entry.max_seq_len)
@@ -431,9 +433,9 @@ def run_demo(
     seed: int = 0,
 ) -> DemoResult:
     """Compile, check, discover, score, draw and write the report; see the module docstring."""
-    from rasp_compiler import pictures as pics
-    from rasp_compiler.lib import LIBRARY
-    from rasp_compiler.source import to_source
+    from rasp_compiler.app import pictures as pics
+    from rasp_compiler.rasp.lib import LIBRARY
+    from rasp_compiler.rasp.source import to_source
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -514,7 +516,8 @@ def run_demo(
 
     say("drawing pictures")
     pictures: dict[str, tuple[Path, str]] = {}
-    circuit_png = focus_truth.draw(
+    circuit_png = draw_circuit(
+        focus_truth,
         out / "circuit.png",
         heads_per_layer=focus_model.config.heads_per_layer,
         title=f"ground-truth circuit of {focus} (grey: components outside it)",
@@ -596,7 +599,7 @@ def _variant_discoveries(
     model: Any, program: Any, n: int, seed: int, distinct: bool, say: Any
 ) -> list[Discovery]:
     """ACDC on a rotated and on a noisy copy of the focus model (same function, harder truth)."""
-    from rasp_compiler import variants
+    from rasp_compiler.transforms import variants
 
     runs = []
     inputs = None

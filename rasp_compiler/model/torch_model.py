@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rasp_compiler.model import CompiledModel, ModelConfig, ModelError, expected_weight_shapes
+from rasp_compiler.model.config import ModelConfig, expected_weight_shapes
+from rasp_compiler.model.errors import ModelError
 
 __all__ = ["HookPoint", "HookedCompiledTransformer", "hook_names"]
 
@@ -165,7 +166,7 @@ class HookedCompiledTransformer(nn.Module):
             self.load_weights(weights)
 
     @classmethod
-    def from_compiled(cls, model: CompiledModel) -> HookedCompiledTransformer:
+    def from_compiled(cls, model: Any) -> HookedCompiledTransformer:
         return cls(model.config, model.weights)
 
     # -- weights

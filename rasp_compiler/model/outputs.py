@@ -1,0 +1,144 @@
+"""Model outputs: which columns of `W_U` belong to which output, how logits decode to values, and the
+one rule for "two decoded outputs are equal" that every check in the package uses.
+
+A multi-output model (`rasp_compiler.compiler.multi`) records per-output column blocks in its
+annotation; a single-output model has one block spanning every column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rasp_compiler.model.errors import ModelError
+from rasp_compiler.model.values import decode_value, is_number
+
+class MultiOutputError(ModelError):
+    """An output name the model lacks, or a bad mapping of programs to outputs."""
+
+
+# Numerical outputs are equal when |expected - got| <= OUTPUT_ATOL + OUTPUT_RTOL * |expected|.
+# The compiler makes numerical outputs far more exact than this; the slack only absorbs float32
+# rounding differences between backends.
+OUTPUT_ATOL = 1e-4
+OUTPUT_RTOL = 1e-4
+
+
+def values_equal(expected: Any, got: Any, atol: float = OUTPUT_ATOL, rtol: float = OUTPUT_RTOL) -> bool:
+    """Whether one decoded value equals the expected one: `None` only equals `None`; two numbers
+    (bools aside) are equal within the tolerance, so `0 == 0.0`; anything else by `==`."""
+    if expected is None or got is None:
+        return expected is None and got is None
+    if is_number(expected) and is_number(got):
+        e, g = float(expected), float(got)
+        if math.isnan(e) or math.isnan(g):
+            return math.isnan(e) and math.isnan(g)
+        if math.isinf(e) or math.isinf(g):
+            return e == g
+        return abs(e - g) <= atol + rtol * abs(e)
+    return bool(expected == got)
+
+
+def outputs_equal(expected: Sequence[Any], got: Sequence[Any], atol: float = OUTPUT_ATOL,
+                  rtol: float = OUTPUT_RTOL) -> bool:
+    """Whether two decoded output sequences are equal position by position (`values_equal`)."""
+    return len(expected) == len(got) and all(
+        values_equal(e, g, atol, rtol) for e, g in zip(expected, got, strict=True))
+
+
+def positions_equal(expected: Sequence[Any], got: Sequence[Any], atol: float = OUTPUT_ATOL,
+                    rtol: float = OUTPUT_RTOL) -> list[bool]:
+    """Per position, whether two equally long output sequences agree (`values_equal`)."""
+    return [values_equal(e, g, atol, rtol) for e, g in zip(expected, got, strict=True)]
+
+
+def output_columns(annotation: Any) -> dict[str, dict[str, Any]] | None:
+    """The per-output `W_U` column blocks of a multi-output model (`rasp_compiler.compiler.multi`), else None.
+
+    A multi-output annotation is a JSON dict with `output_columns` = {name: {start, end, encoding,
+    values}}; any other annotation (an `Annotation` object, a single-output dict) has none.
+    """
+    if isinstance(annotation, dict):
+        cols = annotation.get("output_columns")
+        if cols:
+            return cols
+    return None
+
+
+def decode_block(logits: np.ndarray, start: int, end: int, encoding: str, values: Sequence[Any] | None
+                 ) -> list[Any]:
+    """Logits `[T, d_vocab_out]` -> one value per row, read from columns [start, end) only: the argmax
+    over that block for a categorical output, column `start` for a numerical one."""
+    part = np.asarray(logits)[:, start:end]
+    if encoding == "categorical":
+        assert values is not None
+        return [values[int(i)] for i in np.argmax(part, axis=-1)]
+    return [float(x) for x in part[:, 0]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputBlock:
+    """One output's share of the unembedding: columns [start, end) of W_U."""
+
+    name: str
+    label: str  # the op label (residual directions and ground truth speak of it)
+    start: int
+    end: int
+    encoding: str
+    values: tuple[Any, ...] | None  # categorical: the value of each column
+
+
+def output_blocks(model: Any) -> list[OutputBlock]:
+    """The model's outputs; a single-output model has one block spanning every column."""
+    ann = model.annotation_json()
+    cols = ann.get("output_columns") if isinstance(ann, dict) else None
+    if not cols:
+        label = str(ann.get("output", "output")) if isinstance(ann, dict) else "output"
+        vals = model.codec.output_values
+        return [
+            OutputBlock(
+                label,
+                label,
+                0,
+                model.config.d_vocab_out,
+                model.config.output_encoding,
+                None if vals is None else tuple(vals),
+            )
+        ]
+    names = ann.get("output_names", {})
+    out = []
+    for name, c in cols.items():
+        vals = c.get("values")
+        out.append(
+            OutputBlock(
+                str(name),
+                str(names.get(name, name)),
+                int(c["start"]),
+                int(c["end"]),
+                str(c["encoding"]),
+                None if vals is None else tuple(decode_value(v) for v in vals),
+            )
+        )
+    return out
+
+
+def output_names(model: Any) -> list[str]:
+    return [b.name for b in output_blocks(model)]
+
+
+def find_block(model: Any, name: str) -> OutputBlock:
+    for b in output_blocks(model):
+        if name in (b.name, b.label):
+            return b
+    raise MultiOutputError(f"output {name!r} is not an output of the model (outputs: {output_names(model)})")
+
+
+def decode_outputs(model: Any, logits: np.ndarray) -> dict[str, list[Any]]:
+    """Logits `[T, d_vocab_out]` (BOS first) -> {output name: one value per input position (no BOS)}."""
+    logits = np.asarray(logits)
+    blocks = output_blocks(model)
+    return {b.name: decode_block(logits[1:], b.start, b.end, b.encoding, b.values) for b in blocks}
