@@ -12,6 +12,7 @@ import torch
 
 from rasp_compiler.rasp import lib
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
+from rasp_compiler.model.outputs import positions_equal
 from verify import causal, ground_truth, legal_edges
 from verify.patching_reference import HookPatcher, ablation_values
 
@@ -46,7 +47,7 @@ def _changes_on_reference(model, ds, ablation: str, edges: list[str]) -> dict[st
     result = {}
     for e, out in zip(edges, outs, strict=True):
         got = causal.decode_outputs(model, out)
-        result[e] = any(not all(causal.outputs_agree(a, b)) for a, b in zip(got, ds.expected, strict=True))
+        result[e] = any(not all(positions_equal(a, b, model.config.output_encoding == "numerical")) for a, b in zip(got, ds.expected, strict=True))
     return result
 
 
@@ -119,7 +120,7 @@ def test_iia_ground_truth_alignments_and_a_wrong_one(name: str) -> None:
                 sv = prog.values(src)
                 ox = prog.run(xs, None, {id(t): sv[id(t)] for t in prog.exprs(x)})[id(program)]
                 oy = prog.run(xs, None, {id(t): sv[id(t)] for t in prog.exprs(y)})[id(program)]
-                differs |= not all(causal.outputs_agree(ox, oy))
+                differs |= not all(positions_equal(ox, oy, model.config.output_encoding == "numerical"))
             if differs:
                 assert res.iia < 1.0, f"{name}: wrong alignment {x} -> {y}'s subspace scored 1.0"
                 return

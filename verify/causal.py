@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler import rasp
+from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
 from verify.circuit import Circuit, CircuitError, Edge, as_edge, legal_edges, node_kind
 from verify.patching_reference import HookPatcher, ablation_values, hook_of_writer, writer_nodes
 from verify.truth import annotation_dict, ground_truth, model_graph
@@ -54,11 +55,9 @@ __all__ = [
     "interchange_accuracy",
     "make_dataset",
     "necessary_edges",
-    "outputs_agree",
 ]
 
 ABLATIONS = ("resample", "mean", "zero")
-NUM_ATOL = 1e-3  # numerical outputs: equal when within this (the compiler's output tolerance is far tighter)
 
 
 class CausalError(ValueError):
@@ -145,6 +144,10 @@ def make_dataset(
 # ============================================================================================ outputs
 
 
+def _numerical(model: Any) -> bool:
+    return model.config.output_encoding == "numerical"
+
+
 def decode_outputs(model: Any, out: np.ndarray) -> list[list[Any]]:
     """Model outputs `[B, T, V]` -> values per example, without the BOS position."""
     out = np.asarray(out)
@@ -153,19 +156,6 @@ def decode_outputs(model: Any, out: np.ndarray) -> list[list[Any]]:
         idx = out[:, 1:].argmax(axis=-1)
         return [[values[int(i)] for i in row] for row in idx]
     return [[float(v) for v in row] for row in out[:, 1:, 0]]
-
-
-def _same(a: Any, b: Any, atol: float) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        if a is None or b is None:
-            return a is None and b is None
-        return abs(float(a) - float(b)) <= atol
-    return a == b and type(a is None) is type(b is None)
-
-
-def outputs_agree(a: Sequence[Any], b: Sequence[Any], atol: float = NUM_ATOL) -> list[bool]:
-    """Per position, whether two output sequences agree (numbers within `atol`)."""
-    return [_same(x, y, atol) for x, y in zip(a, b, strict=True)]
 
 
 # ============================================================================================ patch runner
@@ -338,11 +328,11 @@ def logit_diff(model: Any, dataset: Dataset, out: np.ndarray) -> float:
     return float(np.mean(np.where(idx >= 0, right - masked.max(axis=-1), np.nan)))
 
 
-def task_accuracy(model: Any, dataset: Dataset, out: np.ndarray, atol: float = NUM_ATOL) -> float:
+def task_accuracy(model: Any, dataset: Dataset, out: np.ndarray, atol: float = OUTPUT_ATOL) -> float:
     """Fraction of (example, position) outputs equal to `rasp.evaluate`'s."""
     decoded = decode_outputs(model, out)
     flags = [
-        f for got, want in zip(decoded, dataset.expected, strict=True) for f in outputs_agree(got, want, atol)
+        f for got, want in zip(decoded, dataset.expected, strict=True) for f in positions_equal(got, want, _numerical(model), atol)
     ]
     return float(np.mean(flags))
 
@@ -380,7 +370,7 @@ def faithfulness(
     *,
     backend: str = "auto",
     minimality: bool = True,
-    atol: float = NUM_ATOL,
+    atol: float = OUTPUT_ATOL,
 ) -> FaithfulnessResult:
     """Run `model` on `inputs` with every legal edge outside `circuit` ablated; compare with the full model.
 
@@ -418,7 +408,7 @@ def faithfulness(
 
     def changed(out: np.ndarray) -> float:
         got = decode_outputs(model, out)
-        flags = [not f for a, b in zip(got, clean_dec, strict=True) for f in outputs_agree(a, b, atol)]
+        flags = [not f for a, b in zip(got, clean_dec, strict=True) for f in positions_equal(a, b, _numerical(model), atol)]
         return float(np.mean(flags))
 
     mini = {str(e): changed(outs[2 + i]) for i, e in enumerate(inside)} if minimality else {}
@@ -604,7 +594,7 @@ def necessary_edges(
     output: str | None = None,
     *,
     backend: str = "auto",
-    atol: float = NUM_ATOL,
+    atol: float = OUTPUT_ATOL,
 ) -> NecessaryEdges:
     """Exactly the edges whose single ablation (of that kind, over `inputs`) changes some output.
 
@@ -631,7 +621,7 @@ def necessary_edges(
     changed_fraction: dict[str, float] = {}
     for e, out in zip(universe, outs, strict=True):
         got = decode_outputs(model, out)
-        flags = [not f for a, b in zip(got, clean_dec, strict=True) for f in outputs_agree(a, b, atol)]
+        flags = [not f for a, b in zip(got, clean_dec, strict=True) for f in positions_equal(a, b, _numerical(model), atol)]
         changed_fraction[str(e)] = float(np.mean(flags))
     engine_set = {s for s, f in changed_fraction.items() if f > 0}
 
@@ -648,7 +638,7 @@ def necessary_edges(
         carried = ", ".join(f"`{v}`" for v in vars_) or "nothing the circuit uses"
         if ablation == "resample":
             pred, reason = _predict_resample(
-                prog, pieces, out_op, inputs, clean_vals, corrupt_vals, atol, carried
+                prog, pieces, out_op, inputs, clean_vals, corrupt_vals, _numerical(model), atol, carried
             )
         elif ablation == "mean":
             pred, reason = _predict_mean(prog, pieces, clean_vals, carried)
@@ -706,6 +696,7 @@ def _predict_resample(
     inputs: Dataset,
     clean_vals: list,
     corrupt_vals: list,
+    numerical: bool,
     atol: float,
     carried: str,
 ) -> tuple[bool, str]:
@@ -728,7 +719,7 @@ def _predict_resample(
         if any(vals[t] != cv[t] for t in targets):
             reader_changes = True
         got = vals[id(prog.program)]
-        if not all(outputs_agree(got, want, atol)):
+        if not all(positions_equal(got, want, numerical, atol)):
             changes += 1
     if changes:
         extra = f" ({undefined} where the program is undefined)" if undefined else ""
@@ -849,7 +840,7 @@ def interchange_accuracy(
     program: Any = None,
     *,
     backend: str = "auto",
-    atol: float = NUM_ATOL,
+    atol: float = OUTPUT_ATOL,
 ) -> IIAResult:
     """Patch `alignment.component`'s output inside `alignment.subspace` (at `positions`) from each source
     run into its base run, intervene `alignment.variable` likewise in the evaluator; fraction of examples
@@ -922,6 +913,6 @@ def interchange_accuracy(
         except rasp.RASPEvaluationError:
             undefined += 1
             continue
-        agree.append(all(outputs_agree(got, want, atol)))
+        agree.append(all(positions_equal(got, want, _numerical(model), atol)))
     iia = float(np.mean(agree)) if agree else math.nan
     return IIAResult(alignment, iia, len(base), undefined, agree, used)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rasp_compiler.model.outputs import outputs_equal
 from verify.draw import draw_circuit
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
 DEFAULT_PROGRAMS = ("reverse", "sort", "hist", "frac_prevs", "most_frequent", "is_palindrome")
 DEFAULT_FOCUS = "sort"
 MAX_EXHAUSTIVE = 3000  # check every input when there are at most this many, else a random sample
-_ATOL = 1e-4
 
 
 @dataclasses.dataclass
@@ -129,18 +129,6 @@ def _all_inputs(
     return xs, False
 
 
-def _agrees(expected: Sequence[Any], got: Sequence[Any], numerical: bool) -> bool:
-    if len(expected) != len(got):
-        return False
-    for e, g in zip(expected, got, strict=True):
-        if numerical and e is not None and g is not None:
-            if abs(float(e) - float(g)) > _ATOL + _ATOL * abs(float(e)):
-                return False
-        elif e != g:
-            return False
-    return True
-
-
 def check_program(name: str, out_dir: Path, rng: random.Random) -> tuple[ProgramCheck, Any, Any, Any]:
     """Compile library program `name`, save it, and compare it with the evaluator on (nearly) all inputs.
 
@@ -172,7 +160,7 @@ def check_program(name: str, out_dir: Path, rng: random.Random) -> tuple[Program
             continue  # the program is undefined there (e.g. a categorical aggregate over differing values)
     got = model.apply_batch([[model.codec.bos, *x] for x in kept])
     numerical = model.config.output_encoding == "numerical"
-    bad = sum(not _agrees(e, g[1:], numerical) for e, g in zip(expected, got, strict=True))
+    bad = sum(not outputs_equal(e, g[1:], numerical) for e, g in zip(expected, got, strict=True))
     truth = verify.ground_truth(model)
     ex = entry.examples[0]
     shown = " ".join(_show(v) for v in model.apply([model.codec.bos, *ex]).decoded[1:])

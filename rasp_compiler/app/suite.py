@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rasp_compiler.model.outputs import outputs_equal
 from rasp_compiler.testing.runner import available_cores, iter_work
 
 __all__ = [
@@ -66,7 +67,6 @@ SUITE_FORMAT = "rasp_compiler.suite"
 SUITE_VERSION = 1
 DATASET_FORMAT = "rasp_compiler.dataset"
 MAX_ATTEMPTS = 12  # generated programs: draws per item until one compiles exactly
-_ATOL = 1e-4
 
 
 # Generated programs come in three sizes (by item index), so the suite spans 1 to ~8 layers.
@@ -228,21 +228,6 @@ def _jsonable(v: Any) -> Any:
 
 def _dump(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
-
-
-def _same(expected: Sequence[Any], got: Sequence[Any], numerical: bool) -> bool:
-    if len(expected) != len(got):
-        return False
-    for e, g in zip(expected, got, strict=True):
-        if numerical and e is not None and g is not None:
-            try:
-                if abs(float(e) - float(g)) > _ATOL + _ATOL * abs(float(e)):
-                    return False
-            except (TypeError, ValueError):
-                return False
-        elif e != g:
-            return False
-    return True
 
 
 def make_pairs(
@@ -436,7 +421,7 @@ def _mismatch(
         bad = [
             i
             for i, (w, g) in enumerate(zip(wanted[name], got, strict=True))
-            if not _same(w, g[1:], numerical[name])
+            if not outputs_equal(w, g[1:], numerical[name])
         ]
         if bad:
             i = bad[0]

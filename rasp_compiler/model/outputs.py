@@ -15,45 +15,49 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler.model.errors import ModelError
-from rasp_compiler.model.values import decode_value, is_number
+from rasp_compiler.model.values import decode_value, is_number, token_key
 
 class MultiOutputError(ModelError):
     """An output name the model lacks, or a bad mapping of programs to outputs."""
 
 
-# Numerical outputs are equal when |expected - got| <= OUTPUT_ATOL + OUTPUT_RTOL * |expected|.
-# The compiler makes numerical outputs far more exact than this; the slack only absorbs float32
-# rounding differences between backends.
+# Numerical outputs are equal when |expected - got| <= OUTPUT_ATOL: the bound the compiler proves for
+# every numerical output (`CompilerOptions.output_tolerance`). Categorical outputs are compared exactly.
 OUTPUT_ATOL = 1e-4
-OUTPUT_RTOL = 1e-4
 
 
-def values_equal(expected: Any, got: Any, atol: float = OUTPUT_ATOL, rtol: float = OUTPUT_RTOL) -> bool:
-    """Whether one decoded value equals the expected one: `None` only equals `None`; two numbers
-    (bools aside) are equal within the tolerance, so `0 == 0.0`; anything else by `==`."""
+def values_equal(expected: Any, got: Any, numerical: bool, atol: float = OUTPUT_ATOL) -> bool:
+    """Whether one decoded output value equals the expected one.
+
+    `None` only equals `None`. A numerical output's numbers are equal within the tolerance above. A
+    categorical output's values are equal by value and kind: `0 == 0.0`, but `True != 1` (distinct
+    tokens, as `token_key` says), and two categories never merge however close they are.
+    """
     if expected is None or got is None:
         return expected is None and got is None
-    if is_number(expected) and is_number(got):
+    if numerical and is_number(expected) and is_number(got):
         e, g = float(expected), float(got)
-        if math.isnan(e) or math.isnan(g):
-            return math.isnan(e) and math.isnan(g)
         if math.isinf(e) or math.isinf(g):
             return e == g
-        return abs(e - g) <= atol + rtol * abs(e)
-    return bool(expected == got)
+        return abs(e - g) <= atol
+    try:
+        return bool(token_key(expected) == token_key(got))
+    except TypeError:
+        return False
 
 
-def outputs_equal(expected: Sequence[Any], got: Sequence[Any], atol: float = OUTPUT_ATOL,
-                  rtol: float = OUTPUT_RTOL) -> bool:
-    """Whether two decoded output sequences are equal position by position (`values_equal`)."""
-    return len(expected) == len(got) and all(
-        values_equal(e, g, atol, rtol) for e, g in zip(expected, got, strict=True))
+def positions_equal(expected: Sequence[Any], got: Sequence[Any], numerical: bool, atol: float = OUTPUT_ATOL
+                    ) -> list[bool]:
+    """Per position, `values_equal` of two equally long output sequences."""
+    if len(expected) != len(got):
+        raise ModelError(f"output sequences of different lengths ({len(expected)} and {len(got)})")
+    return [values_equal(e, g, numerical, atol) for e, g in zip(expected, got, strict=True)]
 
 
-def positions_equal(expected: Sequence[Any], got: Sequence[Any], atol: float = OUTPUT_ATOL,
-                    rtol: float = OUTPUT_RTOL) -> list[bool]:
-    """Per position, whether two equally long output sequences agree (`values_equal`)."""
-    return [values_equal(e, g, atol, rtol) for e, g in zip(expected, got, strict=True)]
+def outputs_equal(expected: Sequence[Any], got: Sequence[Any], numerical: bool, atol: float = OUTPUT_ATOL
+                  ) -> bool:
+    """Whether two decoded output sequences are equal: same length, every position `values_equal`."""
+    return len(expected) == len(got) and all(positions_equal(expected, got, numerical, atol))
 
 
 def output_columns(annotation: Any) -> dict[str, dict[str, Any]] | None:

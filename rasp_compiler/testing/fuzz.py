@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import random
 import sys
 import time
@@ -35,6 +34,7 @@ import numpy as np
 
 from rasp_compiler.testing import generate
 from rasp_compiler import rasp
+from rasp_compiler.model.outputs import outputs_equal
 from rasp_compiler.rasp.source import from_source, to_source
 from rasp_compiler.testing.runner import map_work
 from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 BACKENDS: tuple[str, ...] = ("numpy", "torch", "engine")
-ATOL = 1e-4
-RTOL = 1e-4
 REGRESSION_VERSION = 1
 
 
@@ -230,24 +228,6 @@ class _Runner:
         return results  # type: ignore[return-value]
 
 
-def _same(expected: list, got: list, numerical: bool) -> bool:
-    if len(expected) != len(got):
-        return False
-    if not numerical:
-        return expected == got
-    for e, g in zip(expected, got, strict=True):
-        if e is None or g is None:
-            if e is not g:
-                return False
-            continue
-        try:
-            if not math.isclose(float(e), float(g), rel_tol=RTOL, abs_tol=ATOL):
-                return False
-        except (TypeError, ValueError):
-            return False
-    return True
-
-
 def check_program(program: Any, vocab: Sequence, max_seq_len: int, inputs: Sequence[Sequence[Any]],
                   backends: Sequence[str] = ("numpy",), *, model: Any = None) -> tuple[list[Failure], Any]:
     """Compile `program` (unless `model` is given) and compare every backend with the evaluator.
@@ -277,7 +257,7 @@ def check_program(program: Any, vocab: Sequence, max_seq_len: int, inputs: Seque
                             message=f"{type(e).__name__}: {e}\n{tb}"))
             continue
         for xs, exp, g in zip(inputs, expected, got, strict=True):
-            if not _same(exp, g, numerical):
+            if not outputs_equal(exp, g, numerical):
                 out.append(fail("mismatch", backend=backend, input=list(xs), expected=exp, got=g))
     return out, model
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from rasp_compiler.model.compiled import CompiledModel
 from rasp_compiler.model.config import ModelConfig
+from rasp_compiler.model.outputs import OUTPUT_ATOL, decode_outputs, output_blocks, positions_equal
 
 __all__ = [
     "CompiledModel",
@@ -55,7 +56,7 @@ __all__ = [
 
 WRITE_SUFFIXES = ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")
 READ_SUFFIXES = ("attn.W_Q", "attn.W_K", "attn.W_V", "mlp.W_in")
-NUM_TOL = 1e-4
+NUM_TOL = OUTPUT_ATOL
 COMPRESS_METHODS = (
     "random",
     "pca",
@@ -216,8 +217,6 @@ def _by_length(
 
 def _decoded(model: CompiledModel, inputs: Sequence[Sequence[Any]]) -> list[dict[str, list[Any]]]:
     """Per input, per output name: the decoded values (BOS position dropped)."""
-    from rasp_compiler.model.outputs import decode_outputs
-
     res: list[dict[str, list[Any]] | None] = [None] * len(inputs)
     for _, (idx, ids) in _by_length(model, inputs).items():
         out = model.forward_numpy(ids)
@@ -226,30 +225,26 @@ def _decoded(model: CompiledModel, inputs: Sequence[Sequence[Any]]) -> list[dict
     return res  # type: ignore[return-value]
 
 
-def _same(a: Any, b: Any, tol: float) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return abs(float(a) - float(b)) <= tol
-        except (TypeError, ValueError):
-            return False
-    return a == b
-
-
 def outputs_match(
     reference: CompiledModel, model: CompiledModel, inputs: Sequence[Sequence[Any]], tol: float = NUM_TOL
 ) -> tuple[float, float]:
     """(position accuracy, sequence accuracy) of `model`'s decoded outputs against `reference`'s,
     over every output of the model (multi-output models: each output counted)."""
-    return _agree(_decoded(reference, inputs), _decoded(model, inputs), tol)
+    return _agree(_decoded(reference, inputs), _decoded(model, inputs), _numerical(reference), tol)
+
+
+def _numerical(model: CompiledModel) -> dict[str, bool]:
+    """Per output name, whether it is numerical (compared within tolerance) or categorical (exactly)."""
+    return {b.name: b.encoding == "numerical" for b in output_blocks(model)}
 
 
 def _agree(
-    ref: list[dict[str, list[Any]]], got: list[dict[str, list[Any]]], tol: float
+    ref: list[dict[str, list[Any]]], got: list[dict[str, list[Any]]], numerical: dict[str, bool], tol: float
 ) -> tuple[float, float]:
     pos_ok = pos_all = seq_ok = seq_all = 0
     for r, g in zip(ref, got):
         for name, vals in r.items():
-            flags = [_same(a, b, tol) for a, b in zip(vals, g[name])]
+            flags = positions_equal(vals, g[name], numerical[name], atol=tol)
             pos_ok += sum(flags)
             pos_all += len(flags)
             seq_ok += all(flags)
@@ -559,7 +554,7 @@ def add_noise(
                         np.float32
                     )
                 cand = CompiledModel(structural.config, trial, model.codec, ann, model.program_source)
-                if _agree(reference, _decoded(cand, check), tol)[1] == 1.0:
+                if _agree(reference, _decoded(cand, check), _numerical(model), tol)[1] == 1.0:
                     noisy_weights = trial
                     break
                 level /= 2
@@ -578,7 +573,7 @@ def add_noise(
     card_basis = None if identity else new_basis
     card_ann = _new_annotation(structural, step, [*labels, *noise_labels], card_basis)
     result = CompiledModel(structural.config, noisy_weights, model.codec, card_ann, model.program_source)
-    if _agree(reference, _decoded(result, check), tol)[1] != 1.0:
+    if _agree(reference, _decoded(result, check), _numerical(model), tol)[1] != 1.0:
         raise VariantError("distractor components changed an output (a reader reads a noise direction?)")
     return result
 
@@ -647,8 +642,6 @@ def _learn_projection(
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Learn write [D, d] and read [d, D] maps (from `init`) minimising the output error."""
     import torch
-
-    from rasp_compiler.model.outputs import output_blocks
 
     torch.manual_seed(seed)
     cfg = model.config
