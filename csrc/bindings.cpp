@@ -18,7 +18,6 @@
 #include "engine/cpu_forward.h"
 #include "engine/model.h"
 #include "engine/patch.h"
-#include "kernels/matmul.h"
 #ifdef RASP_HAVE_CUDA
 #include "cuda/cuda_api.h"
 #include "cuda/cuda_bindings.h"
@@ -28,40 +27,6 @@ namespace py = pybind11;
 namespace bind = rasp::bind;
 
 namespace {
-
-// Returns `obj` as a C-contiguous float32 array of the given rank, or raises a clear error.
-py::array_t<float> as_f32(const py::handle& obj, const char* what, int ndim) {
-  py::array arr = py::array::ensure(obj);
-  if (!arr) throw py::type_error(std::string(what) + ": expected a numpy array (buffer protocol)");
-  if (!arr.dtype().is(py::dtype::of<float>()))
-    throw py::type_error(std::string(what) + ": expected dtype float32, got " +
-                         std::string(py::str(arr.dtype())));
-  if (arr.ndim() != ndim)
-    throw py::value_error(std::string(what) + ": expected " + std::to_string(ndim) + "-D array, got " +
-                          std::to_string(arr.ndim()) + "-D");
-  if (!(arr.flags() & py::array::c_style))
-    throw py::value_error(std::string(what) + ": expected a C-contiguous array (use np.ascontiguousarray)");
-  return py::array_t<float>(arr);
-}
-
-py::array_t<float> matmul(const py::handle& a_obj, const py::handle& b_obj, int threads) {
-  auto a = as_f32(a_obj, "matmul: a", 2);
-  auto b = as_f32(b_obj, "matmul: b", 2);
-  const auto m = a.shape(0), k = a.shape(1), k2 = b.shape(0), n = b.shape(1);
-  if (k != k2)
-    throw py::value_error("matmul: inner dimensions differ: a is [" + std::to_string(m) + ", " +
-                          std::to_string(k) + "], b is [" + std::to_string(k2) + ", " + std::to_string(n) + "]");
-  py::array_t<float> c({m, n});
-  const float* pa = a.data();
-  const float* pb = b.data();
-  float* pc = c.mutable_data();
-  {
-    py::gil_scoped_release release;
-    rasp::matmul_f32(pa, pb, pc, m, k, n, threads);
-  }
-  return c;
-}
-
 
 // The engine object Python holds: a copy of the model's weights plus the backend entry points.
 class EngineCore {

@@ -29,7 +29,7 @@ else
   LDFLAGS+=(-fopenmp)
 fi
 objs=()
-for src in "$ROOT"/csrc/kernels/*.cpp "$ROOT"/csrc/engine/*.cpp "$ROOT"/csrc/bindings.cpp \
+for src in "$ROOT"/csrc/engine/*.cpp "$ROOT"/csrc/bindings.cpp \
            "$ROOT"/csrc/cuda/cuda_bindings.cpp "$ROOT"/csrc/cuda/engine.cu; do
   obj="$WORK/$(basename "$src").o"
   # shellcheck disable=SC2086

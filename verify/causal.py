@@ -27,7 +27,6 @@ reference (`verify.patching_reference`).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler import rasp
+from rasp_compiler.engine import Engine, NodePatch
 from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
 from verify.circuit import Circuit, CircuitError, Edge, as_edge, legal_edges, node_kind
 from verify.patching_reference import HookPatcher, ablation_values, hook_of_writer, writer_nodes
@@ -161,14 +161,6 @@ def decode_outputs(model: Any, out: np.ndarray) -> list[list[Any]]:
 # ============================================================================================ patch runner
 
 
-def _engine_class() -> Any:
-    try:
-        from rasp_compiler.engine import Engine
-    except Exception:  # noqa: BLE001 - the extension may be missing in a source checkout
-        return None
-    return Engine
-
-
 class Patcher:
     """Runs ablation patch sets on one dataset: the C++ engine where it can, else PyTorch hooks.
 
@@ -194,16 +186,8 @@ class Patcher:
         self._ablated: dict[str, Any] | None = None
         self._engine = None
         self._engine_sources: dict[str, np.ndarray] | None = None
-        engine_cls = _engine_class() if backend != "torch" else None
-        if engine_cls is not None:
-            supports_sources = "source_outputs" in inspect.signature(engine_cls.sweep).parameters
-            if ablation == "resample" or supports_sources:
-                self._engine = engine_cls(model, threads=threads)
-        if backend == "engine" and self._engine is None:
-            raise CausalError(
-                f"backend='engine': the engine is unavailable or cannot do {ablation!r} ablation "
-                f"(needs Engine.sweep(source_outputs=...); see docs/CONTRACTS.md)"
-            )
+        if backend != "torch":
+            self._engine = Engine(model, threads=threads)
         self.backend = "engine" if self._engine is not None else "torch"
         self._clean: np.ndarray | None = None
         self._items: dict[Any, Any] = {}
@@ -874,11 +858,8 @@ def interchange_accuracy(
     src_ids = np.array([model.codec.encode([bos] + x) for x in source], dtype=np.int64)
     node_kind(alignment.component)
     used = "torch"
-    engine_cls = _engine_class() if backend != "torch" else None
-    if engine_cls is not None and alignment.positions is None:
-        from rasp_compiler.engine import NodePatch
-
-        engine = engine_cls(model, threads=1)
+    if backend != "torch" and alignment.positions is None:
+        engine = Engine(model, threads=1)
         out = np.asarray(
             engine.run_patched(base_ids, src_ids, [NodePatch(alignment.component, list(alignment.subspace))])
         )
