@@ -201,8 +201,6 @@ PYBIND11_MODULE(_engine, m) {
   m.attr("__version__") = RASP_VERSION;
   m.def("build_info", &build_info, "How this extension was built: version, threads backend, CUDA, sanitizers.");
   m.def("cuda_available", &cuda_available, "True when CUDA kernels were built AND a CUDA device is visible.");
-  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("threads") = 0,
-        "float32 dense matmul a[M,K] @ b[K,N] -> [M,N]; threads<=0 uses the default.");
   py::class_<EngineCore>(m, "EngineCore", "A compiled model's weights held by the C++ engine (CPU backend).")
       .def(py::init<const py::dict&, const py::list&>(), py::arg("dims"), py::arg("weights"))
       .def("forward", &EngineCore::forward, py::arg("tokens"), py::arg("threads") = 0)

@@ -443,3 +443,19 @@ def test_sweep_reuses_clean_and_source_runs_only_for_identical_inputs() -> None:
     engine.forget_runs()
     check(tokens[:2], source[:2])
     assert T >= tokens.shape[1]
+
+
+def test_patches_accept_the_circuit_vocabulary_objects() -> None:
+    """`verify.Edge` objects and edge names are edges to the engine, exactly as the tuple form."""
+    from verify import Edge
+
+    model = random_model(1, n_layers=2)
+    engine = Engine(model)
+    t, s = random_tokens(model, 3, 1), random_tokens(model, 3, 2)
+    _, found = _random_patches(model, np.random.default_rng(3), 0, 10**6, subspace=False)
+    edges = list(found)
+    sets = [[e] for e in edges[:12]]
+    want = engine.sweep(t, s, sets, "mse")
+    assert np.any(want > 0)  # some of these edges carry something, so equality below means something
+    np.testing.assert_array_equal(engine.sweep(t, s, [[Edge(*e)] for e in edges[:12]], "mse"), want)
+    np.testing.assert_array_equal(engine.sweep(t, s, [[str(Edge(*e))] for e in edges[:12]], "mse"), want)

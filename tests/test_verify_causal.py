@@ -1,7 +1,7 @@
 """Causal verification: ground-truth faithfulness, the ablation-aware truth, interchange interventions.
 
 Oracles: `rasp.evaluate` (task accuracy, interventions), the PyTorch hook reference
-(`verify.patching_reference`, independent of the C++ engine) for every model-side claim.
+(`rasp_compiler.model.patching`, independent of the C++ engine) for every model-side claim.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rasp_compiler.rasp import lib
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
 from rasp_compiler.model.outputs import positions_equal
 from verify import causal, ground_truth, legal_edges
-from verify.patching_reference import HookPatcher, ablation_values
+from rasp_compiler.model.patching import HookPatcher, ablation_values
 
 torch.set_num_threads(1)
 NAMES = sorted(lib.LIBRARY)
@@ -168,7 +168,7 @@ def test_dataset_is_deterministic_by_seed() -> None:
 @pytest.mark.parametrize("ablation", ["mean", "zero"])
 def test_engine_ablation_values_equal_the_hook_reference(name: str, ablation: str) -> None:
     """The engine path computes mean/zero ablation values from its own clean run; they must equal the
-    PyTorch-hook definition (verify.patching_reference.ablation_values), and so must the patched runs."""
+    PyTorch-hook definition (rasp_compiler.model.patching.ablation_values), and so must the patched runs."""
     model, _, ds = build(name)
     runner = causal.Patcher(model, ds, ablation, backend="engine")
     got = runner._engine_ablation_values()

@@ -8,7 +8,7 @@ import torch
 from rasp_compiler.rasp import lib
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
 from verify import causal, discovery, legal_edges, score
-from verify.patching_reference import writer_nodes
+from rasp_compiler.model.names import writers
 
 torch.set_num_threads(1)
 
@@ -31,7 +31,7 @@ def test_every_method_scores_every_edge_or_node(method: str, ablation: str) -> N
     if r.level == "edge":
         assert set(r.scores) == {str(e) for e in legal_edges(cfg.n_layers, cfg.n_heads)}
     else:
-        assert set(r.scores) == set(writer_nodes(cfg.n_layers, cfg.n_heads))
+        assert set(r.scores) == set(writers(cfg.n_layers, cfg.n_heads))
     assert all(v >= 0 for v in r.scores.values())
 
 

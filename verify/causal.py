@@ -21,7 +21,7 @@ This module makes that exact:
 Ablations: "resample" (writer's output on the corrupted input), "mean" (its per-position mean over
 the clean inputs), "zero". Resample runs on the C++ engine; mean and zero run on the engine when it
 accepts `source_outputs` (docs/CONTRACTS.md "Requests to the engine"), else on the PyTorch hook
-reference (`verify.patching_reference`).
+reference (`rasp_compiler.model.patching`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from rasp_compiler import rasp
 from rasp_compiler.engine import Engine, NodePatch
 from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
 from verify.circuit import Circuit, CircuitError, Edge, as_edge, legal_edges, node_kind
-from verify.patching_reference import HookPatcher, ablation_values, hook_of_writer, writer_nodes
+from rasp_compiler.model.names import writer_hook, writers
+from rasp_compiler.model.patching import HookPatcher, PatchValue, ablation_values
 from verify.truth import annotation_dict, ground_truth, model_graph
 
 __all__ = [
@@ -227,12 +228,12 @@ class Patcher:
         """Mean / zero ablation values from the engine's own cached clean run (the same definition as
         `ablation_values`, without a PyTorch pass): per writer `[1, T, D]`, broadcast over the batch."""
         cfg = self.model.config
-        writers = writer_nodes(cfg.n_layers, cfg.n_heads)
+        ws = writers(cfg.n_layers, cfg.n_heads)
         clean = np.asarray(self.dataset.clean_ids)
         T, D = clean.shape[1], int(cfg.d_model)
         if self.ablation == "zero":
-            return {w: np.zeros((1, T, D), np.float32) for w in writers}
-        hooks = {w: hook_of_writer(w) for w in writers}
+            return {w: np.zeros((1, T, D), np.float32) for w in ws}
+        hooks = {w: writer_hook(w) for w in ws}
         _, cache = self._engine.run_with_cache(clean, names=sorted({h for h, _ in hooks.values()}))
         out = {}
         for w, (hook, head) in hooks.items():
@@ -868,8 +869,6 @@ def interchange_accuracy(
         if backend == "engine":
             raise CausalError("interchange_accuracy: the engine cannot restrict a patch to positions")
         import torch
-
-        from verify.patching_reference import PatchValue
 
         hp = HookPatcher(model)
         src_out = hp.writer_outputs(src_ids)[alignment.component]

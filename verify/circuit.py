@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 import networkx as nx
+
+from rasp_compiler.model import names
+from rasp_compiler.model.names import HEAD_INPUTS, INPUTS, OUTPUT
 
 __all__ = [
     "Circuit",
@@ -44,13 +46,7 @@ __all__ = [
     "variable_of",
 ]
 
-INPUTS = ("q", "k", "v", "in")
-HEAD_INPUTS = ("q", "k", "v")
 LEVELS = ("node", "edge", "subspace")
-OUTPUT = "output"
-_HEAD_RE = re.compile(r"^L(\d+)\.H(\d+)$")
-_MLP_RE = re.compile(r"^L(\d+)\.MLP$")
-_EDGE_RE = re.compile(r"^(?P<w>[^<>]+?)->(?P<r>[^<>]+?)<(?P<i>q|k|v|in)>$")
 
 
 class CircuitError(ValueError):
@@ -62,17 +58,10 @@ class CircuitError(ValueError):
 
 def node_kind(name: str) -> tuple[str, int | None, int | None]:
     """`(kind, layer, head)` of a node name; kind is embed, pos_embed, attn, mlp or output."""
-    if name in ("embed", "pos_embed", OUTPUT):
-        return name, None, None
-    m = _HEAD_RE.match(name)
-    if m:
-        return "attn", int(m.group(1)), int(m.group(2))
-    m = _MLP_RE.match(name)
-    if m:
-        return "mlp", int(m.group(1)), None
-    raise CircuitError(
-        f"{name!r} is not a component name (expected embed, pos_embed, L<l>.H<h>, L<l>.MLP or output)"
-    )
+    try:
+        return names.parse_component(name)
+    except names.ComponentNameError as e:
+        raise CircuitError(str(e)) from None
 
 
 def node_sort_key(name: str) -> tuple:
@@ -91,20 +80,15 @@ def node_sort_key(name: str) -> tuple:
 
 def model_nodes(n_layers: int, n_heads: int) -> list[str]:
     """Every component of a model in residual-stream order (heads as TransformerLens sees them)."""
-    out = ["embed", "pos_embed"]
-    for layer in range(n_layers):
-        out += [f"L{layer}.H{h}" for h in range(n_heads)]
-        out.append(f"L{layer}.MLP")
-    return out + [OUTPUT]
+    return names.components(n_layers, n_heads)
 
 
 def check_node(name: str, n_layers: int, n_heads: int) -> None:
     """Raise CircuitError if the model (n_layers, n_heads) has no component `name`."""
-    kind, layer, head = node_kind(name)
-    if layer is not None and not 0 <= layer < n_layers:
-        raise CircuitError(f"component {name!r}: the model has layers 0..{n_layers - 1}")
-    if head is not None and not 0 <= head < n_heads:
-        raise CircuitError(f"component {name!r}: the model has heads 0..{n_heads - 1} per layer")
+    try:
+        names.check_component(name, n_layers, n_heads)
+    except names.ComponentNameError as e:
+        raise CircuitError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -122,15 +106,15 @@ class Edge:
             )
 
     def __str__(self) -> str:
-        return f"{self.writer}->{self.reader}<{self.input}>"
+        return names.edge_name(self.writer, self.reader, self.input)
 
     @classmethod
     def parse(cls, text: str) -> Edge:
         """Inverse of `str(edge)`: `"L0.H1->L2.MLP<in>"`."""
-        m = _EDGE_RE.match(text.strip())
-        if not m:
-            raise CircuitError(f"{text!r} is not an edge name (expected 'writer->reader<q|k|v|in>')")
-        return cls(m.group("w"), m.group("r"), m.group("i"))
+        try:
+            return cls(*names.parse_edge(text))
+        except names.ComponentNameError as e:
+            raise CircuitError(str(e)) from None
 
     def sort_key(self) -> tuple:
         return (node_sort_key(self.reader), INPUTS.index(self.input), node_sort_key(self.writer))
@@ -140,11 +124,10 @@ def as_edge(item: Edge | str | tuple) -> Edge:
     """An Edge from an Edge, its string form, or a `(writer, reader, input)` tuple."""
     if isinstance(item, Edge):
         return item
-    if isinstance(item, str):
-        return Edge.parse(item)
-    if isinstance(item, tuple) and len(item) == 3:
-        return Edge(*item)
-    raise CircuitError(f"{item!r} is not an edge (Edge, 'w->r<in>' or (writer, reader, input))")
+    try:
+        return Edge(*names.edge_parts(item))
+    except names.ComponentNameError as e:
+        raise CircuitError(str(e)) from None
 
 
 def edge_is_legal(edge: Edge) -> bool:

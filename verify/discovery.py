@@ -28,7 +28,8 @@ import torch
 
 from verify.causal import Dataset, Patcher, divergence
 from verify.circuit import OUTPUT, Edge, legal_edges, node_sort_key
-from verify.patching_reference import HookPatcher, PatchValue, ablation_values, writer_nodes
+from rasp_compiler.model.names import writers
+from rasp_compiler.model.patching import HookPatcher, PatchValue, ablation_values
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -67,7 +68,7 @@ def activation_patching(
     """Node scores: divergence from the clean output when the node's output is ablated (all in one sweep)."""
     t0 = time.perf_counter()
     runner = Patcher(model, dataset, ablation, backend)
-    nodes = writer_nodes(model.config.n_layers, model.config.n_heads)
+    nodes = writers(model.config.n_layers, model.config.n_heads)
     outs = runner.outputs([[n] for n in nodes])
     clean = runner.clean()
     scores = {n: _floor(divergence(model, clean, outs[i])) for i, n in enumerate(nodes)}

@@ -31,12 +31,7 @@ from rasp_compiler.model.values import encode_value, sort_values
 
 __all__ = [
     "MultiOutputError",
-    "OutputBlock",
     "compile_programs",
-    "decode_outputs",
-    "output_blocks",
-    "output_names",
-    "output_view",
 ]
 
 _ROOT = "__multi_root_"

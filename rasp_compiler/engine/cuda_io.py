@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rasp_compiler.engine import EngineError
+from rasp_compiler.engine.errors import EngineError
 
 
 def run_cuda_tensor(engine: Any, tokens: Any) -> Any:

@@ -21,7 +21,7 @@ from torch import nn
 from rasp_compiler.model.config import ModelConfig, expected_weight_shapes
 from rasp_compiler.model.errors import ModelError
 
-__all__ = ["HookPoint", "HookedCompiledTransformer", "hook_names"]
+__all__ = ["HookPoint", "HookedCompiledTransformer"]
 
 HookFn = Callable[..., Any]
 NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
@@ -130,19 +130,6 @@ class TransformerBlock(nn.Module):
         x = self.hook_resid_pre(x)
         x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x, key_is_pad)))
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(x)))
-
-
-def hook_names(n_layers: int) -> list[str]:
-    """Every hook name of a model with `n_layers` layers, in forward order."""
-    names = ["hook_embed", "hook_pos_embed"]
-    for layer in range(n_layers):
-        b = f"blocks.{layer}."
-        names += [b + "hook_resid_pre"]
-        names += [b + "attn." + n for n in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern",
-                                            "hook_z", "hook_result")]
-        names += [b + "hook_attn_out", b + "hook_resid_mid", b + "mlp.hook_pre", b + "mlp.hook_post",
-                  b + "hook_mlp_out", b + "hook_resid_post"]
-    return names
 
 
 class HookedCompiledTransformer(nn.Module):

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from verify.circuit import Edge, as_edge, model_nodes, node_kind
+from rasp_compiler.model import names
 
-__all__ = ["HookPatcher", "PatchValue", "PatchingError", "ablation_values", "hook_of_writer", "writer_nodes"]
+__all__ = ["HookPatcher", "PatchValue", "PatchingError", "ablation_values"]
 
 
-class PatchingError(ValueError):
+class PatchingError(names.ComponentNameError):
     """A patch names a component or hook the model lacks, or a value of the wrong shape."""
 
 
@@ -53,27 +53,6 @@ class PatchValue:
         return new
 
 
-def writer_nodes(n_layers: int, n_heads: int) -> list[str]:
-    """Every component that writes into the residual stream, in forward order."""
-    return [n for n in model_nodes(n_layers, n_heads) if n != "output"]
-
-
-def hook_of_writer(writer: str) -> tuple[str, int | None]:
-    """The TransformerLens hook holding `writer`'s output, and its head index for attention heads."""
-    return _hook_of(writer)
-
-
-def _hook_of(writer: str) -> tuple[str, int | None]:
-    kind, layer, head = node_kind(writer)
-    if kind in ("embed", "pos_embed"):
-        return f"hook_{kind}", None
-    if kind == "attn":
-        return f"blocks.{layer}.attn.hook_result", head
-    if kind == "mlp":
-        return f"blocks.{layer}.hook_mlp_out", None
-    raise PatchingError(f"{writer!r} is not a writer component")
-
-
 class HookPatcher:
     """Patched forward passes of a compiled model's PyTorch module, through TransformerLens-style hooks.
 
@@ -91,7 +70,7 @@ class HookPatcher:
             p.requires_grad_(False)
         cfg = module.cfg
         self.n_layers, self.n_heads, self.d_model = int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_model)
-        self.writers = writer_nodes(self.n_layers, self.n_heads)
+        self.writers = names.writers(self.n_layers, self.n_heads)
         self.labels = {lab: i for i, lab in enumerate(cfg.residual_labels)}
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -120,12 +99,12 @@ class HookPatcher:
 
     def writer_outputs(self, ids: Any) -> dict[str, torch.Tensor]:
         """Every writer's output `[B, T, d_model]` on a clean run."""
-        names = {_hook_of(w)[0] for w in self.writers}
+        hooks = {names.writer_hook(w)[0] for w in self.writers}
         with torch.no_grad():
-            _, cache = self.module.run_with_cache(self.tokens(ids), names_filter=lambda n: n in names)
+            _, cache = self.module.run_with_cache(self.tokens(ids), names_filter=lambda n: n in hooks)
         out = {}
         for w in self.writers:
-            name, head = _hook_of(w)
+            name, head = names.writer_hook(w)
             act = cache[name]
             out[w] = act if head is None else act[:, :, head]
         return out
@@ -137,7 +116,7 @@ class HookPatcher:
         ids: Any,
         *,
         nodes: Mapping[str, PatchValue] | None = None,
-        edges: Mapping[Edge | tuple | str, PatchValue] | None = None,
+        edges: Mapping[Any, PatchValue] | None = None,
         reader_deltas: Mapping[tuple[str, str], torch.Tensor] | None = None,
         grad: bool = False,
     ) -> torch.Tensor:
@@ -148,26 +127,26 @@ class HookPatcher:
         to that reader input (use it with `grad=True` to get gradients with respect to reader inputs).
         """
         nodes = dict(nodes or {})
-        edge_map: dict[Edge, PatchValue] = {as_edge(k): v for k, v in (edges or {}).items()}
+        edge_map: dict[tuple[str, str, str], PatchValue] = {names.edge_parts(k): v for k, v in (edges or {}).items()}
         deltas = dict(reader_deltas or {})
-        for w in list(nodes) + [e.writer for e in edge_map]:
+        for w in list(nodes) + [e[0] for e in edge_map]:
             if w not in self.writers:
                 raise PatchingError(
                     f"patch names writer {w!r}, which the model lacks "
                     f"(it has {self.writers[0]} .. {self.writers[-1]})"
                 )
         current: dict[str, torch.Tensor] = {}
-        tracked = set(nodes) | {e.writer for e in edge_map}
+        tracked = set(nodes) | {e[0] for e in edge_map}
         by_hook: dict[str, list[str]] = {}
         for w in tracked:
-            by_hook.setdefault(_hook_of(w)[0], []).append(w)
+            by_hook.setdefault(names.writer_hook(w)[0], []).append(w)
         hooks: list[tuple[str, Any]] = []
         for name, ws in by_hook.items():
 
             def writer_hook(act: torch.Tensor, hook: Any, ws: list[str] = ws) -> torch.Tensor:
                 out = act
                 for w in ws:
-                    head = _hook_of(w)[1]
+                    head = names.writer_hook(w)[1]
                     cur = out if head is None else out[:, :, head]
                     new = nodes[w].apply(cur) if w in nodes else cur
                     current[w] = new
@@ -179,21 +158,21 @@ class HookPatcher:
                 return out
 
             hooks.append((name, writer_hook))
-        by_reader: dict[tuple[str, str], list[Edge]] = {}
+        by_reader: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
         for e in edge_map:
-            by_reader.setdefault((e.reader, e.input), []).append(e)
+            by_reader.setdefault((e[1], e[2]), []).append(e)
         for key in deltas:
             by_reader.setdefault(key, [])
 
         def delta_of(reader: str, inp: str) -> torch.Tensor | None:
             total = deltas.get((reader, inp))
             for e in by_reader.get((reader, inp), ()):
-                d = edge_map[e].apply(current[e.writer]) - current[e.writer]
+                d = edge_map[e].apply(current[e[0]]) - current[e[0]]
                 total = d if total is None else total + d
             return total
 
         for reader, inp in by_reader:
-            kind, layer, head = node_kind(reader)
+            kind, layer, head = names.parse_component(reader)
             if kind == "output":
 
                 def out_hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -245,20 +224,20 @@ class HookPatcher:
         self,
         ids: Any,
         ablated: Mapping[str, torch.Tensor],
-        patch_sets: Sequence[Iterable[Edge | str | tuple]],
+        patch_sets: Sequence[Iterable[Any]],
     ) -> np.ndarray:
         """Outputs `[S, B, T, d_vocab_out]`, one forward per patch set; each item of a set is an edge
         (that reader sees the writer's `ablated` value) or a node name (every reader does)."""
         outs = []
         for items in patch_sets:
             nodes: dict[str, PatchValue] = {}
-            edges: dict[Edge, PatchValue] = {}
+            edges: dict[tuple[str, str, str], PatchValue] = {}
             for item in items:
                 if isinstance(item, str) and "->" not in item:
                     nodes[item] = PatchValue(ablated[item])
                 else:
-                    e = as_edge(item)
-                    edges[e] = PatchValue(ablated[e.writer])
+                    e = names.edge_parts(item)
+                    edges[e] = PatchValue(ablated[e[0]])
             outs.append(self.run(ids, nodes=nodes, edges=edges).numpy())
         return np.stack(outs) if outs else np.zeros((0,))
 
