@@ -29,6 +29,7 @@ from rasp_compiler import _engine
 from rasp_compiler.engine.errors import EngineError
 from rasp_compiler.engine.patches import EdgePatch, EncodedSets, NodePatch, PatchEncoder
 from rasp_compiler.model import names
+from rasp_compiler.model.config import expected_weight_shapes
 
 __all__ = [
     "EdgePatch",
@@ -123,30 +124,15 @@ class Engine:
     # ------------------------------------------------------------------------------------ weights
 
     def _weight_specs(self) -> list[tuple[str, tuple[int, ...]]]:
-        c = self.config
-        h, m, d, p = int(c.n_heads), int(c.d_model), int(c.d_head), int(c.d_mlp)
-        specs: list[tuple[str, tuple[int, ...]]] = [
-            ("W_E", (int(c.d_vocab), m)),
-            ("W_pos", (int(c.n_ctx), m)),
-        ]
+        """(name, shape) of every weight in the order the C++ core takes them (csrc/engine/model.h):
+        per layer q, k, v weights, then their biases, then the rest; shapes from the contract."""
+        shapes = expected_weight_shapes(self.config)
+        order = ["W_E", "W_pos"]
         for layer in range(self.n_layers):
             a, b = f"blocks.{layer}.attn.", f"blocks.{layer}.mlp."
-            specs += [
-                (a + "W_Q", (h, m, d)),
-                (a + "W_K", (h, m, d)),
-                (a + "W_V", (h, m, d)),
-                (a + "b_Q", (h, d)),
-                (a + "b_K", (h, d)),
-                (a + "b_V", (h, d)),
-                (a + "W_O", (h, d, m)),
-                (a + "b_O", (m,)),
-                (b + "W_in", (m, p)),
-                (b + "b_in", (p,)),
-                (b + "W_out", (p, m)),
-                (b + "b_out", (m,)),
-            ]
-        specs += [("W_U", (m, int(c.d_vocab_out))), ("b_U", (int(c.d_vocab_out),))]
-        return specs
+            order += [a + n for n in ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O")]
+            order += [b + n for n in ("W_in", "b_in", "W_out", "b_out")]
+        return [(n, shapes[n]) for n in order + ["W_U", "b_U"]]
 
     @staticmethod
     def _weight(weights: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> np.ndarray:

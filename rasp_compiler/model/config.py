@@ -148,3 +148,20 @@ def compare_weight_names(
     expected = expected_weight_shapes(config)
     present = set(names)
     return expected, [n for n in expected if n not in present], sorted(present - set(expected))
+
+
+# Weights that write into the residual stream (their output axis is d_model) and weights that read from
+# it (their input axis is d_model): a change of residual basis multiplies the first on the right and the
+# second on the left.
+_WRITES = ("W_E", "W_pos", "attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")
+_READS = ("W_U", "attn.W_Q", "attn.W_K", "attn.W_V", "mlp.W_in")
+
+
+def residual_side(name: str) -> str | None:
+    """"write" or "read" for a weight whose residual axis is its last / first axis; None for the rest
+    (q/k/v and MLP-input biases, `b_U`)."""
+    if name.endswith(_WRITES):
+        return "write"
+    if name.endswith(_READS):
+        return "read"
+    return None

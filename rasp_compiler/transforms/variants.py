@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler.model.compiled import CompiledModel
-from rasp_compiler.model.config import ModelConfig
+from rasp_compiler.model.config import residual_side
 from rasp_compiler.model.outputs import OUTPUT_ATOL, decode_outputs, output_blocks, positions_equal
 
 __all__ = [
@@ -54,8 +54,6 @@ __all__ = [
     "outputs_match",
 ]
 
-WRITE_SUFFIXES = ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")
-READ_SUFFIXES = ("attn.W_Q", "attn.W_K", "attn.W_V", "mlp.W_in")
 NUM_TOL = OUTPUT_ATOL
 COMPRESS_METHODS = (
     "random",
@@ -162,9 +160,9 @@ def _map_residual(model: CompiledModel, write: np.ndarray, read: np.ndarray) -> 
     out: dict[str, np.ndarray] = {}
     for name, w in model.weights.items():
         w64 = np.asarray(w, dtype=np.float64)
-        if name in ("W_E", "W_pos") or name.endswith(WRITE_SUFFIXES):
+        if residual_side(name) == "write":
             new = w64 @ write
-        elif name == "W_U" or name.endswith(READ_SUFFIXES):
+        elif residual_side(name) == "read":
             new = read @ w64
         else:
             new = w64
@@ -591,27 +589,6 @@ def _weight_groups(n_layers: int) -> list[list[str]]:
 # ============================================================================================ compression
 
 
-def _torch_forward(cfg: ModelConfig, w: dict[str, Any], toks: Any) -> Any:
-    """Differentiable forward pass (the contract's architecture) for learning a projection."""
-    import torch
-
-    T = toks.shape[1]
-    x = w["W_E"][toks] + w["W_pos"][:T][None]
-    pad = (toks == cfg.pad_token_id) if cfg.pad_token_id is not None else None
-    for layer in range(cfg.n_layers):
-        a, m = f"blocks.{layer}.attn.", f"blocks.{layer}.mlp."
-        q = torch.einsum("btm,hmd->bthd", x, w[a + "W_Q"]) + w[a + "b_Q"]
-        k = torch.einsum("btm,hmd->bthd", x, w[a + "W_K"]) + w[a + "b_K"]
-        v = torch.einsum("btm,hmd->bthd", x, w[a + "W_V"]) + w[a + "b_V"]
-        s = torch.einsum("bqhd,bkhd->bhqk", q, k)
-        if pad is not None:
-            s = s.masked_fill(pad[:, None, None, :], float("-inf"))
-        z = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1), v)
-        x = x + torch.einsum("bthd,hdm->btm", z, w[a + "W_O"]) + w[a + "b_O"]
-        x = x + torch.relu(x @ w[m + "W_in"] + w[m + "b_in"]) @ w[m + "W_out"] + w[m + "b_out"]
-    return x @ w["W_U"] + w["b_U"]
-
-
 def _pca_projection(model: CompiledModel, d: int, inputs: Sequence[Sequence[Any]]) -> np.ndarray:
     """The top-`d` principal directions [D, d] of the residual states (every layer, every position) on
     `inputs`: the best linear reconstruction of what the residual stream actually holds."""
@@ -642,9 +619,13 @@ def _learn_projection(
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Learn write [D, d] and read [d, D] maps (from `init`) minimising the output error."""
     import torch
+    from torch.func import functional_call
+
+    from rasp_compiler.model.torch_model import HookedCompiledTransformer
 
     torch.manual_seed(seed)
-    cfg = model.config
+    names = [f"compressed:{i}" for i in range(d)]
+    module = HookedCompiledTransformer(dataclasses.replace(model.config, d_model=d, residual_labels=names))
     write = torch.tensor(init, dtype=torch.float32, requires_grad=True)
     read = torch.tensor(init.T.copy(), dtype=torch.float32, requires_grad=True)
     w64 = {n: torch.tensor(np.asarray(x, dtype=np.float32)) for n, x in model.weights.items()}
@@ -659,15 +640,15 @@ def _learn_projection(
         opt.zero_grad()
         wm = {}
         for n, x in w64.items():
-            if n in ("W_E", "W_pos") or n.endswith(WRITE_SUFFIXES):
+            if residual_side(n) == "write":
                 wm[n] = x @ write
-            elif n == "W_U" or n.endswith(READ_SUFFIXES):
+            elif residual_side(n) == "read":
                 wm[n] = read @ x
             else:
                 wm[n] = x
         loss = torch.zeros((), dtype=torch.float32)
         for t, (_, ids) in groups.items():
-            out = _torch_forward(cfg, wm, torch.tensor(ids))[:, 1:]
+            out = functional_call(module, wm, (torch.tensor(ids),))[:, 1:]  # the reference module's forward
             ref = targets[t][:, 1:]
             for blk in blocks:
                 o, r = out[..., blk.start : blk.end], ref[..., blk.start : blk.end]
