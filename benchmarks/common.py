@@ -15,8 +15,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rasp_compiler.compiler import compiling  # noqa: E402
-from rasp_compiler.testing import generate
 from rasp_compiler.rasp.lib import LIBRARY  # noqa: E402
+from rasp_compiler.testing import generate
 
 DEFAULT_PROGRAMS = ("sort", "reverse", "most_frequent", "shuffle_dyck2")
 

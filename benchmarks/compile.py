@@ -23,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rasp_compiler import rasp
 from rasp_compiler.compiler import compiling  # noqa: E402
 from rasp_compiler.rasp import lib
-from rasp_compiler import rasp
 
 GRID = (5, 10, 20, 50)
 

@@ -24,8 +24,8 @@ import sys
 import numpy as np
 import torch
 
-from rasp_compiler.rasp import lib
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
+from rasp_compiler.rasp import lib
 from verify import causal, discovery, ground_truth, score
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rasp_compiler.rasp import lib  # noqa: E402
 from rasp_compiler.compiler import multi
-from rasp_compiler.model import output_view
-from rasp_compiler.transforms import variants
 from rasp_compiler.compiler.compiling import compile_rasp_to_model  # noqa: E402
+from rasp_compiler.model import output_view
+from rasp_compiler.rasp import lib  # noqa: E402
+from rasp_compiler.transforms import variants
 from verify import causal, discovery, ground_truth, score  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

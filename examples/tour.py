@@ -3,10 +3,10 @@
 import tempfile
 
 import verify
-from rasp_compiler.compiler import compiling
-from rasp_compiler.rasp import lib
 from rasp_compiler import rasp
+from rasp_compiler.compiler import compiling
 from rasp_compiler.engine import Engine
+from rasp_compiler.rasp import lib
 from verify import causal, discovery
 
 program = lib.make_reverse(rasp.tokens)  # any tracr program: change only the import

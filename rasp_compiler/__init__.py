@@ -5,8 +5,8 @@ contract in pyproject.toml): `rasp` (language) < `model` < `compiler` < `transfo
 `testing` < `verify` (its own top-level package) < `app`.
 
 tracr-style imports keep working: `from rasp_compiler import rasp, compiling, lib` (`compiling` is
-`rasp_compiler.compiler.compiling`, `lib` is `rasp_compiler.rasp.lib`), and `rasp_compiler.load(dir)`; they are resolved on first
-use so that importing the language alone stays light (no torch).
+`rasp_compiler.compiler.compiling`, `lib` is `rasp_compiler.rasp.lib`), and `rasp_compiler.load(dir)`;
+they are resolved on first use so that importing the language alone stays light (no torch).
 """
 
 from __future__ import annotations

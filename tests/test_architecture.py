@@ -127,7 +127,8 @@ def test_layers_contract_catches_an_upward_import(tmp_path: Path) -> None:
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     low = tmp_path / "rasp_compiler" / "model" / "errors.py"
-    low.write_text(low.read_text() + "\n\ndef _upward():\n    from rasp_compiler.engine import Engine  # noqa\n")
+    planted = "\n\ndef _upward():\n    from rasp_compiler.engine import Engine  # noqa\n"
+    low.write_text(low.read_text() + planted)
     res = _lint_imports(tmp_path)
     assert res.returncode != 0
     assert "BROKEN" in res.stdout and "rasp_compiler.model.errors -> rasp_compiler.engine" in res.stdout
@@ -160,3 +161,9 @@ def test_lower_layers_import_without_torch(layer: str) -> None:
     code = f"import sys, {layer}; sys.exit(1 if 'torch' in sys.modules else 0)"
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr or f"importing {layer} imported torch"
+
+
+def test_ruff_clean() -> None:
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "rasp_compiler", "verify", "tests",
+                          "benchmarks", "examples"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rasp_compiler.compiler import compiling
 from rasp_compiler import rasp
+from rasp_compiler.compiler import compiling
 from rasp_compiler.compiler.options import CompileError, CompilerOptions, UnsupportedProgramError
 
 C = rasp.Comparison

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from rasp_compiler.compiler import compiling
-from rasp_compiler.rasp import lib
 from rasp_compiler.model.annotation import Annotation
+from rasp_compiler.rasp import lib
 from tests.compiler_support import check_model, inputs_for
 
 CONFIGS = (5, 10)

@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 
-from rasp_compiler.compiler import compiling
-from rasp_compiler.rasp import lib
 from rasp_compiler import rasp
+from rasp_compiler.compiler import compiling
 from rasp_compiler.compiler.options import CompileError
+from rasp_compiler.rasp import lib
 from tests.compiler_support import check_model, inputs_for
 
 C = rasp.Comparison

@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rasp_compiler.compiler import compiling
 from rasp_compiler import rasp
+from rasp_compiler.compiler import compiling
 from tests.compiler_support import check_model, inputs_for
 
 VOCAB = (0, 1, 2)

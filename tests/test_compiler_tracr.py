@@ -14,9 +14,9 @@ import random
 
 import pytest
 
+from rasp_compiler import rasp
 from rasp_compiler.compiler import compiling
 from rasp_compiler.rasp import lib
-from rasp_compiler import rasp
 from tests.compiler_support import NUM_TOL, run_model, to_tracr, tracr_sizes
 
 pytest.importorskip("tracr")

@@ -13,11 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import verify
-
-from rasp_compiler.testing import fuzz
 from rasp_compiler import rasp
-from rasp_compiler.testing import generate as gen
 from rasp_compiler.rasp.source import to_source
+from rasp_compiler.testing import fuzz
+from rasp_compiler.testing import generate as gen
 
 REGRESSIONS = Path(__file__).parent / "regressions"
 SLICE_PROGRAMS = 400

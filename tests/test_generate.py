@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, find, given, settings
 
-from rasp_compiler.testing import generate as gen
 from rasp_compiler import rasp
 from rasp_compiler.rasp.source import SourceError, from_source, function_source, to_source
+from rasp_compiler.testing import generate as gen
 
 N_PROGRAMS = 1000
 SEED = 20240601

@@ -10,8 +10,7 @@ from _model_factory import random_model
 from safetensors.numpy import save_file
 
 import rasp_compiler
-from rasp_compiler.model import ModelFileError, load, save
-from rasp_compiler.model import Codec, CompiledModel
+from rasp_compiler.model import Codec, CompiledModel, ModelFileError, load, save
 
 
 def _assert_same(a: CompiledModel, b: CompiledModel) -> None:
@@ -145,9 +144,9 @@ def test_no_pickle_in_files(saved):
 
 
 def test_compiled_model_round_trip(tmp_path):
+    from rasp_compiler import rasp
     from rasp_compiler.compiler import compiling
     from rasp_compiler.rasp import lib
-    from rasp_compiler import rasp
 
     m = compiling.compile_rasp_to_model(lib.make_reverse(rasp.tokens), {1, 2, 3}, 4)
     m.save(tmp_path)

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rasp_compiler.rasp import lib
 from rasp_compiler import rasp
+from rasp_compiler.rasp import lib
 
 try:  # tests/ is on sys.path when it is not a package; tests.oracles when it is
     from oracles import ORACLES, count_less_freq, detect, maximum, shift, shuffle_dyck, sort_by

@@ -301,9 +301,9 @@ def test_numpy_forward_matches_tracr(tracr_models, name):
 def test_compiled_reverse_matches_evaluate_numpy_and_torch():
     import torch
 
+    from rasp_compiler import rasp
     from rasp_compiler.compiler import compiling
     from rasp_compiler.rasp import lib
-    from rasp_compiler import rasp
 
     program = lib.make_reverse(rasp.tokens)
     m = compiling.compile_rasp_to_model(program, {1, 2, 3}, 4)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import verify
-from rasp_compiler.compiler import multi
 from rasp_compiler import rasp
-from rasp_compiler.transforms import variants
+from rasp_compiler.compiler import multi
 from rasp_compiler.model import load, output_view, save
 from rasp_compiler.model.outputs import decode_outputs, output_names
+from rasp_compiler.transforms import variants
 
 torch.set_num_threads(1)
 

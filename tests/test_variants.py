@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import verify
-from rasp_compiler.rasp import lib
 from rasp_compiler import rasp
-from rasp_compiler.transforms import variants
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
 from rasp_compiler.model import load, save
+from rasp_compiler.rasp import lib
+from rasp_compiler.transforms import variants
 
 torch.set_num_threads(1)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from rasp_compiler.rasp import lib
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
 from rasp_compiler.model.outputs import positions_equal
-from verify import causal, ground_truth, legal_edges
 from rasp_compiler.model.patching import HookPatcher, ablation_values
+from rasp_compiler.rasp import lib
+from verify import causal, ground_truth, legal_edges
 
 torch.set_num_threads(1)
 NAMES = sorted(lib.LIBRARY)
@@ -47,7 +47,10 @@ def _changes_on_reference(model, ds, ablation: str, edges: list[str]) -> dict[st
     result = {}
     for e, out in zip(edges, outs, strict=True):
         got = causal.decode_outputs(model, out)
-        result[e] = any(not all(positions_equal(a, b, model.config.output_encoding == "numerical")) for a, b in zip(got, ds.expected, strict=True))
+        numerical = model.config.output_encoding == "numerical"
+        result[e] = any(
+            not all(positions_equal(a, b, numerical)) for a, b in zip(got, ds.expected, strict=True)
+        )
     return result
 
 
@@ -104,7 +107,7 @@ def test_iia_ground_truth_alignments_and_a_wrong_one(name: str) -> None:
         res = causal.interchange_accuracy(model, al, ds)
         assert res.iia == 1.0, f"{name}: IIA {res.iia} for {var} at {al.component}"
     # a wrong alignment: variable X at Y's subspace, where the evaluator says the two interventions differ
-    prog = causal._Program(program)
+    prog = causal.program.ProgramRunner(program)
     names = list(aligns)
     for x in names:
         for y in names:

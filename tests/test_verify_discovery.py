@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rasp_compiler.rasp import lib
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
-from verify import causal, discovery, legal_edges, score
 from rasp_compiler.model.names import writers
+from rasp_compiler.rasp import lib
+from verify import causal, discovery, legal_edges, score
 
 torch.set_num_threads(1)
 

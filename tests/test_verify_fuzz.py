@@ -9,10 +9,11 @@ import textwrap
 import pytest
 import torch
 
-from rasp_compiler.testing import generate
 from rasp_compiler import rasp
 from rasp_compiler.rasp.source import to_source
-from verify import causal, tool_fuzz as fuzz, ground_truth
+from rasp_compiler.testing import generate
+from verify import causal, ground_truth
+from verify import tool_fuzz as fuzz
 from verify.circuit import legal_edges
 
 torch.set_num_threads(1)

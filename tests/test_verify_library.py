@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import verify
-from rasp_compiler.compiler import compiling  # noqa: E402
-from rasp_compiler.testing import generate
-from rasp_compiler.rasp import lib
 from rasp_compiler import rasp
+from rasp_compiler.compiler import compiling  # noqa: E402
+from rasp_compiler.rasp import lib
+from rasp_compiler.testing import generate
 from verify import formats as F
 
 NAMES = sorted(lib.LIBRARY)

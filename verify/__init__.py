@@ -9,8 +9,8 @@ from verify import formats
 from verify.circuit import LEVELS, Circuit, CircuitError, Edge, ModelGraph, Part, legal_edges, model_nodes
 from verify.draw import draw_circuit
 from verify.formats import from_edges, from_nodes
-from verify.tool_fuzz import fuzz_tool
 from verify.structural import ScoreResult, roc_auc, roc_curve, score
+from verify.tool_fuzz import fuzz_tool
 from verify.truth import TOL, ground_truth, model_graph
 
 __all__ = [

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from verify.causal import Dataset, Patcher, divergence
-from verify.circuit import OUTPUT, Edge, legal_edges, node_sort_key
 from rasp_compiler.model.names import writers
 from rasp_compiler.model.patching import HookPatcher, PatchValue, ablation_values
+from verify.causal import Dataset, Patcher
+from verify.causal.metrics import divergence
+from verify.circuit import OUTPUT, Edge, legal_edges, node_sort_key
 
 __all__ = [
     "DEFAULT_THRESHOLDS",

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler.testing import generate
 from rasp_compiler import rasp
 from rasp_compiler.rasp.source import to_source
+from rasp_compiler.testing import generate
 from verify.circuit import Circuit, CircuitError, Edge
 from verify.structural import ScoreResult, score
 from verify.truth import ground_truth
@@ -624,7 +624,7 @@ def fuzz_tool(
     `metric` (F1, ROC-AUC, or "auto": ROC-AUC for scored answers, F1 for sets) is below `threshold`
     fails; the `max_shrunk` worst are shrunk to minimal failing programs. A tool that raises scores 0.
 
-    Sampled program i and its dataset come from (`seed`, i) alone (`rasp_compiler.testing.fuzz.program_for`), so
+    Sampled program i and its dataset come from (`seed`, i) alone (`testing.fuzz.program_for`), so
     the programs can be scored in `workers` processes or as Ray tasks (`use_ray`, `ray_address`; the
     tool must then be picklable: a module-level function or `baseline_tool`) with the same summary.
     """
@@ -806,9 +806,10 @@ def scoring_keywords(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m verify.tool_fuzz --tool SPEC --programs N --seed S`; exit status 1 when the tool is flagged."""
+    """`python -m verify.tool_fuzz --tool SPEC --programs N --seed S`; exit status 1 when flagged."""
     parser = argparse.ArgumentParser(
-        prog="python -m verify.tool_fuzz", description="Fuzz a circuit-discovery tool on random compiled programs."
+        prog="python -m verify.tool_fuzz",
+        description="Fuzz a circuit-discovery tool on random compiled programs.",
     )
     parser.add_argument(
         "--tool",

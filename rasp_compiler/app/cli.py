@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from rasp_compiler.testing.runner import RunnerError
+from verify.circuit import CircuitError
+from verify.formats import read_circuit_file
 
-__all__ = ["CLIError", "load_program", "main", "parse_input", "read_circuit_file"]
+__all__ = ["CLIError", "load_program", "main", "parse_input"]
 
 PROG = "rasp-compiler"
 
@@ -167,121 +169,6 @@ def _fmt(v: Any) -> str:
 # ------------------------------------------------------------------------------------------- circuit files
 
 
-def read_circuit_file(
-    path: str | Path, model: Any, threshold: float = 0.0
-) -> tuple[Any, dict[str, float] | None, str]:
-    """(Circuit, edge scores or None, form name) from a discovered-circuit file in any supported form.
-
-    Forms: verify's circuit JSON; ACDC edges (the suite's `circuit.acdc.json` rows, or a JSON object
-    `{"child|child_index|parent|parent_index": bool}`); auto-circuit edge names (a list, or
-    `{"edges": [...]}`) or prune scores (`{"prune_scores": {module: nested lists}}`); EAP-IG's graph
-    JSON (`{"nodes": ..., "edges": {name: {"score", "in_graph"}}}`) or edge names; our edge names
-    (`"L0.H0->L1.MLP<in>"`), as a list or as `{edge: score}`.
-    """
-    from verify import formats
-    from verify.circuit import CircuitError
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"circuit file {p} does not exist")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CLIError(f"circuit file {p} is not valid JSON ({e})") from None
-    form = "?"
-    try:
-        if isinstance(data, dict) and data.get("format") == "verify.circuit":
-            form = "verify JSON"
-            return formats.from_json(data, model), None, form
-        if isinstance(data, dict) and data.get("format") == "acdc" or _looks_acdc(data):
-            form = "ACDC"
-            rows = data["edges"] if isinstance(data, dict) and "edges" in data else data
-            return formats.from_acdc(_acdc_dict(rows), model), None, form
-        if isinstance(data, dict) and (data.get("format") == "tl-hooks" or "hooks" in data):
-            form = "TransformerLens hooks"
-            hooks = [tuple(h) if isinstance(h, list) else h for h in data["hooks"]]
-            return formats.from_tl_hooks(hooks, model), None, form
-        if isinstance(data, dict) and "prune_scores" in data:
-            form = "auto-circuit prune scores"
-            threshold = data.get("threshold")
-            circ = formats.from_autocircuit_scores(data["prune_scores"], model, threshold=threshold)
-            return circ, None, form
-        if isinstance(data, dict) and isinstance(data.get("edges"), dict) and "nodes" in data:
-            form = "EAP-IG JSON"
-            return (
-                formats.from_eapig_json(data, model),
-                {str(k): v for k, v in formats.eapig_json_scores(data, model).items()},
-                form,
-            )
-        names = data.get("edges") if isinstance(data, dict) and isinstance(data.get("edges"), list) else data
-        if isinstance(names, list) and all(isinstance(x, str) for x in names):
-            form = _edge_name_form(names)
-            if form == "auto-circuit":
-                return formats.from_autocircuit(names, model), None, form
-            if form == "EAP-IG":
-                return formats.from_eapig(names, model), None, form
-            if form == "nodes":
-                return formats.from_nodes(model, names), None, form
-            return formats.from_edges(model, names), None, form
-        if (
-            isinstance(data, dict)
-            and data
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in data.values())
-        ):
-            form = "edge scores"
-            scores = {str(k): float(v) for k, v in data.items()}
-            chosen = [k for k, v in scores.items() if v > threshold]
-            return formats.from_edges(model, chosen), scores, form
-    except CircuitError as e:
-        raise CLIError(f"{p} ({form}): {e}") from None
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise CLIError(f"{p} ({form}): malformed circuit file ({type(e).__name__}: {e})") from None
-    raise CLIError(f"{p}: unrecognised circuit form (expected verify JSON, ACDC, auto-circuit or EAP-IG)")
-
-
-def _looks_acdc(data: Any) -> bool:
-    if isinstance(data, list) and data and all(isinstance(r, list) and len(r) == 5 for r in data):
-        return True
-    return isinstance(data, dict) and bool(data) and all("|" in str(k) for k in data)
-
-
-def _acdc_dict(rows: Any) -> dict[tuple, Any]:
-    def idx(x: Any) -> tuple:
-        if x is None:
-            return (None,)
-        if isinstance(x, list):
-            return tuple(x)
-        if isinstance(x, str):
-            return tuple(
-                None if t.strip() in ("None", ":", "") else int(t)
-                for t in x.strip("()[] ").split(",")
-                if t.strip() != "" or x.strip("()[] ") == ""
-            )
-        return (x,)
-
-    out: dict[tuple, Any] = {}
-    if isinstance(rows, dict):
-        for k, v in rows.items():
-            child, ci, parent, pi = str(k).split("|")
-            out[(child, idx(ci), parent, idx(pi))] = v
-        return out
-    for child, ci, parent, pi, present in rows:
-        out[(child, idx(ci), parent, idx(pi))] = present
-    return out
-
-
-def _edge_name_form(names: list[str]) -> str:
-    if not names:
-        return "edges"
-    if all("->" not in n for n in names):
-        return "nodes"
-    if any(re.search(r"Resid (Start|End)|(^|->)A\d+\.\d+|MLP \d+", n) for n in names):
-        return "auto-circuit"
-    if any(re.search(r"(^|->)(input|logits|a\d+\.h\d+|m\d+)(<|$)", n) for n in names):
-        return "EAP-IG"
-    return "edges"
-
-
 # ----------------------------------------------------------------------------------------------- commands
 
 
@@ -298,8 +185,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     import verify
-    from rasp_compiler.compiler import compiling
     from rasp_compiler import rasp
+    from rasp_compiler.compiler import compiling
     from verify import formats
 
     program, vocab, max_seq_len, name = load_program(args.target, args.vocab, args.max_seq_len)
@@ -432,7 +319,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model)
     truth = verify.ground_truth(model)
-    circuit, scores, form = read_circuit_file(args.circuit, truth, args.threshold)
+    try:
+        circuit, scores, form = read_circuit_file(args.circuit, truth, args.threshold)
+    except CircuitError as e:
+        raise CLIError(str(e)) from None
     levels = {"both": ["node", "edge"], "all": ["node", "edge", "subspace"]}.get(args.level, [args.level])
     results = {}
     for level in levels:

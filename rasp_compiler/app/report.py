@@ -135,8 +135,8 @@ def check_program(name: str, out_dir: Path, rng: random.Random) -> tuple[Program
     Returns (check, model, ground-truth circuit, program).
     """
     import verify
-    from rasp_compiler.compiler import compiling
     from rasp_compiler import rasp
+    from rasp_compiler.compiler import compiling
     from rasp_compiler.rasp.lib import LIBRARY
 
     if name not in LIBRARY:

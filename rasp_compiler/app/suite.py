@@ -6,7 +6,7 @@
     out/index.json                 one row per model (sizes, circuit size, status) + the failures
     out/models/<id>/               one directory per model (also a model directory for `rasp-compiler run`)
         weights.safetensors, model.json    the model (rasp_compiler.model.io)
-        program.py                         the program as Python source (`rasp_compiler.rasp.source.to_source`)
+        program.py                         the program as Python source (`rasp.source.to_source`)
         circuit.json                       ground truth, verify's JSON form
         circuit.acdc.json, circuit.autocircuit.json, circuit.eapig.json, circuit.tl_hooks.json
         dataset.json                       clean / corrupted input pairs with the evaluator's outputs
@@ -341,8 +341,8 @@ def _circuit_files(truth: Any) -> dict[str, bytes]:
 def _partners(item: WorkItem, vocab: tuple, distinct: bool, k: int) -> dict[str, Any]:
     """`k` other library programs to share a multi-output model with the item's program: first those
     over the same vocabulary, then programs defined on any vocabulary; seeded by the item alone."""
-    from rasp_compiler.rasp.lib import LIBRARY
     from rasp_compiler.model.values import sort_values
+    from rasp_compiler.rasp.lib import LIBRARY
 
     same = [
         n
@@ -357,9 +357,11 @@ def _partners(item: WorkItem, vocab: tuple, distinct: bool, k: int) -> dict[str,
 def _draft(item: WorkItem, attempt: int) -> tuple[Any, tuple, int, tuple[int, ...], bool, str]:
     """(program, vocab, max_seq_len, lengths, distinct_tokens, summary) for one attempt at an item."""
     from rasp_compiler import rasp
-    from rasp_compiler.testing import generate
-    from rasp_compiler.rasp.lib import LIBRARY  # imported before the restart: its module-level programs take ids
     from rasp_compiler.model.values import sort_values
+    from rasp_compiler.rasp.lib import (
+        LIBRARY,  # imported before the restart: its module-level programs take ids
+    )
+    from rasp_compiler.testing import generate
 
     rasp.restart_ids()
     if item.origin == "library":
@@ -440,12 +442,12 @@ def build_item(item: WorkItem) -> dict[str, Any]:
     private temporary directory).
     """
     import verify
+    from rasp_compiler import rasp
     from rasp_compiler.compiler import compiling, multi
     from rasp_compiler.model import output_view
-    from rasp_compiler import rasp
-    from rasp_compiler.transforms import variants
-    from rasp_compiler.testing.generate import op_kinds
     from rasp_compiler.rasp.source import to_source
+    from rasp_compiler.testing.generate import op_kinds
+    from rasp_compiler.transforms import variants
     from verify.circuit import CircuitError
 
     v = item.variants

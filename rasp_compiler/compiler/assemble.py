@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler.model.annotation import Annotation, BlockAnnotation, OpAnnotation
 from rasp_compiler.compiler.blocks import Blocks
 from rasp_compiler.compiler.graph import ProgramGraph
 from rasp_compiler.compiler.layout import Layout
 from rasp_compiler.compiler.options import CompilerOptions
 from rasp_compiler.compiler.spaces import ONE, Residual
 from rasp_compiler.compiler.values import ValueSets
+from rasp_compiler.model.annotation import Annotation, BlockAnnotation, OpAnnotation
 from rasp_compiler.model.codec import Codec
 from rasp_compiler.model.config import ModelConfig
 

@@ -410,7 +410,9 @@ def torch_patched_run(
     hooks = {names.writer_hook(w)[0] for w in writers}
     if source_cache is None:
         with torch.no_grad():
-            _, source_cache = module.run_with_cache(hp.tokens(source_tokens), names_filter=lambda n: n in hooks)
+            _, source_cache = module.run_with_cache(
+                hp.tokens(source_tokens), names_filter=lambda n: n in hooks
+            )
     src = {}
     for w in writers:
         hook, head = names.writer_hook(w)

@@ -145,7 +145,8 @@ class PatchEncoder:
         try:
             names.parse_component(name)
         except names.ComponentNameError:
-            expected = "embed, pos_embed, L{l}.H{h} or L{l}.MLP" if role == "writer" else "L{l}.H{h}, L{l}.MLP or output"
+            writer = "embed, pos_embed, L{l}.H{h} or L{l}.MLP"
+            expected = writer if role == "writer" else "L{l}.H{h}, L{l}.MLP or output"
             raise EngineError(f"{where}: {name!r} is not a {role} component (expected {expected})") from None
         try:
             return names.check_component(name, self.n_layers, self.n_heads)
@@ -180,7 +181,7 @@ class PatchEncoder:
             if inp != "in":
                 raise EngineError(f"{where}: MLP {name} reads through 'in', not {inp!r}")
             return layer * (self.n_heads + 1) + self.n_heads, INPUTS[inp]
-        raise EngineError(f"{where}: {name!r} is not a reader component (expected L{{l}}.H{{h}}, L{{l}}.MLP or output)")
+        raise EngineError(f"{where}: {name!r} is not a reader component")
 
     @staticmethod
     def _layer_of(component: str) -> int:

@@ -344,7 +344,9 @@ def save(model: CompiledModel, directory: str | os.PathLike) -> Path:
     if not isinstance(model, CompiledModel):
         raise TypeError(f"save expects a CompiledModel, got {type(model).__name__}")
     return write_model_files(
-        ModelParts(model.config, model.weights, model.codec, model.annotation, model.program_source), directory)
+        ModelParts(model.config, model.weights, model.codec, model.annotation, model.program_source),
+        directory,
+    )
 
 
 def load(directory: str | os.PathLike) -> CompiledModel:

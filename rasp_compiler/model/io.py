@@ -22,7 +22,14 @@ from rasp_compiler.model.codec import Codec
 from rasp_compiler.model.config import ModelConfig, compare_weight_names
 from rasp_compiler.model.errors import ModelError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "ModelParts", "read_model_files", "write_model_files"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "ModelParts",
+    "read_model_files",
+    "write_model_files",
+]
 
 FORMAT_NAME = "rasp_compiler.model"
 FORMAT_VERSION = 1
@@ -87,14 +94,15 @@ def write_model_files(parts: ModelParts, directory: str | os.PathLike) -> Path:
     tmp.write_bytes(_weights_bytes(model.weights))
     os.replace(tmp, wpath)
     try:
-        annotation = model.annotation.to_json() if isinstance(model.annotation, Annotation) else model.annotation
+        ann = model.annotation
+        annotation = ann.to_json() if isinstance(ann, Annotation) else ann
         doc = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "config": model.config.to_json(),
             "codec": model.codec.to_json(),
             "annotation": annotation,
-            # "Annotation": rebuilt with rasp_compiler.model.annotation.Annotation.from_json; "json": kept as data
+            # "Annotation": rebuilt with model.annotation.Annotation.from_json; "json": kept as data
             "annotation_type": "Annotation" if isinstance(model.annotation, Annotation) else "json",
             "program_source": model.program_source,
             "weights_file": WEIGHTS_FILE,
@@ -185,4 +193,4 @@ def read_model_files(directory: str | os.PathLike) -> ModelParts:
     source = doc.get("program_source", "")
     if not isinstance(source, str):
         raise ModelFileError(f"{JSON_FILE}: program_source must be a string")
-    return ModelParts(config=config, weights=weights, codec=codec, annotation=annotation, program_source=source)
+    return ModelParts(config, weights, codec, annotation, source)

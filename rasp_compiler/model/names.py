@@ -93,7 +93,9 @@ def check_component(name: str, n_layers: int, n_heads: int) -> tuple[str, int | 
     if layer is not None and not 0 <= layer < n_layers:
         raise ComponentNameError(f"component {name} does not exist (the model has layers 0..{n_layers - 1})")
     if h is not None and not 0 <= h < n_heads:
-        raise ComponentNameError(f"component {name} does not exist (the model has heads 0..{n_heads - 1} per layer)")
+        raise ComponentNameError(
+            f"component {name} does not exist (the model has heads 0..{n_heads - 1} per layer)"
+        )
     return kind, layer, h
 
 
@@ -154,7 +156,8 @@ def parse_hook(name: Any, n_layers: int) -> tuple[str, int | None]:
             raise ComponentNameError(f"hook {name!r}: the model has {n_layers} layers")
         return m.group(2), layer
     raise ComponentNameError(
-        f"unknown hook name {name!r}; known: hook_embed, hook_pos_embed, blocks.{{l}}.{{{', '.join(BLOCK_HOOKS)}}}"
+        f"unknown hook name {name!r}; known: hook_embed, hook_pos_embed, "
+        f"blocks.{{l}}.{{{', '.join(BLOCK_HOOKS)}}}"
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from rasp_compiler.model.errors import ModelError
 from rasp_compiler.model.values import decode_value, is_number, token_key
 
+
 class MultiOutputError(ModelError):
     """An output name the model lacks, or a bad mapping of programs to outputs."""
 

@@ -127,7 +127,7 @@ class HookPatcher:
         to that reader input (use it with `grad=True` to get gradients with respect to reader inputs).
         """
         nodes = dict(nodes or {})
-        edge_map: dict[tuple[str, str, str], PatchValue] = {names.edge_parts(k): v for k, v in (edges or {}).items()}
+        edge_map = {names.edge_parts(k): v for k, v in (edges or {}).items()}
         deltas = dict(reader_deltas or {})
         for w in list(nodes) + [e[0] for e in edge_map]:
             if w not in self.writers:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from collections.abc import Hashable, Iterable
+from fractions import Fraction
 from typing import Any
 
 import numpy as np

@@ -7,7 +7,7 @@ JSON regression files that the test suite replays (`tests/test_fuzz_differential
 
 Command line (long campaigns)::
 
-    python -m rasp_compiler.testing.fuzz compiler --programs 1000 --seed 0 [--inputs 10] [--backends numpy,torch]
+    python -m rasp_compiler.testing.fuzz compiler --programs 1000 --seed 0 [--inputs 10] [--backends ...]
         [--workers N | --ray [ADDRESS]]
 
 Program i and its inputs come from (seed, i) alone, so a campaign is a map over program indices (run
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from rasp_compiler.testing import generate
 from rasp_compiler import rasp
 from rasp_compiler.model.outputs import outputs_equal
 from rasp_compiler.rasp.source import from_source, to_source
+from rasp_compiler.testing import generate
 from rasp_compiler.testing.runner import map_work
 from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
 
@@ -578,8 +578,10 @@ def _default_save_dir() -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m rasp_compiler.testing.fuzz compiler --programs N --seed S`; exit status 1 when anything failed."""
-    parser = argparse.ArgumentParser(prog="python -m rasp_compiler.testing.fuzz", description=__doc__.split("\n")[0])
+    """`python -m rasp_compiler.testing.fuzz compiler --programs N --seed S`; exit status 1 on any failure."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rasp_compiler.testing.fuzz", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="target", required=True)
     p = sub.add_parser("compiler", help="differential campaign: evaluator vs compiled model backends")
     p.add_argument("--programs", type=int, default=1000, help="number of random programs (default 1000)")

@@ -1,0 +1,106 @@
+"""Datasets for causal checks: clean inputs, resampled corrupted inputs, the evaluator's outputs;
+and decoding model outputs the way the datasets hold them."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from rasp_compiler import rasp
+
+__all__ = ["ABLATIONS", "CausalError", "Dataset", "decode_outputs", "make_dataset"]
+
+
+ABLATIONS = ("resample", "mean", "zero")
+class CausalError(ValueError):
+    """Bad arguments to a causal check: unknown ablation, empty dataset, a variable the program lacks."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Clean inputs and corrupted (independently resampled, same length) inputs, with the outputs."""
+
+    program: Any
+    clean: list[list[Any]]
+    corrupt: list[list[Any]]
+    clean_ids: np.ndarray  # [N, T] with BOS
+    corrupt_ids: np.ndarray
+    expected: list[list[Any]]  # rasp.evaluate on clean
+    corrupt_expected: list[list[Any]]
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    @property
+    def length(self) -> int:
+        return self.clean_ids.shape[1] - 1
+
+
+def make_dataset(
+    model: Any,
+    program: Any,
+    n: int = 32,
+    *,
+    seed: int = 0,
+    length: int | None = None,
+    distinct: bool = False,
+    max_tries: int = 50,
+) -> Dataset:
+    """`n` clean inputs of one `length` (default max_seq_len) drawn uniformly from the model's vocab, and
+    `n` corrupted ones drawn independently (ACDC's "patch data"). Inputs on which the program raises
+    (e.g. a categorical aggregate selecting differing values) are redrawn. `distinct`: no repeated tokens.
+    """
+    vocab = list(model.codec.vocab)
+    length = int(model.config.max_seq_len if length is None else length)
+    if n < 1:
+        raise CausalError(f"make_dataset: n must be >= 1, got {n}")
+    if not 1 <= length <= model.config.max_seq_len:
+        raise CausalError(f"make_dataset: length {length} outside 1..max_seq_len={model.config.max_seq_len}")
+    if distinct and length > len(vocab):
+        raise CausalError(f"make_dataset: {length} distinct tokens from a vocab of {len(vocab)}")
+    rng = np.random.default_rng(seed)
+    ev = rasp.Evaluator()
+
+    def draw() -> tuple[list[Any], list[Any]]:
+        for _ in range(max_tries):
+            if distinct:
+                xs = [vocab[i] for i in rng.permutation(len(vocab))[:length]]
+            else:
+                xs = [vocab[i] for i in rng.integers(0, len(vocab), size=length)]
+            try:
+                return xs, ev.evaluate(program, xs)
+            except rasp.RASPEvaluationError:
+                continue
+        raise CausalError(f"make_dataset: the program raised on {max_tries} random inputs of length {length}")
+
+    clean, corrupt, exp, cexp = [], [], [], []
+    for _ in range(n):
+        x, y = draw()
+        clean.append(x)
+        exp.append(y)
+    for _ in range(n):
+        x, y = draw()
+        corrupt.append(x)
+        cexp.append(y)
+    enc = model.codec.encode
+    bos = model.codec.bos
+    clean_ids = np.array([enc([bos] + x) for x in clean], dtype=np.int64)
+    corrupt_ids = np.array([enc([bos] + x) for x in corrupt], dtype=np.int64)
+    return Dataset(program, clean, corrupt, clean_ids, corrupt_ids, exp, cexp, seed)
+
+
+def is_numerical_output(model: Any) -> bool:
+    return model.config.output_encoding == "numerical"
+
+
+def decode_outputs(model: Any, out: np.ndarray) -> list[list[Any]]:
+    """Model outputs `[B, T, V]` -> values per example, without the BOS position."""
+    out = np.asarray(out)
+    if model.config.output_encoding == "categorical":
+        values = model.codec.output_values
+        idx = out[:, 1:].argmax(axis=-1)
+        return [[values[int(i)] for i in row] for row in idx]
+    return [[float(v) for v in row] for row in out[:, 1:, 0]]

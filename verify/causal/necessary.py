@@ -1,0 +1,280 @@
+"""The ablation-aware truth: edges whose single ablation changes an output, from the program and
+confirmed on the engine, with a reason for every difference from the structural truth."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from rasp_compiler import rasp
+from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
+from verify.causal.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, is_numerical_output
+from verify.causal.patcher import Patcher
+from verify.causal.program import ProgramRunner
+from verify.circuit import Circuit, Edge, legal_edges
+from verify.truth import ground_truth, model_graph
+
+__all__ = ["NecessaryEdges", "necessary_edges"]
+
+
+@dataclasses.dataclass
+class NecessaryEdges:
+    """The ablation-aware truth for one ablation and dataset."""
+
+    ablation: str
+    backend: str
+    edges: list[str]  # engine-confirmed: single ablation changes some output
+    circuit: Circuit | None  # the same edges as a Circuit (None when empty)
+    structural: list[str]
+    predicted: dict[str, bool | None]  # program-derived, per structural edge (None: the program cannot say)
+    changed_fraction: dict[str, float]  # per legal edge: fraction of outputs its single ablation changes
+    explanations: dict[str, str]  # every edge where this truth differs from the structural one
+    discrepancies: dict[str, str]  # program prediction vs engine disagreements (should be empty for resample)
+
+
+def _edge_parts(mg: Any, truth: Circuit) -> dict[Edge, list[tuple[str, str, str, frozenset[str]]]]:
+    """Per structural edge, its part-level pieces (writer op, reader op, input, labels) inside the circuit."""
+    out: dict[Edge, list] = {}
+    for (wkey, rkey, inp), labels in mg.sub_edges.items():
+        e = Edge(wkey[0], rkey[0], inp)
+        if e not in truth.edges:
+            continue
+        if wkey[1] not in truth.nodes.get(wkey[0], {}) or rkey[1] not in truth.nodes.get(rkey[0], {}):
+            continue
+        out.setdefault(e, []).append((wkey[1], rkey[1], inp, labels))
+    return out
+
+
+def _overrides(
+    prog: ProgramRunner, pieces: list, output_op: str, source_vals: Mapping[int, Any]
+) -> tuple[dict, dict, list[str]]:
+    """Reader/global overrides that give each piece's reader the source values of what it carries."""
+    reader_ov: dict[int, dict[str, dict[int, Any]]] = {}
+    global_ov: dict[int, Any] = {}
+    carried: list[str] = []
+    for w_op, r_op, inp, labels in pieces:
+        if w_op == "one":
+            carried.append("one")  # `one` and tokens:BOS: the same on every input of a length
+            continue
+        carried.append(w_op)
+        if r_op == output_op and w_op == output_op and inp == "in" and not _is_internal(labels, w_op):
+            for x in prog.exprs(w_op):
+                global_ov[id(x)] = source_vals[id(x)]
+            continue
+        if w_op == r_op:  # a hidden helper direction inside one op (selector width head -> its MLP)
+            for x in prog.exprs(w_op):
+                global_ov[id(x)] = source_vals[id(x)]
+            continue
+        w_ids = {id(x) for x in prog.exprs(w_op)}
+        for r in prog.exprs(r_op):
+            slot = reader_ov.setdefault(id(r), {}).setdefault(inp, {})
+            if inp in ("q", "k"):
+                for sel in rasp.topological_order(r.selector):
+                    if isinstance(sel, rasp.Select):
+                        child = sel.queries if inp == "q" else sel.keys
+                        if id(child) in w_ids or child.label == w_op.split("#")[0]:
+                            slot[id(child)] = source_vals[id(child)]
+            else:
+                for child in r.children:
+                    if id(child) in w_ids or (child.label == w_op.split("#")[0] and hasattr(child, "label")):
+                        if inp == "v" and child is not getattr(r, "sop", None):
+                            continue
+                        slot[id(child)] = source_vals[id(child)]
+    return reader_ov, global_ov, carried
+
+
+def _is_internal(labels: Iterable[str], op: str) -> bool:
+    return any(lab.startswith(op + "__") for lab in labels)
+
+
+def necessary_edges(
+    model: Any,
+    inputs: Dataset,
+    ablation: str = "resample",
+    output: str | None = None,
+    *,
+    backend: str = "auto",
+    atol: float = OUTPUT_ATOL,
+) -> NecessaryEdges:
+    """Exactly the edges whose single ablation (of that kind, over `inputs`) changes some output.
+
+    Derived from the program: each structural edge carries RASP variables from writer ops into a reader
+    op; for resample, the reader alone is given those variables' values on the corrupted input and the
+    program is evaluated; for mean, an edge whose variables are constant at every position over the
+    dataset provably changes nothing (the mean is the value), otherwise the program cannot say (the mean
+    of a categorical variable is no value of it); for zero the program never can. Then every legal edge
+    is ablated alone on the engine; that is the set returned, and every disagreement with the
+    program-derived prediction is reported in `discrepancies`.
+    """
+    if ablation not in ABLATIONS:
+        raise CausalError(f"unknown ablation {ablation!r}; expected one of {ABLATIONS}")
+    if len(inputs) == 0:
+        raise CausalError("necessary_edges: empty dataset")
+    truth = ground_truth(model, output)
+    mg = model_graph(model, output)
+    out_op = truth.output
+    cfg = model.config
+    universe = legal_edges(cfg.n_layers, cfg.n_heads)
+    runner = Patcher(model, inputs, ablation, backend)
+    outs = runner.outputs([[e] for e in universe])
+    clean_dec = decode_outputs(model, runner.clean())
+    changed_fraction: dict[str, float] = {}
+    for e, out in zip(universe, outs, strict=True):
+        got = decode_outputs(model, out)
+        numerical = is_numerical_output(model)
+        flags = [
+            not f for a, b in zip(got, clean_dec, strict=True) for f in positions_equal(a, b, numerical, atol)
+        ]
+        changed_fraction[str(e)] = float(np.mean(flags))
+    engine_set = {s for s, f in changed_fraction.items() if f > 0}
+
+    prog = ProgramRunner(inputs.program)
+    pieces_of = _edge_parts(mg, truth)
+    clean_vals = [prog.values(x) for x in inputs.clean]
+    corrupt_vals = [prog.values(x) for x in inputs.corrupt]
+    out_ids = {id(x) for x in prog.exprs(out_op)} if out_op in prog.by_label else set()
+    predicted: dict[str, bool | None] = {}
+    reasons: dict[str, str] = {}
+    for e in sorted(truth.edges, key=Edge.sort_key):
+        pieces = pieces_of.get(e, [])
+        vars_ = sorted({p[0] for p in pieces})
+        carried = ", ".join(f"`{v}`" for v in vars_) or "nothing the circuit uses"
+        if ablation == "resample":
+            pred, reason = _predict_resample(
+                prog, pieces, out_op, inputs, clean_vals, corrupt_vals, is_numerical_output(model), atol,
+                carried,
+            )
+        elif ablation == "mean":
+            pred, reason = _predict_mean(prog, pieces, clean_vals, carried)
+        else:
+            pred, reason = (
+                None,
+                (
+                    f"carries {carried}; zeroing a contribution gives the reader no value of it, "
+                    f"which the program does not define"
+                ),
+            )
+        predicted[str(e)] = pred
+        reasons[str(e)] = reason
+    del out_ids
+    structural = {str(e) for e in truth.edges}
+    explanations: dict[str, str] = {}
+    discrepancies: dict[str, str] = {}
+    for name in sorted(structural | engine_set):
+        in_s, in_n = name in structural, name in engine_set
+        pred = predicted.get(name)
+        if in_s and not in_n:
+            explanations[name] = "not needed: " + reasons[name]
+            if pred is None:
+                explanations[name] += "; on the model its single ablation changes no output on this dataset"
+        elif in_n and not in_s:
+            explanations[name] = (
+                f"not in the structural truth, yet ablating it changes "
+                f"{changed_fraction[name]:.0%} of outputs (the writer's ablated value leaks "
+                f"into directions the reader reads)"
+            )
+        if in_s and pred is not None and pred != in_n:
+            discrepancies[name] = (
+                f"program predicts {'a change' if pred else 'no change'}, the model shows "
+                f"{'a change' if in_n else 'none'}: {reasons[name]}"
+            )
+    edges = sorted(engine_set, key=lambda s: Edge.parse(s).sort_key())
+    circ = truth.restricted(edges) if edges else None
+    return NecessaryEdges(
+        ablation,
+        runner.backend,
+        edges,
+        circ,
+        sorted(structural, key=lambda s: Edge.parse(s).sort_key()),
+        predicted,
+        changed_fraction,
+        explanations,
+        discrepancies,
+    )
+
+
+def _predict_resample(
+    prog: ProgramRunner,
+    pieces: list,
+    out_op: str,
+    inputs: Dataset,
+    clean_vals: list,
+    corrupt_vals: list,
+    numerical: bool,
+    atol: float,
+    carried: str,
+) -> tuple[bool, str]:
+    same_values = True
+    reader_changes = False
+    undefined = 0
+    changes = 0
+    for xs, cv, sv, want in zip(inputs.clean, clean_vals, corrupt_vals, inputs.expected, strict=True):
+        reader_ov, global_ov, _ = _overrides(prog, pieces, out_op, sv)
+        for w_op, *_ in pieces:
+            if w_op != "one" and any(cv[id(x)] != sv[id(x)] for x in prog.exprs(w_op)):
+                same_values = False
+        try:
+            vals = prog.run(xs, reader_ov, global_ov)
+        except rasp.RASPEvaluationError:
+            undefined += 1
+            changes += 1
+            continue
+        targets = list(reader_ov) + list(global_ov)
+        if any(vals[t] != cv[t] for t in targets):
+            reader_changes = True
+        got = vals[id(prog.program)]
+        if not all(positions_equal(got, want, numerical, atol)):
+            changes += 1
+    if changes:
+        extra = f" ({undefined} where the program is undefined)" if undefined else ""
+        return (
+            True,
+            f"carries {carried}; resampling it changes the output on {changes} of {len(inputs)} "
+            f"inputs{extra}",
+        )
+    if all(p[0] == "one" for p in pieces):
+        return (
+            False,
+            f"carries {carried} (`one` / `tokens:BOS`: the same on every input), so resampling "
+            "changes nothing",
+        )
+    if same_values:
+        return False, (
+            f"carries {carried}, equal in every clean/corrupt pair of this dataset (e.g. constant at a "
+            f"fixed length), so resampling it changes nothing"
+        )
+    if not reader_changes:
+        return False, (
+            f"carries {carried}, but the reader's value does not depend on it over this dataset, so "
+            f"resampling it changes nothing"
+        )
+    return (
+        False,
+        f"carries {carried}; resampling changes the reader's value but never the output on this dataset",
+    )
+
+
+def _predict_mean(
+    prog: ProgramRunner, pieces: list, clean_vals: list, carried: str
+) -> tuple[bool | None, str]:
+    varying = []
+    for w_op, *_ in pieces:
+        if w_op == "one":
+            continue
+        for x in prog.exprs(w_op):
+            cols = list(zip(*[cv[id(x)] for cv in clean_vals], strict=True))
+            if any(len({repr(v) for v in col}) > 1 for col in cols):
+                varying.append(w_op)
+                break
+    if not varying:
+        return False, (
+            f"carries {carried}, constant at every position over this dataset, so its mean is its "
+            f"value and mean ablation changes nothing"
+        )
+    return None, (
+        f"carries {', '.join(f'`{v}`' for v in sorted(set(varying)))}, which varies over the dataset; "
+        f"its mean is not a value of the variable, so the program cannot say what the reader does"
+    )
