@@ -164,6 +164,7 @@ def test_lower_layers_import_without_torch(layer: str) -> None:
 
 
 def test_ruff_clean() -> None:
-    res = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "rasp_compiler", "verify", "tests",
-                          "benchmarks", "examples"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    paths = ["rasp_compiler", "verify", "tests", "benchmarks", "examples"]
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *paths], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
