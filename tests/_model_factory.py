@@ -56,7 +56,7 @@ def random_model(
         weights[m + "W_in"][:, widths[layer] :] = 0
         weights[m + "b_in"][widths[layer] :] = 0
         weights[m + "W_out"][widths[layer] :] = 0
-    return CompiledModel(config, weights, codec, annotation={"hand": "random"}, program_source="random")
+    return CompiledModel(config, weights, codec, annotation=None, program_source="random")
 
 
 def fraction_model(max_seq_len: int = 4, pad: Any = "PAD") -> CompiledModel:

@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 import pytest
-from test_verify_toys import LABELS, TOY_TRUE_EDGES, TOY_TRUE_NODES, build_toy, toks
+from test_verify_toys import LABELS, TOY_TRUE_EDGES, TOY_TRUE_NODES, build_toy, edit_annotation, toks
 
 import verify
 from verify.circuit import CircuitError, Edge, legal_edges, node_kind
@@ -122,12 +122,10 @@ def test_bad_annotation_and_output_are_named() -> None:
     toy = build_toy()
     with pytest.raises(CircuitError, match="'nope' is not an output"):
         verify.ground_truth(toy, output="nope")
-    bad = copy.deepcopy(toy)
-    bad.annotation["blocks"][3]["head"] = 5
+    bad = edit_annotation(toy, lambda a: a["blocks"][3].update(head=5))
     with pytest.raises(CircuitError, match="op 'agg'.*head 5"):
         verify.ground_truth(bad)
-    bad = copy.deepcopy(toy)
-    bad.annotation["blocks"][3]["writes"] = ["agg:zzz"]
+    bad = edit_annotation(toy, lambda a: a["blocks"][3].update(writes=["agg:zzz"]))
     with pytest.raises(CircuitError, match="agg:zzz"):
         verify.ground_truth(bad)
     with pytest.raises(CircuitError, match="unknown method"):
@@ -136,8 +134,7 @@ def test_bad_annotation_and_output_are_named() -> None:
 
 def test_multi_output_annotation_selects_each_output() -> None:
     # Two outputs in one model: W_U reads both `out` and `dm2`; each output's circuit is its ancestors.
-    toy = build_toy()
-    toy.annotation["outputs"] = ["out", "dm2"]
+    toy = edit_annotation(build_toy(), lambda a: a.update(outputs=["out", "dm2"]))
     toy.weights["W_U"] = np.concatenate(
         [toy.weights["W_U"], np.eye(len(LABELS), dtype=np.float32)[:, [16]]], 1
     )

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from rasp_compiler.model.annotation import Annotation
+
 LABELS = [
     "one",
     "tokens:a",
@@ -36,7 +38,7 @@ LABELS = [
 
 @dataclasses.dataclass
 class Toy:
-    """Duck-types CompiledModel: `config`, `weights`, `annotation` (a dict)."""
+    """Duck-types CompiledModel: `config`, `weights`, `annotation` (an `Annotation`)."""
 
     config: Any
     weights: dict[str, np.ndarray]
@@ -206,8 +208,17 @@ def build_toy(
         pad_token_id=None,
         bos_token_id=0,
     )
-    annotation = {"version": 1, "output": output, "ops": ops_json, "blocks": blocks} if annotate else None
-    return Toy(config, w, annotation)
+    for spec in ops_json.values():
+        spec["values"] = None  # value sets play no part in these checks
+    data = {"version": 1, "output": output, "ops": ops_json, "blocks": blocks}
+    return Toy(config, w, Annotation.from_json(data) if annotate else None)
+
+
+def edit_annotation(toy: Toy, change: Any) -> Toy:
+    """A copy of `toy` whose annotation JSON went through `change(data)` (which edits it in place)."""
+    data = toy.annotation.to_json()
+    change(data)
+    return Toy(toy.config, dict(toy.weights), Annotation.from_json(data))
 
 
 def test_toy_weights_follow_the_spec() -> None:

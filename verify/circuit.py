@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 import networkx as nx
 
 from rasp_compiler.model import names
+from rasp_compiler.model.directions import Direction, label_variables, variable_of
 from rasp_compiler.model.names import HEAD_INPUTS, INPUTS, OUTPUT
 
 __all__ = [
@@ -175,22 +176,6 @@ def legal_edges(n_layers: int, n_heads: int) -> list[Edge]:
                 if edge_is_legal(e):
                     out.append(e)
     return sorted(out, key=Edge.sort_key)
-
-
-def variable_of(label: str, known: Iterable[str] = ()) -> str:
-    """The RASP variable a residual label belongs to.
-
-    `"tokens:a"` -> `tokens`, `"indices:3"` -> `indices`, `"frac"` -> `frac`, `"one"` -> `one`, and a
-    hidden helper direction `"<label>__<role>"` -> `<label>` when `<label>` is in `known` (the
-    variables of the other labels) or has no `:`-form sibling to tell it apart.
-    """
-    if ":" in label:
-        return label.split(":", 1)[0]
-    if "__" in label:
-        head = label.rsplit("__", 1)[0]
-        if head in set(known):
-            return head
-    return label
 
 
 # ----------------------------------------------------------------------------------------------- parts
@@ -549,10 +534,10 @@ def summarize_labels(labels: Iterable[str]) -> str:
     """Group residual labels by variable: `tokens{a,b}, indices{0,1}, one`."""
     labels = list(labels)
     groups: dict[str, list[str]] = defaultdict(list)
-    known = {lab.split(":", 1)[0] for lab in labels}
+    known = label_variables(labels)
     for lab in labels:
-        var = variable_of(lab, known)
-        groups[var].append(lab.split(":", 1)[1] if ":" in lab else ("" if lab == var else lab[len(var) :]))
+        d = Direction.parse(lab, known)
+        groups[d.variable].append(d.value if d.value is not None else "" if d.role is None else f"__{d.role}")
     parts = []
     for var in sorted(groups):
         vals = sorted(v for v in groups[var] if v)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from verify.circuit import OUTPUT, Circuit, model_nodes, node_kind, variable_of
+from rasp_compiler.model.directions import label_variables, variable_of
+from verify.circuit import OUTPUT, Circuit, model_nodes, node_kind
 
 __all__ = ["draw_circuit"]
 
@@ -76,7 +77,7 @@ def _wrap(items: list[str], width: int = _WRAP) -> list[str]:
 
 
 def _edge_text(labels: frozenset[str]) -> str:
-    known = {lab.split(":", 1)[0] for lab in labels}
+    known = label_variables(labels)
     return ", ".join(sorted({variable_of(lab, known) for lab in labels}))
 
 

@@ -35,12 +35,13 @@ From the weights alone (docs/CONTRACTS.md section 2), with residual labels from
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
+from rasp_compiler.model.annotation import Annotation
+from rasp_compiler.model.directions import label_variables, variable_of
 from verify.circuit import (
     HEAD_INPUTS,
     OUTPUT,
@@ -50,7 +51,6 @@ from verify.circuit import (
     ModelGraph,
     Part,
     edge_is_legal,
-    variable_of,
 )
 
 __all__ = [
@@ -76,17 +76,14 @@ def _cfg(model: Any, name: str, default: Any = None) -> Any:
 
 
 def annotation_dict(model: Any) -> dict | None:
-    """The model's annotation as a JSON dict (from a dict, `.to_json()` text or dict, or None)."""
+    """The JSON form of the model's typed `Annotation` (docs/CONTRACTS.md section 3), or None."""
     ann = getattr(model, "annotation", None)
     if ann is None:
         return None
-    if hasattr(ann, "to_json"):
-        ann = ann.to_json()
-    if isinstance(ann, str):
-        ann = json.loads(ann)
-    if not isinstance(ann, dict):
-        raise CircuitError(f"model annotation must be a dict or have to_json(), got {type(ann).__name__}")
-    return ann
+    if not isinstance(ann, Annotation):
+        raise CircuitError(f"model annotation must be an Annotation (Annotation.from_json reads its JSON "
+                           f"form), got {type(ann).__name__}")
+    return ann.to_json()
 
 
 def residual_frame(model: Any) -> tuple[list[str] | None, np.ndarray | None, dict]:
@@ -313,9 +310,7 @@ def graph_from_weights(model: Any, output: str | None = None) -> ModelGraph:
         w = _to_frame(w, basis)
     if len(labels) != d_model:
         raise CircuitError(f"config.residual_labels has {len(labels)} labels, d_model is {d_model}")
-    heads = {lab.split(":", 1)[0] for lab in labels if ":" in lab} | {
-        lab for lab in labels if "__" not in lab
-    }
+    heads = label_variables(labels)
     var = [variable_of(lab, heads) for lab in labels]
 
     def get(name: str) -> np.ndarray:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from rasp_compiler.model.directions import label_variables, variable_of
+
 __all__ = ["ResidualUse", "attention_pattern", "residual_stream", "residual_use", "roc_curves"]
 
 _READ_COLOURS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#d62728", "in": "#6a3d9a"}
@@ -110,7 +112,8 @@ def residual_stream(
     ax.set_xlim(-0.5, n_cols - 0.5)
     ax.set_ylim(n_rows - 0.5, -0.5)
     # shade alternate variables so groups of directions read as blocks
-    var_of = [lab.split(":", 1)[0].split("__", 1)[0] for lab in use.labels]
+    known = label_variables(use.labels)
+    var_of = [variable_of(lab, known) for lab in use.labels]
     shade, prev = False, None
     for i, var in enumerate(var_of):
         if var != prev:

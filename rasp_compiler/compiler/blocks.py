@@ -25,6 +25,7 @@ from rasp_compiler.compiler.options import CompileError, CompilerOptions
 from rasp_compiler.compiler.selectors import leaf_pairs, selector_groups
 from rasp_compiler.compiler.spaces import ONE, Residual
 from rasp_compiler.compiler.values import ValueSets
+from rasp_compiler.model import directions
 from rasp_compiler.model.values import is_number, token_key
 
 
@@ -184,7 +185,7 @@ class _Ctx:
 
     def input_error(self, direction: str) -> float:
         """Error bound of the value read from a numerical direction (helpers: softmax leak only)."""
-        if "__" in direction:
+        if direction in self.res.helpers:
             return 1e-6
         return self.err.get(direction, 0.0)
 
@@ -631,7 +632,7 @@ def _build_op(ctx: _Ctx, node: OpNode) -> OpBlocks:
         return OpBlocks(label, head=head, deps=deps)
     if kind == "selector_width":
         (sel,) = node.children
-        helper = f"{label}__bos_frac"
+        helper = directions.helper(label, "bos_frac")
         head = _head(
             ctx, label, sel, {res.bos_dir: {0: 1.0}}, {0: {helper: 1.0}}, 1, width_mode=True, max_abs=1.0
         )
@@ -640,7 +641,7 @@ def _build_op(ctx: _Ctx, node: OpNode) -> OpBlocks:
         mlp = _numerical_input_mlp(ctx, label, xs, widths, helper, "selector width", x_at_bos=1.0)
         return OpBlocks(label, head=head, mlp=mlp, deps=tuple(_selector_deps(ctx.graph, sel)))
     if kind == "length":  # selector width of an all-true selector: every real key scores like BOS
-        helper = f"{label}__bos_frac"
+        helper = directions.helper(label, "bos_frac")
         beta = _beta(ctx.options.max_seq_len, 1.0, 1.0, ctx.options.softmax_tolerance * 1e-2)
         k_reads = tuple(sorted(res.sop_dirs["tokens"] + (res.bos_dir,)))
         head = HeadBlock(

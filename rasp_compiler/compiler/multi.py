@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from rasp_compiler.model.annotation import OutputColumns
 from rasp_compiler.model.codec import Codec
 from rasp_compiler.model.compiled import CompiledModel
 from rasp_compiler.model.outputs import MultiOutputError
-from rasp_compiler.model.values import encode_value, sort_values
+from rasp_compiler.model.values import sort_values
 
 __all__ = [
     "MultiOutputError",
@@ -104,19 +105,14 @@ def compile_programs(
                     bu[col] = 0.5  # as the compiler does: wins only where no value direction is on
                 else:
                     wu[residual.index[residual.dir_of(label, v)], col] = 1.0
-            columns[name] = {
-                "start": start,
-                "end": start + len(vals),
-                "encoding": "categorical",
-                "values": [encode_value(v) for v in vals],
-            }
+            columns[name] = OutputColumns(start, start + len(vals), "categorical", tuple(vals))
             col_names += [f"{name}={v!r}" for v in vals]
         else:
             wu, bu = np.zeros((D, 1), np.float32), np.zeros(1, np.float32)
             wu[residual.index[residual.numerical_dir(label)], 0] = 1.0
-            columns[name] = {"start": start, "end": start + 1, "encoding": "numerical", "values": None}
+            columns[name] = OutputColumns(start, start + 1, "numerical", None)
             col_names.append(f"{name}=<numerical>")
-        start = columns[name]["end"]
+        start = columns[name].end
         w_u.append(wu)
         b_u.append(bu)
     weights = dict(out.weights)
@@ -125,9 +121,11 @@ def compile_programs(
     c = out.codec
     codec = Codec(c.input_tokens, c.bos, c.pad, c.max_seq_len, "categorical", col_names)
     cfg = dataclasses.replace(out.config, d_vocab_out=start, output_encoding="categorical")
-    ann = out.annotation.to_json()
-    ann["outputs"] = list(dict.fromkeys(labels))
-    ann["output_names"] = dict(zip(names, labels))
-    ann["output_columns"] = columns
+    ann = dataclasses.replace(
+        out.annotation,
+        outputs=tuple(dict.fromkeys(labels)),
+        output_names=dict(zip(names, labels, strict=True)),
+        output_columns=columns,
+    )
     source = compiling._describe(graph)
     return CompiledModel(cfg, weights, codec, ann, source)

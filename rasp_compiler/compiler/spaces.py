@@ -15,6 +15,7 @@ from rasp_compiler.compiler.fuse import Fusion
 from rasp_compiler.compiler.graph import ProgramGraph
 from rasp_compiler.compiler.options import CompileError, CompilerOptions
 from rasp_compiler.compiler.values import ValueSets
+from rasp_compiler.model.directions import Direction, helper
 from rasp_compiler.model.values import sort_values, token_key
 
 ONE = "one"
@@ -57,9 +58,9 @@ def build_residual(
         vd: dict[Any, str] = {}
         used = set()
         for v in vals:
-            name = f"{label}:{v}"
+            name = str(Direction(label, value=f"{v}"))
             if name in used:
-                name = f"{label}:{v!r}"
+                name = str(Direction(label, value=repr(v)))
             used.add(name)
             dirs.append(name)
             vd[token_key(v)] = name
@@ -93,7 +94,7 @@ def build_residual(
                 sop_dirs[label] = (label,)
         labels.extend(sop_dirs[label])
         if label in graph.nodes and graph.nodes[label].kind in ("selector_width", "length"):
-            h = f"{label}__bos_frac"
+            h = helper(label, "bos_frac")
             helpers[h] = h
             labels.append(h)
     if len(set(labels)) != len(labels):

@@ -10,7 +10,18 @@ import dataclasses
 import json
 from typing import Any
 
-__all__ = ["Annotation", "AnnotationError", "BlockAnnotation", "OpAnnotation", "ANNOTATION_VERSION"]
+from rasp_compiler.model.errors import ModelError
+from rasp_compiler.model.values import decode_value, encode_value
+
+__all__ = [
+    "ANNOTATION_VERSION",
+    "Annotation",
+    "AnnotationError",
+    "BlockAnnotation",
+    "OpAnnotation",
+    "OutputColumns",
+    "VariantCard",
+]
 
 ANNOTATION_VERSION = 1
 OP_KINDS = (
@@ -89,6 +100,7 @@ class BlockAnnotation:
     neurons: tuple[int, int] | None = None
     selectors: tuple[str, ...] = ()
     ops: tuple[str, ...] = ()
+    cancelled_writes: tuple[str, ...] = ()  # a distractor whose write a partner cancels (variants)
 
     def __post_init__(self) -> None:
         if not self.ops:
@@ -107,6 +119,8 @@ class BlockAnnotation:
         if self.reads:
             out["reads"] = {k: list(v) for k, v in self.reads.items()}
         out["writes"] = list(self.writes)
+        if self.cancelled_writes:
+            out["cancelled_writes"] = list(self.cancelled_writes)
         if self.ops and tuple(self.ops) != (self.op,):
             out["ops"] = list(self.ops)
         return out
@@ -128,6 +142,7 @@ class BlockAnnotation:
                 neurons=None if neurons is None else (int(neurons[0]), int(neurons[1])),
                 selectors=tuple(data.get("selectors", ())),
                 ops=tuple(data.get("ops", (data["op"],))),
+                cancelled_writes=tuple(data.get("cancelled_writes", ())),
             )
         except (KeyError, TypeError, IndexError) as e:
             raise AnnotationError(f"malformed block annotation {data!r}: {e}") from None
@@ -138,22 +153,96 @@ class BlockAnnotation:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutputColumns:
+    """One output of a multi-output model: columns [start, end) of `W_U`, decoded as `encoding`."""
+
+    start: int
+    end: int
+    encoding: str
+    values: tuple[Any, ...] | None  # categorical: the value of each column
+
+    def to_json(self) -> dict[str, Any]:
+        vals = None if self.values is None else [encode_value(v) for v in self.values]
+        return {"start": self.start, "end": self.end, "encoding": self.encoding, "values": vals}
+
+    @classmethod
+    def from_json(cls, data: Any) -> OutputColumns:
+        try:
+            vals = data["values"]
+            return cls(int(data["start"]), int(data["end"]), str(data["encoding"]),
+                       None if vals is None else tuple(decode_value(v) for v in vals))
+        except (KeyError, TypeError, ValueError, ModelError) as e:
+            raise AnnotationError(f"malformed output columns {data!r}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantCard:
+    """How a variant (`rasp_compiler.transforms`) changed the model: its steps, the labelled frame it
+    keeps (`labels`, and each label's vector in residual coordinates, `basis`, None = identity), and
+    whether the ground truth became approximate (with the measured accuracy)."""
+
+    steps: tuple[dict[str, Any], ...]
+    labels: tuple[str, ...]
+    approximate: bool = False
+    accuracy: float | None = None
+    basis: tuple[tuple[float, ...], ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"steps": [dict(s) for s in self.steps], "labels": list(self.labels),
+                               "approximate": self.approximate, "accuracy": self.accuracy}
+        if self.basis is not None:
+            out["basis"] = [list(row) for row in self.basis]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> VariantCard:
+        try:
+            basis = data.get("basis")
+            return cls(
+                steps=tuple(dict(s) for s in data["steps"]),
+                labels=tuple(str(x) for x in data.get("labels") or ()),
+                approximate=bool(data.get("approximate", False)),
+                accuracy=data.get("accuracy"),
+                basis=None if basis is None else tuple(tuple(float(x) for x in row) for row in basis),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise AnnotationError(f"malformed variant card: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class Annotation:
-    """The compiler's ground truth for one model (one output)."""
+    """The compiler's ground truth for one model.
+
+    Single-output models fill `output`, `ops` and `blocks`. A multi-output model also lists its outputs
+    (`outputs`: op labels; `output_names`: name -> op label; `output_columns`: name -> its `W_U`
+    columns); a variant carries its `variant` card. Every model kind has this one typed record; its
+    JSON form (docs/CONTRACTS.md section 3) is what files hold and what `verify` reads.
+    """
 
     output: str
     ops: dict[str, OpAnnotation]
     blocks: tuple[BlockAnnotation, ...]
     version: int = ANNOTATION_VERSION
+    outputs: tuple[str, ...] = ()
+    output_names: dict[str, str] = dataclasses.field(default_factory=dict)
+    output_columns: dict[str, OutputColumns] = dataclasses.field(default_factory=dict)
+    variant: VariantCard | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict in the layout of docs/CONTRACTS.md section 3."""
-        return {
+        out: dict[str, Any] = {
             "version": self.version,
             "output": self.output,
             "ops": {k: v.to_json() for k, v in self.ops.items()},
             "blocks": [b.to_json() for b in self.blocks],
         }
+        if self.outputs:
+            out["outputs"] = list(self.outputs)
+            out["output_names"] = dict(self.output_names)
+            out["output_columns"] = {k: v.to_json() for k, v in self.output_columns.items()}
+        if self.variant is not None:
+            out["variant"] = self.variant.to_json()
+        return out
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), sort_keys=False)
@@ -176,7 +265,18 @@ class Annotation:
         try:
             ops = {str(k): OpAnnotation.from_json(v) for k, v in data["ops"].items()}
             blocks = tuple(BlockAnnotation.from_json(b) for b in data["blocks"])
-            return cls(output=str(data["output"]), ops=ops, blocks=blocks, version=version)
+            variant = data.get("variant")
+            return cls(
+                output=str(data["output"]),
+                ops=ops,
+                blocks=blocks,
+                version=version,
+                outputs=tuple(str(o) for o in data.get("outputs", ())),
+                output_names={str(k): str(v) for k, v in (data.get("output_names") or {}).items()},
+                output_columns={str(k): OutputColumns.from_json(v)
+                                for k, v in (data.get("output_columns") or {}).items()},
+                variant=None if variant is None else VariantCard.from_json(variant),
+            )
         except (KeyError, AttributeError, TypeError) as e:
             raise AnnotationError(f"malformed annotation: {e}") from None
 

@@ -7,9 +7,7 @@ and the tracr-style interface work without torch; `to_torch()` gives the hooked 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from rasp_compiler.model.annotation import Annotation
 from rasp_compiler.model.codec import Codec
 from rasp_compiler.model.config import ModelConfig, compare_weight_names
 from rasp_compiler.model.errors import ModelError
 from rasp_compiler.model.io import ModelFileError, ModelParts, read_model_files, write_model_files
-from rasp_compiler.model.outputs import decode_block, find_block, output_blocks, output_columns
-from rasp_compiler.model.values import decode_value
+from rasp_compiler.model.outputs import decode_block, find_block, output_blocks
 
 __all__ = ["ApplyOutput", "CompiledModel", "load", "output_view", "save"]
 
@@ -53,7 +51,7 @@ class CompiledModel:
     config: ModelConfig
     weights: dict[str, np.ndarray]
     codec: Codec
-    annotation: Any = None
+    annotation: Annotation | None = None
     program_source: str = ""
 
     def __post_init__(self) -> None:
@@ -61,6 +59,9 @@ class CompiledModel:
             raise ModelError(f"CompiledModel.config must be a ModelConfig, got {type(self.config).__name__}")
         if not isinstance(self.codec, Codec):
             raise ModelError(f"CompiledModel.codec must be a Codec, got {type(self.codec).__name__}")
+        if self.annotation is not None and not isinstance(self.annotation, Annotation):
+            raise ModelError(f"CompiledModel.annotation must be an Annotation or None, got "
+                             f"{type(self.annotation).__name__} (Annotation.from_json reads the JSON form)")
         self.weights = _checked_weights(self.config, self.weights)
         _check_codec(self.config, self.codec)
 
@@ -118,19 +119,17 @@ class CompiledModel:
         A multi-output model (`rasp_compiler.compiler.multi`) decodes each output over its own `W_U` columns
         and gives {output name: values}; one argmax across all outputs' columns would mean nothing.
         """
-        cols = output_columns(self.annotation)
-        if cols is None:
+        cols = self.annotation.output_columns if self.annotation is not None else {}
+        if not cols:
             return self.codec.decode(output, bos_first=bos_first)
         output = np.asarray(output)
-        width = max(int(c["end"]) for c in cols.values())
+        width = max(c.end for c in cols.values())
         if output.ndim != 2 or output.shape[1] != width:
             raise ModelError(f"decode expects output of shape [T, {width}] (the multi-output model's "
                              f"W_U columns), got {output.shape}")
         out: dict[str, list[Any]] = {}
         for name, c in cols.items():
-            vals = c.get("values")
-            values = decode_block(output, int(c["start"]), int(c["end"]), str(c["encoding"]),
-                                  None if vals is None else [decode_value(v) for v in vals])
+            values = decode_block(output, c.start, c.end, c.encoding, c.values)
             if bos_first and values:
                 values[0] = self.codec.bos
             out[str(name)] = values
@@ -209,13 +208,9 @@ class CompiledModel:
         """Write `weights.safetensors` + `model.json` into `directory` (see `rasp_compiler.model.io`)."""
         save(self, directory)
 
-    def annotation_json(self) -> Any:
-        """The annotation as JSON-able data: `annotation.to_json()` if it has one, else as stored."""
-        ann = self.annotation
-        if ann is not None and hasattr(ann, "to_json"):
-            data = ann.to_json()
-            return json.loads(data) if isinstance(data, str) else data
-        return ann
+    def annotation_json(self) -> dict[str, Any] | None:
+        """The annotation's JSON form (docs/CONTRACTS.md section 3), or None."""
+        return None if self.annotation is None else self.annotation.to_json()
 
     def __repr__(self) -> str:
         c = self.config
@@ -322,12 +317,11 @@ def _forward(config: ModelConfig, w: dict[str, np.ndarray], toks: np.ndarray, ke
 def output_view(model: CompiledModel, name: str) -> CompiledModel:
     """A single-output model: the same weights with only `name`'s columns of W_U (same components)."""
     b = find_block(model, name)
-    ann = copy.deepcopy(model.annotation_json())
     if len(output_blocks(model)) == 1:
         return model
-    for key in ("outputs", "output_names", "output_columns"):
-        ann.pop(key, None)
-    ann["output"] = b.label
+    ann = dataclasses.replace(
+        model.annotation, output=b.label, outputs=(), output_names={}, output_columns={}
+    )
     weights = dict(model.weights)
     weights["W_U"] = np.ascontiguousarray(model.weights["W_U"][:, b.start : b.end])
     weights["b_U"] = np.ascontiguousarray(model.weights["b_U"][b.start : b.end])

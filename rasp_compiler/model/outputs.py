@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler.model.errors import ModelError
-from rasp_compiler.model.values import decode_value, is_number, token_key
+from rasp_compiler.model.values import is_number, token_key
 
 
 class MultiOutputError(ModelError):
@@ -61,19 +61,6 @@ def outputs_equal(expected: Sequence[Any], got: Sequence[Any], numerical: bool, 
     return len(expected) == len(got) and all(positions_equal(expected, got, numerical, atol))
 
 
-def output_columns(annotation: Any) -> dict[str, dict[str, Any]] | None:
-    """The per-output `W_U` column blocks of a multi-output model (`rasp_compiler.compiler.multi`), else None.
-
-    A multi-output annotation is a JSON dict with `output_columns` = {name: {start, end, encoding,
-    values}}; any other annotation (an `Annotation` object, a single-output dict) has none.
-    """
-    if isinstance(annotation, dict):
-        cols = annotation.get("output_columns")
-        if cols:
-            return cols
-    return None
-
-
 def decode_block(logits: np.ndarray, start: int, end: int, encoding: str, values: Sequence[Any] | None
                  ) -> list[Any]:
     """Logits `[T, d_vocab_out]` -> one value per row, read from columns [start, end) only: the argmax
@@ -99,10 +86,10 @@ class OutputBlock:
 
 def output_blocks(model: Any) -> list[OutputBlock]:
     """The model's outputs; a single-output model has one block spanning every column."""
-    ann = model.annotation_json()
-    cols = ann.get("output_columns") if isinstance(ann, dict) else None
+    ann = model.annotation
+    cols = ann.output_columns if ann is not None else {}
     if not cols:
-        label = str(ann.get("output", "output")) if isinstance(ann, dict) else "output"
+        label = ann.output if ann is not None else "output"
         vals = model.codec.output_values
         return [
             OutputBlock(
@@ -114,21 +101,8 @@ def output_blocks(model: Any) -> list[OutputBlock]:
                 None if vals is None else tuple(vals),
             )
         ]
-    names = ann.get("output_names", {})
-    out = []
-    for name, c in cols.items():
-        vals = c.get("values")
-        out.append(
-            OutputBlock(
-                str(name),
-                str(names.get(name, name)),
-                int(c["start"]),
-                int(c["end"]),
-                str(c["encoding"]),
-                None if vals is None else tuple(decode_value(v) for v in vals),
-            )
-        )
-    return out
+    return [OutputBlock(name, ann.output_names.get(name, name), c.start, c.end, c.encoding, c.values)
+            for name, c in cols.items()]
 
 
 def output_names(model: Any) -> list[str]:

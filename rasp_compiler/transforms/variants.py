@@ -29,7 +29,6 @@ rotation or compression `config.residual_labels` names plain basis vectors (`bas
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from rasp_compiler.model.annotation import Annotation
 from rasp_compiler.model.compiled import CompiledModel
 from rasp_compiler.model.config import residual_side
 from rasp_compiler.model.outputs import OUTPUT_ATOL, decode_outputs, output_blocks, positions_equal
@@ -70,11 +70,9 @@ class VariantError(ValueError):
 
 
 def variant_card(model: CompiledModel) -> dict[str, Any] | None:
-    """The model's "variant" record (None for a model straight from the compiler)."""
-    ann = model.annotation_json()
-    if isinstance(ann, dict) and isinstance(ann.get("variant"), dict):
-        return ann["variant"]
-    return None
+    """The model's "variant" record as JSON data (None for a model straight from the compiler)."""
+    ann = model.annotation
+    return None if ann is None or ann.variant is None else ann.variant.to_json()
 
 
 def labelled_basis(model: CompiledModel) -> tuple[list[str], np.ndarray]:
@@ -126,9 +124,9 @@ def _new_annotation(
     *,
     approximate: bool | None = None,
     accuracy: float | None = None,
-) -> dict[str, Any]:
-    ann = copy.deepcopy(model.annotation_json())
-    if not isinstance(ann, dict):
+) -> Annotation:
+    ann = model.annotation_json()
+    if ann is None:
         raise VariantError("the model has no annotation (a variant records itself there)")
     old = ann.get("variant") or {"steps": [], "approximate": False, "accuracy": None}
     card: dict[str, Any] = {
@@ -145,7 +143,7 @@ def _new_annotation(
         prev = card["accuracy"]
         card["accuracy"] = float(accuracy) if prev is None else min(float(prev), float(accuracy))
     ann["variant"] = card
-    return ann
+    return Annotation.from_json(ann)
 
 
 # ============================================================================================ weights
@@ -386,8 +384,8 @@ def add_noise(
         "W_U": _pad(w["W_U"], (D, cfg.d_vocab_out)),
         "b_U": w["b_U"].copy(),
     }
-    ann = copy.deepcopy(model.annotation_json())
-    if not isinstance(ann, dict):
+    ann = model.annotation_json()
+    if ann is None:
         raise VariantError("the model has no annotation (a variant records itself there)")
     ann.setdefault("blocks", [])
     ann.setdefault("ops", {})
@@ -532,7 +530,7 @@ def add_noise(
         residual_labels=res_labels,
     )
     structural = CompiledModel(
-        dataclasses.replace(cfg, **config), new, model.codec, ann, model.program_source
+        dataclasses.replace(cfg, **config), new, model.codec, Annotation.from_json(ann), model.program_source
     )
 
     check = list(inputs) if inputs is not None else all_inputs(model)
@@ -551,7 +549,8 @@ def add_noise(
                     trial[n] = (new[n] * (1.0 + level * nrng.standard_normal(new[n].shape))).astype(
                         np.float32
                     )
-                cand = CompiledModel(structural.config, trial, model.codec, ann, model.program_source)
+                cand = CompiledModel(structural.config, trial, model.codec, structural.annotation,
+                                     model.program_source)
                 if _agree(reference, _decoded(cand, check), _numerical(model), tol)[1] == 1.0:
                     noisy_weights = trial
                     break

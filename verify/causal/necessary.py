@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler import rasp
+from rasp_compiler.model.directions import Direction
 from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
 from verify.causal.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, is_numerical_output
 from verify.causal.patcher import Patcher
@@ -87,7 +88,8 @@ def _overrides(
 
 
 def _is_internal(labels: Iterable[str], op: str) -> bool:
-    return any(lab.startswith(op + "__") for lab in labels)
+    parsed = (Direction.parse(lab, [op]) for lab in labels)
+    return any(d.variable == op and d.is_helper for d in parsed)
 
 
 def necessary_edges(
