@@ -35,8 +35,12 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler import rasp
+from rasp_compiler.compiler.compiling import compile_rasp_to_model
 from rasp_compiler.rasp.source import to_source
 from rasp_compiler.testing import generate
+from rasp_compiler.testing.fuzz import program_for
+from rasp_compiler.testing.runner import map_work
+from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
 from verify.circuit import Circuit, CircuitError, Edge
 from verify.structural import ScoreResult, score
 from verify.truth import ground_truth
@@ -432,7 +436,6 @@ def _score_case(
     s: _Settings,
 ) -> ToolCase | str:
     """Compile, build the dataset and the truth, run the tool, score. A string: why it was skipped."""
-    from rasp_compiler.compiler.compiling import compile_rasp_to_model
 
     gp = generate.GeneratedProgram(program, vocab, max_seq_len, input_length)
     try:
@@ -523,7 +526,6 @@ class _ToolItem:
 def _run_tool_item(item: _ToolItem) -> ToolCase | str:
     """Score one program. A sampled program's case comes back without it (`program` None: the caller
     rebuilds it), so nothing unpicklable crosses processes."""
-    from rasp_compiler.testing.fuzz import program_for
 
     gp = item.gp if item.gp is not None else program_for(item.seed, item.index, dict(item.limits))
     got = _score_case(item.tool, item.index, gp.program, gp.vocab, gp.max_seq_len, gp.input_length,
@@ -539,7 +541,6 @@ def _run_tool_item(item: _ToolItem) -> ToolCase | str:
 def _shrink(tool: Tool, case: ToolCase, s: _Settings, max_rounds: int = 40) -> ToolCase:
     """Greedy: sub-programs and programs with one op bypassed (as the compiler fuzzer shrinks), then a
     shorter max_seq_len and a smaller vocab, while the tool still scores below the threshold."""
-    from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
 
     def bad(program: Any, vocab: tuple, msl: int) -> ToolCase | None:
         length = case.input_length
@@ -689,8 +690,6 @@ def fuzz_tool(
         from tqdm import tqdm
 
         bar = tqdm(total=n_programs, desc="fuzz tool", unit="prog", file=sys.stderr)
-    from rasp_compiler.testing.fuzz import program_for
-    from rasp_compiler.testing.runner import map_work
 
     try:
         results = map_work(

@@ -17,9 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import verify
+from rasp_compiler import __version__, rasp
+from rasp_compiler.app import pictures, report, suite
+from rasp_compiler.compiler import compiling
+from rasp_compiler.model import load
+from rasp_compiler.rasp.lib import LIBRARY
+from rasp_compiler.testing import fuzz
 from rasp_compiler.testing.runner import RunnerError
+from verify import formats, tool_fuzz
 from verify.circuit import CircuitError
+from verify.draw import draw_circuit
 from verify.formats import read_circuit_file
+from verify.tool_fuzz import ToolFuzzError, scoring_keywords
 
 __all__ = ["CLIError", "load_program", "main", "parse_input"]
 
@@ -59,8 +69,6 @@ def load_program(
     be bound to the SOp itself). Vocab and length come from the flags, else from `VOCAB` and
     `MAX_SEQ_LEN` in the file; a library program's defaults can be overridden by the flags.
     """
-    from rasp_compiler import rasp
-    from rasp_compiler.rasp.lib import LIBRARY
 
     if ":" in target and (target.rsplit(":", 1)[0].endswith(".py") or os.sep in target or "/" in target):
         path_text, func = target.rsplit(":", 1)
@@ -120,7 +128,6 @@ def load_program(
 
 
 def _load_model(directory: str) -> Any:
-    from rasp_compiler.model import load
 
     return load(directory)
 
@@ -173,7 +180,6 @@ def _fmt(v: Any) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rasp_compiler.rasp.lib import LIBRARY
 
     width = max(len(n) for n in LIBRARY)
     for name in sorted(LIBRARY):
@@ -184,10 +190,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    import verify
-    from rasp_compiler import rasp
-    from rasp_compiler.compiler import compiling
-    from verify import formats
 
     program, vocab, max_seq_len, name = load_program(args.target, args.vocab, args.max_seq_len)
     try:
@@ -238,8 +240,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_circuit(args: argparse.Namespace) -> int:
-    import verify
-    from verify import formats
 
     model = _load_model(args.model)
     truth = verify.ground_truth(model, method=args.method)
@@ -281,7 +281,6 @@ def cmd_circuit(args: argparse.Namespace) -> int:
 
 def _draw_truth(model: Any, truth: Any, path: str | Path) -> Any:
     """The ground-truth circuit diagram, heads placed by the model's layout; returns the written path."""
-    from verify.draw import draw_circuit
 
     return draw_circuit(
         truth,
@@ -291,7 +290,6 @@ def _draw_truth(model: Any, truth: Any, path: str | Path) -> Any:
 
 def _pictures(model: Any, truth: Any, out: Path, input_text: str | None) -> None:
     """Circuit diagram, residual-stream picture and the attention of every circuit head on one input."""
-    from rasp_compiler.app import pictures
 
     out.mkdir(parents=True, exist_ok=True)
     vocab = model.codec.vocab
@@ -315,7 +313,6 @@ def _pictures(model: Any, truth: Any, out: Path, input_text: str | None) -> None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    import verify
 
     model = _load_model(args.model)
     truth = verify.ground_truth(model)
@@ -396,7 +393,6 @@ def _ray_choice(args: argparse.Namespace) -> tuple[bool, str | None]:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from rasp_compiler.app import suite
 
     use_ray, ray_address = _ray_choice(args)
     try:
@@ -429,7 +425,6 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from rasp_compiler.testing import fuzz
 
     use_ray, ray_address = _ray_choice(args)
     spread = {
@@ -438,8 +433,6 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         "ray_address": ray_address,
     }
     if args.target == "tool":
-        from verify import tool_fuzz
-        from verify.tool_fuzz import ToolFuzzError, scoring_keywords
 
         if not args.tool:
             raise CLIError(
@@ -482,7 +475,6 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rasp_compiler.app import report
 
     programs = [p.strip() for p in args.programs.split(",")] if args.programs else None
     result = report.run_demo(args.out, programs=programs, focus=args.focus, progress=not args.quiet)
@@ -509,7 +501,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--traceback", action="store_true", help="show Python tracebacks instead of one-line errors"
     )
-    from rasp_compiler import __version__
 
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -24,7 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import verify
+from rasp_compiler import rasp
+from rasp_compiler.app import pictures as pics
+from rasp_compiler.compiler import compiling
 from rasp_compiler.model.outputs import outputs_equal
+from rasp_compiler.rasp.lib import LIBRARY
+from rasp_compiler.rasp.source import to_source
+from rasp_compiler.transforms import variants
 from verify.draw import draw_circuit
 
 __all__ = [
@@ -134,10 +141,6 @@ def check_program(name: str, out_dir: Path, rng: random.Random) -> tuple[Program
 
     Returns (check, model, ground-truth circuit, program).
     """
-    import verify
-    from rasp_compiler import rasp
-    from rasp_compiler.compiler import compiling
-    from rasp_compiler.rasp.lib import LIBRARY
 
     if name not in LIBRARY:
         raise ValueError(
@@ -208,7 +211,6 @@ ACDC_THRESHOLD = 1e-3  # the circuit reported (F1): edges ACDC keeps at this thr
 
 def discover(model: Any, program: Any, label: str, *, n: int, seed: int, distinct: bool) -> Discovery:
     """ACDC (resample ablation, threshold sweep) on `model`, scored against both truths."""
-    import verify
     from verify import causal, discovery
 
     data = causal.make_dataset(model, program, n=n, seed=seed, distinct=distinct)
@@ -421,9 +423,6 @@ def run_demo(
     seed: int = 0,
 ) -> DemoResult:
     """Compile, check, discover, score, draw and write the report; see the module docstring."""
-    from rasp_compiler.app import pictures as pics
-    from rasp_compiler.rasp.lib import LIBRARY
-    from rasp_compiler.rasp.source import to_source
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -587,7 +586,6 @@ def _variant_discoveries(
     model: Any, program: Any, n: int, seed: int, distinct: bool, say: Any
 ) -> list[Discovery]:
     """ACDC on a rotated and on a noisy copy of the focus model (same function, harder truth)."""
-    from rasp_compiler.transforms import variants
 
     runs = []
     inputs = None

@@ -47,8 +47,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import verify
+from rasp_compiler import rasp
+from rasp_compiler.compiler import compiling, multi
+from rasp_compiler.model import output_view
 from rasp_compiler.model.outputs import outputs_equal
+from rasp_compiler.model.values import sort_values
+from rasp_compiler.rasp.lib import LIBRARY
+from rasp_compiler.rasp.source import to_source
+from rasp_compiler.testing import generate
+from rasp_compiler.testing.generate import op_kinds
 from rasp_compiler.testing.runner import available_cores, iter_work
+from rasp_compiler.transforms import variants
+from rasp_compiler.transforms.variants import COMPRESS_METHODS
+from verify import formats
+from verify.circuit import CircuitError
 
 __all__ = [
     "SUITE_FORMAT",
@@ -108,7 +121,6 @@ class SuiteVariants:
     compress_method: str = "pca"
 
     def __post_init__(self) -> None:
-        from rasp_compiler.transforms.variants import COMPRESS_METHODS
 
         if isinstance(self.multi, bool) or not isinstance(self.multi, int) or not 1 <= self.multi <= 6:
             raise SuiteError(f"--multi must be an int from 1 to 6, got {self.multi!r}")
@@ -191,7 +203,6 @@ class SuiteSummary:
 
 def plan(n: int, seed: int, pairs: int = 32, variants: SuiteVariants | None = None) -> list[WorkItem]:
     """The suite's work items: about half library programs (all of them when n >= 60), then generated."""
-    from rasp_compiler.rasp.lib import LIBRARY
 
     if n < 1:
         raise SuiteError(f"--n must be at least 1, got {n}")
@@ -246,7 +257,6 @@ def make_pairs(
     the evaluator raises (a program undefined there) are redrawn. `others` ({name: program}, the other
     outputs of a multi-output model) adds `outputs_expected: {name: {clean, corrupted}}` to each pair.
     """
-    from rasp_compiler import rasp
 
     vocab = list(vocab)
     lengths = [k for k in lengths if not distinct or k <= len(vocab)]
@@ -300,7 +310,6 @@ def _layers(annotation: dict[str, Any] | None, n_layers: int) -> list[dict[str, 
 
 
 def _circuit_files(truth: Any) -> dict[str, bytes]:
-    from verify import formats
 
     acdc = sorted(
         [child, list(ci), parent, list(pi), bool(on)]
@@ -341,8 +350,6 @@ def _circuit_files(truth: Any) -> dict[str, bytes]:
 def _partners(item: WorkItem, vocab: tuple, distinct: bool, k: int) -> dict[str, Any]:
     """`k` other library programs to share a multi-output model with the item's program: first those
     over the same vocabulary, then programs defined on any vocabulary; seeded by the item alone."""
-    from rasp_compiler.model.values import sort_values
-    from rasp_compiler.rasp.lib import LIBRARY
 
     same = [
         n
@@ -356,12 +363,6 @@ def _partners(item: WorkItem, vocab: tuple, distinct: bool, k: int) -> dict[str,
 
 def _draft(item: WorkItem, attempt: int) -> tuple[Any, tuple, int, tuple[int, ...], bool, str]:
     """(program, vocab, max_seq_len, lengths, distinct_tokens, summary) for one attempt at an item."""
-    from rasp_compiler import rasp
-    from rasp_compiler.model.values import sort_values
-    from rasp_compiler.rasp.lib import (
-        LIBRARY,  # imported before the restart: its module-level programs take ids
-    )
-    from rasp_compiler.testing import generate
 
     rasp.restart_ids()
     if item.origin == "library":
@@ -387,7 +388,6 @@ def _apply_variants(
     model: Any, v: SuiteVariants, item: WorkItem, attempt: int, inputs: list[list[Any]]
 ) -> Any:
     """Noise, then rotation, then compression, as `v` asks; each step checks itself on `inputs`."""
-    from rasp_compiler.transforms import variants
 
     if v.noisy:
         model = variants.add_noise(
@@ -441,14 +441,6 @@ def build_item(item: WorkItem) -> dict[str, Any]:
     Pure function of `item` (runs in worker processes or Ray tasks; nothing is written outside a
     private temporary directory).
     """
-    import verify
-    from rasp_compiler import rasp
-    from rasp_compiler.compiler import compiling, multi
-    from rasp_compiler.model import output_view
-    from rasp_compiler.rasp.source import to_source
-    from rasp_compiler.testing.generate import op_kinds
-    from rasp_compiler.transforms import variants
-    from verify.circuit import CircuitError
 
     v = item.variants
     rejected: Counter = Counter()
@@ -533,7 +525,6 @@ def build_item(item: WorkItem) -> dict[str, Any]:
         files["program.py"] = source.encode()
         files.update(_circuit_files(truth))
         if len(programs) > 1:
-            from verify import formats
 
             for n, t in truth_of.items():
                 files[f"outputs/{n}.circuit.json"] = _dump(formats.to_json(t))

@@ -20,6 +20,7 @@ from rasp_compiler.compiler.spaces import Residual, build_residual
 from rasp_compiler.compiler.validate import validate
 from rasp_compiler.compiler.values import ValueSets, infer_values
 from rasp_compiler.model.compiled import CompiledModel
+from rasp_compiler.rasp.source import to_source
 
 __all__ = [
     "CompileError",
@@ -102,7 +103,6 @@ def compile_rasp_to_model(
 def _program_source(program: Any, graph: ProgramGraph) -> str:
     """Python source that rebuilds the program (rasp_compiler.rasp.source), else a readable op listing."""
     try:
-        from rasp_compiler.rasp.source import to_source
 
         return to_source(program, strict=False)
     except Exception:  # noqa: BLE001 - e.g. a program built with tracr's rasp: describe it instead

@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from rasp_compiler import rasp
+from rasp_compiler.compiler import compiling
+from rasp_compiler.compiler.graph import ProgramGraph, build_graph
 from rasp_compiler.model.annotation import OutputColumns
 from rasp_compiler.model.codec import Codec
 from rasp_compiler.model.compiled import CompiledModel
@@ -45,8 +48,6 @@ def _multi_graph(roots: list[Any], options: Any) -> tuple[Any, list[str]]:
     """One ProgramGraph over several outputs; returns it and each root's op label."""
     import networkx as nx
 
-    from rasp_compiler import rasp
-    from rasp_compiler.compiler.graph import ProgramGraph, build_graph
 
     top = roots[0]
     for i, r in enumerate(roots[1:]):
@@ -75,7 +76,6 @@ def compile_programs(
 ) -> CompiledModel:
     """Compile several programs into one model (shared residual stream; ops that are the same object
     are built once). Each output reads its own op's directions through its own W_U columns."""
-    from rasp_compiler.compiler import compiling
 
     if not isinstance(programs, Mapping) or not programs:
         raise MultiOutputError("compile_programs expects a non-empty mapping {name: program}")

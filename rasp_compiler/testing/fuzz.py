@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler import rasp
+from rasp_compiler.compiler import compiling
+from rasp_compiler.engine import Engine
 from rasp_compiler.model.outputs import outputs_equal
 from rasp_compiler.rasp.source import from_source, to_source
 from rasp_compiler.testing import generate
@@ -181,7 +183,6 @@ def available_backends() -> tuple[str, ...]:
 
 
 def _compile(program: Any, vocab: Sequence, max_seq_len: int) -> Any:
-    from rasp_compiler.compiler import compiling
 
     return compiling.compile_rasp_to_model(program, set(vocab), max_seq_len)
 
@@ -199,7 +200,6 @@ class _Runner:
             self.module = model.to_torch()
             self.module.eval()
         elif backend == "engine":
-            from rasp_compiler.engine import Engine
 
             self.engine = Engine(model, threads=1)
         elif backend != "numpy":

@@ -17,6 +17,7 @@ from verify.circuit import (
     legal_edges,
     node_sort_key,
 )
+from verify.truth import annotation_dict, model_graph
 
 __all__ = ["MERGED", "check_named", "circuit_from_groups", "from_edges", "from_nodes", "graph_of"]
 
@@ -34,7 +35,6 @@ def graph_of(model: Any, output: str | None = None) -> ModelGraph:
         if model.model_graph is None:
             raise CircuitError("this Circuit carries no model graph; pass the CompiledModel instead")
         return graph_of(model.model_graph, output)
-    from verify.truth import annotation_dict, model_graph
 
     method = "annotation" if annotation_dict(model) is not None else "weights"
     return model_graph(model, output, method)
