@@ -1,0 +1,264 @@
+// Block and warp operations of one sequence: sparse-row matmuls, attention, the MLP, patch application.
+// Device functions only; `engine_kernel` (kernel.cuh) composes them.
+#pragma once
+
+#include "cuda/device_types.cuh"
+
+namespace rasp::cuda {
+namespace {
+
+// ------------------------------------------------------------------------------------------ block helpers
+
+// Y[t, j] (+)= bias[j] + sum over rows r of X[t, r] * W[r, j], for t < T, j < ncols. rows == null means
+// every row in [0, nrows). X and Y are scratch (shared or global), W is a read-only weight matrix with
+// leading dimension ldw, already offset to its first column. Ends with a barrier.
+__device__ void mm(const Grp& g, const float* X, int ldx, int T, const float* __restrict__ W, int ldw, int ncols,
+                   const int* __restrict__ rows, int nrows, const float* __restrict__ bias, float* Y, int ldy,
+                   bool accumulate, bool resid_in = false) {
+  if (g.warp) {
+    // Warp mode: a lane owns columns and keeps kTile positions in registers, so that each weight and row
+    // index is loaded once per kTile positions (not once per position) and kTile independent sums give
+    // the lane instruction-level parallelism. Same terms in the same order as below: same results.
+    constexpr int kTile = 8;
+    // Row skipping: compiled residual streams are nearly one-hot, so most rows i have X[t, i] == 0 at
+    // every position of a tile. The warp first lists the rows where some position is nonzero (a ballot
+    // per 32 rows), then runs the same loop over that list only: the skipped terms are exact zeros, so the
+    // sums are unchanged. Lists shorter than kSkipMin rows are not worth the extra pass. By default only
+    // matmuls reading the residual stream (resid_in: the sparsest inputs) skip; attention z and MLP hidden
+    // rows are denser, and listing them cost more than it saved on shuffle_dyck2 (H200, run 3).
+    constexpr int kSkipMin = 16;
+    const bool skip = g.idx != nullptr && nrows >= kSkipMin && (resid_in || g.skip_all);
+    const int* rows_all = rows;
+    const int nrows_all = nrows;
+    for (int t0 = 0; t0 < T; t0 += kTile) {
+      const int tn = T - t0 < kTile ? T - t0 : kTile;
+      const float* x0 = X + static_cast<size_t>(t0) * ldx;
+      if (skip) {
+        int cnt = 0;
+        for (int r0 = 0; r0 < nrows_all; r0 += 32) {  // the same trip count on every lane
+#ifdef RASP_CUDA_EMULATE_HOST
+          for (int k = 0; k < 32 && r0 + k < nrows_all; ++k) {  // emulated warp groups are one thread
+            const int i = rows_all ? rows_all[r0 + k] : r0 + k;
+            bool nz = false;
+            for (int u = 0; u < tn; ++u) nz = nz || x0[static_cast<size_t>(u) * ldx + i] != 0.0f;
+            if (nz) g.idx[cnt++] = i;
+          }
+#else
+          const int r = r0 + g.tid;
+          int i = 0;
+          bool nz = false;
+          if (r < nrows_all) {
+            i = rows_all ? __ldg(rows_all + r) : r;
+            for (int u = 0; u < tn; ++u) nz = nz || x0[static_cast<size_t>(u) * ldx + i] != 0.0f;
+          }
+          const unsigned mask = __ballot_sync(0xffffffffu, nz);
+          if (nz) g.idx[cnt + __popc(mask & ((1u << g.tid) - 1u))] = i;
+          cnt += __popc(mask);
+#endif
+        }
+        g.sync();
+        rows = g.idx;
+        nrows = cnt;
+      }
+      for (int j = g.tid; j < ncols; j += g.n) {
+        const float b = bias ? __ldg(bias + j) : 0.0f;
+        float s[kTile];
+        RASP_UNROLL
+        for (int u = 0; u < kTile; ++u) {  // slots past the last position repeat it; their sums are dropped
+          const int t = t0 + (u < tn ? u : tn - 1);
+          s[u] = accumulate ? Y[t * ldy + j] : 0.0f;
+          if (bias) s[u] = accumulate ? s[u] + b : b;
+        }
+        if (rows) {
+          for (int r = 0; r < nrows; ++r) {
+            const int i = skip ? rows[r] : __ldg(rows + r);  // the skip list is in shared memory: no __ldg
+            const float w = __ldg(W + static_cast<size_t>(i) * ldw + j);
+            RASP_UNROLL
+            for (int u = 0; u < kTile; ++u) s[u] += x0[static_cast<size_t>(u < tn ? u : tn - 1) * ldx + i] * w;
+          }
+        } else {
+          for (int i = 0; i < nrows; ++i) {
+            const float w = __ldg(W + static_cast<size_t>(i) * ldw + j);
+            RASP_UNROLL
+            for (int u = 0; u < kTile; ++u) s[u] += x0[static_cast<size_t>(u < tn ? u : tn - 1) * ldx + i] * w;
+          }
+        }
+        RASP_UNROLL
+        for (int u = 0; u < kTile; ++u)
+          if (u < tn) Y[(t0 + u) * ldy + j] = s[u];
+      }
+      if (skip) g.sync();  // every lane is done with the list before the next tile rewrites it
+    }
+    g.sync();
+    return;
+  }
+  const int n = T * ncols;
+  for (int idx = g.tid; idx < n; idx += g.n) {
+    const int t = idx / ncols, j = idx - t * ncols;
+    float s = accumulate ? Y[t * ldy + j] : 0.0f;
+    if (bias) s = accumulate ? s + __ldg(bias + j) : __ldg(bias + j);
+    const float* xt = X + static_cast<size_t>(t) * ldx;
+    if (rows) {
+      for (int r = 0; r < nrows; ++r) {
+        const int i = __ldg(rows + r);
+        s += xt[i] * __ldg(W + static_cast<size_t>(i) * ldw + j);
+      }
+    } else {
+      for (int i = 0; i < nrows; ++i) s += xt[i] * __ldg(W + static_cast<size_t>(i) * ldw + j);
+    }
+    Y[t * ldy + j] = s;
+  }
+  g.sync();
+}
+
+__device__ void copy_block(const Grp& g, float* dst, const float* src, int n) {
+  for (int i = g.tid; i < n; i += g.n) dst[i] = src[i];
+}
+
+// Softmax attention of every (active) head: qkv [T, 3HE] -> z [T, HE], scores/probabilities in P [H, T, T].
+__device__ void attention(const Grp& g, const float* qkv, int T, int H, int E, const int32_t* tok, int pad,
+                          const unsigned char* __restrict__ active, bool all_heads, float* P, float* z,
+                          float* rec_scores, float* rec_pattern) {
+  const int ld = 3 * H * E, HE = H * E, TT = T * T;
+  const float neg_inf = -INFINITY;
+  for (int idx = g.tid; idx < H * TT; idx += g.n) {
+    const int h = idx / TT, r = idx - h * TT, i = r / T, j = r - i * T;
+    if (!all_heads && !active[h]) continue;
+    float s;
+    if (pad >= 0 && tok[j] == pad) {
+      s = neg_inf;
+    } else {
+      const float* qi = qkv + i * ld + h * E;
+      const float* kj = qkv + j * ld + HE + h * E;
+      s = 0.0f;
+      for (int e = 0; e < E; ++e) s += qi[e] * kj[e];
+    }
+    P[idx] = s;
+    if (rec_scores) rec_scores[idx] = s;
+  }
+  g.sync();
+  for (int row = g.tid; row < H * T; row += g.n) {
+    const int h = row / T;
+    if (!all_heads && !active[h]) continue;
+    float* pr = P + static_cast<size_t>(row) * T;
+    float mx = neg_inf;
+    for (int j = 0; j < T; ++j) mx = fmaxf(mx, pr[j]);
+    if (mx == neg_inf) {
+      for (int j = 0; j < T; ++j) pr[j] = 0.0f;
+    } else {
+      float sum = 0.0f;
+      for (int j = 0; j < T; ++j) {
+        const float p = pr[j] == neg_inf ? 0.0f : expf(pr[j] - mx);
+        pr[j] = p;
+        sum += p;
+      }
+      const float inv = 1.0f / sum;
+      for (int j = 0; j < T; ++j) pr[j] *= inv;
+    }
+    if (rec_pattern)
+      for (int j = 0; j < T; ++j) rec_pattern[static_cast<size_t>(row) * T + j] = pr[j];
+  }
+  g.sync();
+  for (int idx = g.tid; idx < T * HE; idx += g.n) {
+    const int i = idx / HE, rem = idx - i * HE, h = rem / E, e = rem - h * E;
+    if (!all_heads && !active[h]) {
+      z[idx] = 0.0f;
+      continue;
+    }
+    const float* pr = P + (static_cast<size_t>(h) * T + i) * T;
+    const float* vcol = qkv + 2 * HE + h * E + e;
+    float s = 0.0f;
+    for (int j = 0; j < T; ++j) s += pr[j] * vcol[j * ld];
+    z[idx] = s;
+  }
+  g.sync();
+}
+
+// dst += proj(src - cur) over [T, D]; diff is [T, D] scratch. Ends with a barrier.
+__device__ void add_proj_diff(const Grp& g, const PlanDev& pl, int p, int D, int TD, const float* src, const float* cur,
+                              float* dst, float* diff) {
+  if (p == kWholeOutput) {
+    for (int i = g.tid; i < TD; i += g.n) dst[i] += src[i] - cur[i];
+  } else if (p < pl.n_diag) {
+    const float* w = pl.diag + static_cast<size_t>(p) * D;
+    for (int i = g.tid; i < TD; i += g.n) dst[i] += w[i % D] * (src[i] - cur[i]);
+  } else {
+    for (int i = g.tid; i < TD; i += g.n) diff[i] = src[i] - cur[i];
+    g.sync();
+    const float* P = pl.mat + static_cast<size_t>(p - pl.n_diag) * D * D;
+    mm(g, diff, D, TD / D, P, D, D, nullptr, D, nullptr, dst, D, true);
+  }
+  g.sync();
+}
+
+// Node patch in place: v = v + proj(src - v). Ends with a barrier.
+__device__ void node_patch(const Grp& g, const PlanDev& pl, int p, int D, int TD, const float* src, float* v, float* diff) {
+  if (p == kWholeOutput) {
+    for (int i = g.tid; i < TD; i += g.n) v[i] = src[i];
+  } else if (p < pl.n_diag) {
+    const float* w = pl.diag + static_cast<size_t>(p) * D;
+    for (int i = g.tid; i < TD; i += g.n) v[i] += w[i % D] * (src[i] - v[i]);
+  } else {
+    for (int i = g.tid; i < TD; i += g.n) diff[i] = src[i] - v[i];
+    g.sync();
+    const float* P = pl.mat + static_cast<size_t>(p - pl.n_diag) * D * D;
+    mm(g, diff, D, TD / D, P, D, D, nullptr, D, nullptr, v, D, true);
+  }
+  g.sync();
+}
+
+__device__ int argmax_row(const float* v, int n) {
+  int best = 0;
+  for (int i = 1; i < n; ++i)
+    if (v[i] > v[best]) best = i;
+  return best;
+}
+
+// The metric of one position (see sequence_metric in cpu_forward.cpp); returns false when not counted.
+__device__ bool position_metric(int metric, float atol, const float* p, const float* c, const float* s, int V,
+                                double* value) {
+  switch (metric) {
+    case 1: {  // KL(softmax(clean) || softmax(patched))
+      double mc = c[0], mp = p[0];
+      for (int i = 1; i < V; ++i) {
+        mc = fmax(mc, static_cast<double>(c[i]));
+        mp = fmax(mp, static_cast<double>(p[i]));
+      }
+      double zc = 0.0, zp = 0.0;
+      for (int i = 0; i < V; ++i) {
+        zc += exp(c[i] - mc);
+        zp += exp(p[i] - mp);
+      }
+      const double lzc = log(zc) + mc, lzp = log(zp) + mp;
+      double kl = 0.0;
+      for (int i = 0; i < V; ++i) {
+        const double lc = c[i] - lzc, lp = p[i] - lzp;
+        kl += exp(lc) * (lc - lp);
+      }
+      *value = fmax(kl, 0.0);
+      return true;
+    }
+    case 2: {  // logit difference between the clean and the source answers
+      const int yc = argmax_row(c, V), ys = argmax_row(s, V);
+      if (yc == ys) return false;
+      *value = static_cast<double>(p[yc]) - p[ys];
+      return true;
+    }
+    case 3:
+      if (V == 1) *value = fabsf(p[0] - c[0]) <= atol ? 1.0 : 0.0;
+      else *value = argmax_row(p, V) == argmax_row(c, V) ? 1.0 : 0.0;
+      return true;
+    case 4: {
+      double se = 0.0;
+      for (int i = 0; i < V; ++i) se += (static_cast<double>(p[i]) - c[i]) * (static_cast<double>(p[i]) - c[i]);
+      *value = se / V;
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+
+}  // namespace
+}  // namespace rasp::cuda
