@@ -28,9 +28,10 @@ import torch
 
 from rasp_compiler.model.names import writers
 from rasp_compiler.model.patching import HookPatcher, PatchValue, ablation_values
-from verify.causal import Dataset, Patcher
+from verify.causal import Patcher
 from verify.causal.metrics import divergence
 from verify.circuit import OUTPUT, Edge, legal_edges, node_sort_key
+from verify.dataset import Dataset
 
 __all__ = [
     "DEFAULT_THRESHOLDS",

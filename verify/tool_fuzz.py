@@ -42,6 +42,7 @@ from rasp_compiler.testing.fuzz import program_for
 from rasp_compiler.testing.runner import map_work
 from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
 from verify.circuit import Circuit, CircuitError, Edge
+from verify.dataset import Dataset, make_dataset
 from verify.structural import ScoreResult, score
 from verify.truth import ground_truth
 
@@ -75,9 +76,9 @@ class ToolFuzzError(ValueError):
 
 
 @dataclasses.dataclass
-class ToolDataset:
-    """What a tool receives. It has every field of `verify.causal.Dataset`, so the built-in baselines and
-    the causal checks take it as is, plus the inputs as strings and as torch tensors.
+class ToolDataset(Dataset):
+    """What a tool receives: a `verify.dataset.Dataset` (so the built-in baselines and the causal checks
+    take it as is), plus the inputs as strings and as torch tensors.
 
     `clean` / `corrupt`: token values without BOS; `clean_ids` / `corrupt_ids`: `np.int64 [B, T+1]`
     with BOS first (`clean_tensor` / `corrupt_tensor`: the same as `torch.LongTensor`);
@@ -85,23 +86,8 @@ class ToolDataset:
     `corrupt_expected`: `rasp.evaluate` on each input. All inputs of one dataset share one length.
     """
 
-    program: Any
-    clean: list[list[Any]]
-    corrupt: list[list[Any]]
-    clean_ids: np.ndarray
-    corrupt_ids: np.ndarray
-    expected: list[list[Any]]
-    corrupt_expected: list[list[Any]]
-    seed: int = 0
     clean_str: list[list[str]] = dataclasses.field(default_factory=list)
     corrupt_str: list[list[str]] = dataclasses.field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.clean)
-
-    @property
-    def length(self) -> int:
-        return self.clean_ids.shape[1] - 1
 
     @property
     def corrupted(self) -> list[list[Any]]:
@@ -126,8 +112,6 @@ class ToolDataset:
 
 def make_tool_dataset(model: Any, gp: generate.GeneratedProgram, n: int = 16, seed: int = 0) -> ToolDataset:
     """`n` clean and `n` corrupted inputs of the longest valid length (inputs the program rejects redrawn)."""
-    from verify.causal import make_dataset
-
     length = gp.input_length if gp.input_length is not None else max(gp.lengths)
     base = make_dataset(model, gp.program, n, seed=seed, length=length)
     bos = str(model.codec.bos)

@@ -31,17 +31,7 @@ from rasp_compiler.engine.patches import EdgePatch, EncodedSets, NodePatch, Patc
 from rasp_compiler.model import names
 from rasp_compiler.model.config import expected_weight_shapes
 
-__all__ = [
-    "EdgePatch",
-    "EncodedSets",
-    "Engine",
-    "EngineError",
-    "NodePatch",
-    "build_info",
-    "cuda_available",
-    "hook_kinds",
-    "torch_patched_run",
-]
+__all__ = ["Engine", "build_info", "cuda_available", "hook_kinds", "torch_patched_run"]
 
 Subspace = Sequence[str] | Sequence[int] | np.ndarray | None
 

@@ -24,11 +24,11 @@ accepts `source_outputs` (docs/CONTRACTS.md "Requests to the engine"), else on t
 reference (`rasp_compiler.model.patching`).
 """
 
-from verify.causal.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, make_dataset
 from verify.causal.faithfulness import FaithfulnessResult, faithfulness
 from verify.causal.interchange import Alignment, IIAResult, ground_truth_alignments, interchange_accuracy
 from verify.causal.necessary import NecessaryEdges, necessary_edges
 from verify.causal.patcher import Patcher
+from verify.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, make_dataset
 
 __all__ = [
     "ABLATIONS",

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
-from verify.causal.dataset import CausalError, Dataset, decode_outputs, is_numerical_output
 from verify.causal.metrics import divergence, logit_diff, mse_to_clean, task_accuracy
 from verify.causal.patcher import Patcher
 from verify.circuit import Circuit, CircuitError, Edge, as_edge, legal_edges
+from verify.dataset import CausalError, Dataset, decode_outputs, is_numerical_output
 
 __all__ = ["FaithfulnessResult", "faithfulness"]
 

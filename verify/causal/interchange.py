@@ -14,9 +14,9 @@ from rasp_compiler import rasp
 from rasp_compiler.engine import Engine, NodePatch
 from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
 from rasp_compiler.model.patching import HookPatcher, PatchValue
-from verify.causal.dataset import CausalError, Dataset, decode_outputs, is_numerical_output
 from verify.causal.program import ProgramRunner
 from verify.circuit import node_kind
+from verify.dataset import CausalError, Dataset, decode_outputs, is_numerical_output
 from verify.truth import annotation_dict
 
 __all__ = ["Alignment", "IIAResult", "ground_truth_alignments", "interchange_accuracy"]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
-from verify.causal.dataset import Dataset, decode_outputs, is_numerical_output
+from verify.dataset import Dataset, decode_outputs, is_numerical_output
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

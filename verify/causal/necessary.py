@@ -12,10 +12,10 @@ import numpy as np
 from rasp_compiler import rasp
 from rasp_compiler.model.directions import Direction
 from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
-from verify.causal.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, is_numerical_output
 from verify.causal.patcher import Patcher
 from verify.causal.program import ProgramRunner
 from verify.circuit import Circuit, Edge, legal_edges
+from verify.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, is_numerical_output
 from verify.truth import ground_truth, model_graph
 
 __all__ = ["NecessaryEdges", "necessary_edges"]

@@ -10,8 +10,8 @@ import numpy as np
 from rasp_compiler.engine import Engine
 from rasp_compiler.model.names import writer_hook, writers
 from rasp_compiler.model.patching import HookPatcher, ablation_values
-from verify.causal.dataset import ABLATIONS, CausalError, Dataset
 from verify.circuit import as_edge, node_kind
+from verify.dataset import ABLATIONS, CausalError, Dataset
 
 __all__ = ["Patcher"]
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rasp_compiler import rasp
-from verify.causal.dataset import CausalError
+from verify.dataset import CausalError
 
 
 class ProgramRunner:

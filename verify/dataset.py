@@ -1,5 +1,6 @@
-"""Datasets for causal checks: clean inputs, resampled corrupted inputs, the evaluator's outputs;
-and decoding model outputs the way the datasets hold them."""
+"""Datasets for causal checks and discovery methods: clean inputs, resampled corrupted inputs, the
+evaluator's outputs; and decoding model outputs the way the datasets hold them. Torch-free, so tools
+and the tool fuzzer can build datasets without loading the patching machinery."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ __all__ = ["ABLATIONS", "CausalError", "Dataset", "decode_outputs", "make_datase
 
 
 ABLATIONS = ("resample", "mean", "zero")
+
+
 class CausalError(ValueError):
     """Bad arguments to a causal check: unknown ablation, empty dataset, a variable the program lacks."""
 
