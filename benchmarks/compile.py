@@ -53,7 +53,7 @@ def _tracr_worker(conn: Any) -> None:
     """Child process: compile programs with tracr on request, answer (seconds, layers, d_model, params)."""
     from tracr.compiler import compiling as tc
 
-    from tests.compiler_support import to_tracr
+    from tests.support.compiler import to_tracr
 
     while True:
         msg = conn.recv()

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from hypothesis import given, settings
-from test_verify_toys import build_toy
+from support.toys import build_toy
 
 import verify
 from verify import formats as F

@@ -11,10 +11,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from support.compiler import check_model, inputs_for
 
 from rasp_compiler import rasp
 from rasp_compiler.compiler import compiling
-from tests.compiler_support import check_model, inputs_for
 
 VOCAB = (0, 1, 2)
 MAX_LEN = 4

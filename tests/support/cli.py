@@ -1,6 +1,6 @@
 """Running `rasp-compiler` as a user does (a subprocess per command), for the CLI and suite tests.
 
-Not a conftest: tests import what they need (`from _cli_support import ROOT, run_cli`).
+Not a conftest: tests import what they need (`from support.cli import ROOT, run_cli`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -8,12 +8,12 @@ import random
 
 import numpy as np
 import pytest
+from support.compiler import check_model, inputs_for
 
 from rasp_compiler import rasp
 from rasp_compiler.compiler import compiling
 from rasp_compiler.compiler.options import CompileError
 from rasp_compiler.rasp import lib
-from tests.compiler_support import check_model, inputs_for
 
 C = rasp.Comparison
 

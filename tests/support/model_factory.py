@@ -1,6 +1,6 @@
 """Small CompiledModels for tests: random contract-following weights, hand-built ones, tracr conversions.
 
-Not a conftest: tests import what they need (`from _model_factory import random_model`).
+Not a conftest: tests import what they need (`from support.model_factory import random_model`).
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ import os
 import random
 
 import pytest
+from support.compiler import NUM_TOL, run_model, to_tracr, tracr_sizes
 
 from rasp_compiler import rasp
 from rasp_compiler.compiler import compiling
 from rasp_compiler.rasp import lib
-from tests.compiler_support import NUM_TOL, run_model, to_tracr, tracr_sizes
 
 pytest.importorskip("tracr")
 

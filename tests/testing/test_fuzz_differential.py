@@ -18,7 +18,7 @@ from rasp_compiler.rasp.source import to_source
 from rasp_compiler.testing import fuzz
 from rasp_compiler.testing import generate as gen
 
-REGRESSIONS = Path(__file__).parent / "regressions"
+REGRESSIONS = Path(__file__).resolve().parents[1] / "regressions"
 SLICE_PROGRAMS = 400
 SLICE_SEED = 7
 
@@ -245,7 +245,7 @@ def test_ray_local_instance_gives_the_same_campaigns(monkeypatch: pytest.MonkeyP
 
     from verify import tool_fuzz as vfuzz
 
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     kw = {"inputs_per_program": 6, "backends": ("numpy",), "progress": False, "shrink": False}
     local = fuzz.run_compiler_campaign(8, 5, **kw)

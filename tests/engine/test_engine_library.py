@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from _library_models import compiled, library_batch  # noqa: E402
-from engine_reference import upstream, writer_names  # noqa: E402
+from support.engine_reference import upstream, writer_names  # noqa: E402
+from support.library_models import compiled, library_batch  # noqa: E402
 
 from rasp_compiler.compiler import compiling  # noqa: E402
 from rasp_compiler.engine import EdgePatch, Engine, NodePatch, torch_patched_run  # noqa: E402

@@ -8,7 +8,7 @@ import random
 
 import numpy as np
 import pytest
-from test_verify_toys import TOY_TRUE_EDGES, build_toy
+from support.toys import TOY_TRUE_EDGES, build_toy
 
 import verify
 from verify.circuit import CircuitError, Edge

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _cli_support import run_cli
+from support.cli import run_cli
 
 N = 6
 

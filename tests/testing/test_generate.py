@@ -170,14 +170,14 @@ def test_sample_programs_is_deterministic() -> None:
         """
         import hashlib, sys
         sys.path.insert(0, sys.argv[1])
-        from tests.test_generate import _fingerprint
+        from tests.testing.test_generate import _fingerprint
         print(hashlib.sha256(_fingerprint(11).encode()).hexdigest())
         """
     )
     import hashlib
     import pathlib
 
-    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    root = str(pathlib.Path(__file__).resolve().parents[2])
     res = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, timeout=60,
                          env={"PYTHONHASHSEED": "12345", "PATH": ""})
     assert res.returncode == 0, res.stderr

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from _model_factory import fraction_model, from_tracr, random_model
+from support.model_factory import fraction_model, from_tracr, random_model
 
 from rasp_compiler.model import (
     Codec,

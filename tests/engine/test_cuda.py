@@ -19,9 +19,9 @@ if not engine_mod.cuda_available():
     pytest.skip("CUDA tests: the extension has CUDA kernels but no CUDA device is visible",
                 allow_module_level=True)
 
-from _library_models import compiled, library_batch  # noqa: E402
-from _model_factory import random_model as factory_model  # noqa: E402
-from engine_reference import random_model, random_tokens, upstream, writer_names  # noqa: E402
+from support.engine_reference import random_model, random_tokens, upstream, writer_names  # noqa: E402
+from support.library_models import compiled, library_batch  # noqa: E402
+from support.model_factory import random_model as factory_model  # noqa: E402
 
 from rasp_compiler.engine import EdgePatch, Engine, EngineError, NodePatch  # noqa: E402
 from rasp_compiler.rasp.lib import LIBRARY  # noqa: E402

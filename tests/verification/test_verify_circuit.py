@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 import pytest
-from test_verify_toys import LABELS, TOY_TRUE_EDGES, TOY_TRUE_NODES, build_toy, edit_annotation, toks
+from support.toys import LABELS, TOY_TRUE_EDGES, TOY_TRUE_NODES, build_toy, edit_annotation, toks
 
 import verify
 from verify.circuit import CircuitError, Edge, legal_edges, node_kind

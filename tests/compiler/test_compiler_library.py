@@ -10,11 +10,11 @@ import json
 
 import numpy as np
 import pytest
+from support.compiler import check_model, inputs_for
 
 from rasp_compiler.compiler import compiling
 from rasp_compiler.model.annotation import Annotation
 from rasp_compiler.rasp import lib
-from tests.compiler_support import check_model, inputs_for
 
 CONFIGS = (5, 10)
 NAMES = sorted(lib.LIBRARY)

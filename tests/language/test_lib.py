@@ -13,14 +13,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.oracles import ORACLES, count_less_freq, detect, maximum, shift, shuffle_dyck, sort_by
 
 from rasp_compiler import rasp
 from rasp_compiler.rasp import lib
-
-try:  # tests/ is on sys.path when it is not a package; tests.oracles when it is
-    from oracles import ORACLES, count_less_freq, detect, maximum, shift, shuffle_dyck, sort_by
-except ImportError:
-    from tests.oracles import ORACLES, count_less_freq, detect, maximum, shift, shuffle_dyck, sort_by
 
 NAMES = sorted(lib.LIBRARY)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch  # noqa: E402
-from _model_factory import fraction_model, random_model
+from support.model_factory import fraction_model, random_model
 
 transformer_lens = pytest.importorskip(
     "transformer_lens",

@@ -1,11 +1,18 @@
-"""The C++ engine against an independent float64 reference (tests/engine_reference.py): plain and
+"""The C++ engine against an independent float64 reference (tests/support/engine_reference.py): plain and
 cached forward passes, node/edge/subspace patches, sweeps and their metrics, and bad input."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_reference import kl_rows, random_model, random_tokens, reference_run, upstream, writer_names
+from support.engine_reference import (
+    kl_rows,
+    random_model,
+    random_tokens,
+    reference_run,
+    upstream,
+    writer_names,
+)
 
 from rasp_compiler.engine import EdgePatch, Engine, EngineError, NodePatch, cuda_available, hook_kinds
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from _model_factory import random_model
 from safetensors.numpy import save_file
+from support.model_factory import random_model
 
 import rasp_compiler
 from rasp_compiler.model import Codec, CompiledModel, ModelFileError, load, save
@@ -185,9 +185,9 @@ def test_save_is_byte_identical_across_processes(tmp_path):
     import sys
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # tests/, where the support package lives
     code = (
-        "import sys; sys.path.insert(0, sys.argv[2]); from _model_factory import random_model; "
+        "import sys; sys.path.insert(0, sys.argv[2]); from support.model_factory import random_model; "
         "from rasp_compiler.model import save; save(random_model(3, pad='PAD'), sys.argv[1])"
     )
     outs = []

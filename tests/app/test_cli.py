@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _cli_support import run_cli as cli
+from support.cli import run_cli as cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

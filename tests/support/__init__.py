@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: independent oracles and references, model factories, CLI runner."""
