@@ -12,6 +12,7 @@ from typing import Any
 
 import networkx as nx
 
+from rasp_compiler import rasp
 from rasp_compiler.compiler.options import CompileError, CompilerOptions
 
 _KINDS = (  # most specific first
@@ -122,6 +123,10 @@ def build_graph(program: Any, options: CompilerOptions) -> ProgramGraph:
     """Walk the program from its output. Ops are identified by object; two different ops sharing a
     label (tracr would silently merge them) get the later one renamed `<label>#<unique_id>`."""
     del options  # same signature as every stage
+    try:
+        rasp.topological_order(program)  # refuses cycles and non-RASP children, as the evaluator does
+    except rasp.RASPError as e:
+        raise CompileError(str(e)) from None
     if op_kind(program) in SELECTOR_KINDS:
         raise CompileError(f"{_label(program)}: the program's output must be an SOp, not a selector")
     names: dict[int, str] = {}  # id(expr) -> assigned label

@@ -64,6 +64,9 @@ class CompilerOptions:
             or self.max_seq_len < 1
         ):
             raise CompileError(f"max_seq_len must be a positive int, got {self.max_seq_len!r}")
+        if None in self.vocab:
+            raise CompileError("the vocab contains None, which is no token: None is what an op yields where "
+                               "it has no value (an Aggregate that selects nothing)")
         if self.bos in self.vocab:
             raise CompileError(f"the BOS token {self.bos!r} must not be in the vocab")
         if self.pad is not None and self.pad in self.vocab:

@@ -19,13 +19,6 @@ from rasp_compiler.compiler.options import CompileError
 from rasp_compiler.model.values import is_number
 
 
-def _call(f: Any, *args: Any) -> Any:
-    try:
-        return f(*args)
-    except Exception:  # noqa: BLE001 - a predicate failing on a value pair does not select
-        return None
-
-
 @dataclasses.dataclass(frozen=True)
 class Group:
     keys: str
@@ -65,7 +58,14 @@ def _selector_labels(graph: ProgramGraph, label: str) -> list[str]:
 def _eval_sel(graph: ProgramGraph, label: str, k: Any, q: Any) -> bool:
     n = graph.nodes[label]
     if n.kind == "select":
-        return bool(_call(n.expr.predicate, k, q))
+        try:
+            return bool(n.expr.predicate(k, q))
+        except Exception as e:  # noqa: BLE001 - any failure of the user's predicate refuses the program
+            raise CompileError(
+                f"{label}: its predicate raises {type(e).__name__} ({e}) on key {k!r}, query {q!r}, values "
+                "its keys and queries can take; the evaluator refuses such inputs and a compiled model "
+                "cannot. Make the predicate total on those values"
+            ) from None
     if n.kind == "constant_selector":
         val = n.expr.value
         return bool(q < len(val) and k < len(val[q]) and val[q][k])

@@ -45,12 +45,24 @@ class ValueSets:
         return vals
 
 
-def _apply(f: Any, *args: Any) -> Any:
-    """f(*args), or None where f fails (that input then never occurs in a valid evaluation)."""
+def _apply(label: str, f: Any, *args: Any) -> Any:
+    """f(*args) on values its inputs can take. The evaluator refuses an input on which an op's function
+    raises or returns an unhashable value, and a model cannot refuse, so the compiler does."""
     try:
-        return f(*args)
-    except Exception:  # noqa: BLE001 - user functions may raise anything on values they never see
-        return None
+        y = f(*args)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's function refuses the program
+        shown = repr(args[0]) if len(args) == 1 else repr(args)
+        raise CompileError(
+            f"{label}: its function raises {type(e).__name__} ({e}) on input {shown}, a value its input "
+            "can take; the evaluator refuses such inputs and a compiled model cannot. Make the function "
+            "total on its inputs' values"
+        ) from None
+    try:
+        hash(y)
+    except TypeError:
+        raise CompileError(f"{label}: its function returns the unhashable value {y!r} on input "
+                           f"{args!r}; RASP values must be hashable") from None
+    return y
 
 
 def _numeric_means(vals: tuple[Any, ...], n_max: int, limit: int, label: str) -> tuple[Any, ...] | None:
@@ -110,13 +122,12 @@ def infer_values(graph: ProgramGraph, options: CompilerOptions) -> ValueSets:
             if inner.values is None:
                 vi = ValueInfo(None, inner.may_be_none)
             else:
-                pairs = [(x, _apply(expr.f, x)) for x in inner.values]
+                pairs = [(x, _apply(label, expr.f, x)) for x in inner.values]
                 before = inner.at_or_before and all(
                     y is None or (_is_index(y) and 0 <= y <= x) for x, y in pairs
                 )
-                vi = ValueInfo(
-                    tuple(sort_values({y for _, y in pairs if y is not None})), inner.may_be_none, before
-                )
+                none = inner.may_be_none or any(y is None for _, y in pairs)  # None is a value
+                vi = ValueInfo(tuple(sort_values({y for _, y in pairs if y is not None})), none, before)
         elif kind in ("sequence_map", "linear_sequence_map"):
             a, b = kids
             none = a.may_be_none or b.may_be_none
@@ -128,8 +139,8 @@ def infer_values(graph: ProgramGraph, options: CompilerOptions) -> ValueSets:
                     "exceeds the compiler's limits"
                 )
             else:
-                out = {_apply(expr.f, x, y) for x in a.values for y in b.values}
-                vi = ValueInfo(tuple(sort_values(v for v in out if v is not None)), none)
+                out = {_apply(label, expr.f, x, y) for x in a.values for y in b.values}
+                vi = ValueInfo(tuple(sort_values(v for v in out if v is not None)), none or None in out)
         elif kind == "aggregate":
             sop = kids[1]
             if node.encoding == "categorical":
