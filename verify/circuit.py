@@ -25,8 +25,10 @@ import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from rasp_compiler.model import names
 from rasp_compiler.model.directions import Direction, label_variables, variable_of
@@ -40,6 +42,8 @@ __all__ = [
     "ModelGraph",
     "Part",
     "edge_is_legal",
+    "flag_value",
+    "score_value",
     "legal_edges",
     "model_nodes",
     "node_kind",
@@ -176,6 +180,26 @@ def legal_edges(n_layers: int, n_heads: int) -> list[Edge]:
                 if edge_is_legal(e):
                     out.append(e)
     return sorted(out, key=Edge.sort_key)
+
+
+def score_value(value: Any, where: str) -> float:
+    """A discovered-circuit score as a float: a real, finite number, never a bool or a string (one rule
+    for every reader, so a NaN or a "0.3" never ranks silently)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise CircuitError(f"{where}: score {value!r} is not a number")
+    if not math.isfinite(float(value)):
+        raise CircuitError(f"{where}: score {value!r} is not finite")
+    return float(value)
+
+
+def flag_value(value: Any, where: str) -> bool:
+    """A membership flag: `True`/`False` only (also numpy bools, or an object whose `.present` is one),
+    so that the string "false" or a 0/1 never counts by Python truthiness."""
+    if hasattr(value, "present") and not isinstance(value, (bool, np.bool_)):
+        value = value.present
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise CircuitError(f"{where}: flag {value!r} is not a boolean (true or false)")
 
 
 # ----------------------------------------------------------------------------------------------- parts

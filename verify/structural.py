@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from verify.circuit import LEVELS, OUTPUT, Circuit, CircuitError, Edge, as_edge, node_kind
+from verify.circuit import LEVELS, OUTPUT, Circuit, CircuitError, Edge, as_edge, node_kind, score_value
 
 __all__ = ["ScoreResult", "roc_auc", "roc_curve", "score"]
 
@@ -134,7 +134,7 @@ def _as_scores(discovered: Any, truth: Circuit, level: str) -> dict[str, float]:
             )
         return {name: 1.0 for name in discovered.items(level)}
     if isinstance(discovered, Mapping):
-        items = {k: float(v) for k, v in discovered.items()}
+        items = {k: score_value(v, f"score of {k}") for k, v in discovered.items()}
     elif isinstance(discovered, Iterable) and not isinstance(discovered, (str, bytes)):
         items = {k: 1.0 for k in discovered}
     else:

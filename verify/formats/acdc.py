@@ -12,6 +12,7 @@ from verify.circuit import (
     Circuit,
     CircuitError,
     Edge,
+    flag_value,
     legal_edges,
     node_kind,
 )
@@ -87,7 +88,10 @@ def _acdc_child_node(name: str, index: Any, n_layers: int) -> tuple[str, str] | 
         return f"L{m.group(1)}.MLP", "in"
     if name == f"blocks.{n_layers - 1}.hook_resid_post":
         return OUTPUT, "in"
-    if re.fullmatch(r"blocks\.(\d+)\.(attn\.hook_[qkv]|attn\.hook_result|hook_mlp_out)", name):
+    m = re.fullmatch(r"blocks\.(\d+)\.(attn\.hook_[qkv]|attn\.hook_result|hook_mlp_out)", name)
+    if m:
+        if int(m.group(1)) >= n_layers:
+            raise CircuitError(f"ACDC node {name!r}: the model has layers 0..{n_layers - 1}")
         return None
     raise CircuitError(f"{name!r} is not an ACDC node name of this model")
 
@@ -99,10 +103,6 @@ def _acdc_parent_node(name: str, index: Any) -> str:
     if node is not None:
         return node
     raise CircuitError(f"{name!r} is not an ACDC parent (component output) name")
-
-
-def _present(value: Any) -> bool:
-    return bool(value.present) if hasattr(value, "present") else bool(value)
 
 
 def from_acdc(edges: Mapping[tuple, Any], model: Any, output: str | None = None) -> Circuit:
@@ -122,6 +122,6 @@ def from_acdc(edges: Mapping[tuple, Any], model: Any, output: str | None = None)
         writer = _acdc_parent_node(parent, parent_idx)
         e = Edge(writer, target[0], target[1])
         check_named(e, g, f"ACDC edge {key!r}")
-        if _present(value):
+        if flag_value(value, f"ACDC edge {key!r}"):
             groups.append([e])
     return circuit_from_groups(g, groups)

@@ -16,6 +16,7 @@ from verify.circuit import (
     check_edge,
     legal_edges,
     node_kind,
+    score_value,
 )
 from verify.formats.graphs import MERGED, check_named, circuit_from_groups, graph_of
 
@@ -229,7 +230,8 @@ def from_autocircuit_scores(
             continue
         arr = arrays[module]
         col = _ac_src_index(e.writer, n_heads)
-        result[e] = float(arr[row, col] if arr.ndim == 2 else arr[col])
+        value = arr[row, col] if arr.ndim == 2 else arr[col]
+        result[e] = score_value(value, f"auto-circuit prune score of {e} ({module})")
     if threshold is None:
         return result
     groups: dict[tuple, list[Edge]] = {}

@@ -59,16 +59,26 @@ def from_json(data: Mapping[str, Any] | str, model: Any = None) -> Circuit:
         raise CircuitError(
             f"unsupported circuit JSON version {data.get('version')!r} (expected {JSON_VERSION})"
         )
+    _known_keys(data, _TOP_KEYS, "the document")
     try:
         shape = data["model"]
+        _known_keys(shape, _MODEL_KEYS, "model")
+        for n in ("n_layers", "n_heads"):
+            if isinstance(shape[n], bool) or not isinstance(shape[n], int) or shape[n] < 0:
+                raise CircuitError(f"circuit JSON field model.{n} must be an int >= 0, got {shape[n]!r}")
         nodes = {}
         extra = {}
         for nd in data["nodes"]:
+            _known_keys(nd, _NODE_KEYS, f"node {nd.get('name')!r}")
+            for o in nd["ops"]:
+                _known_keys(o, _OP_KEYS, f"node {nd.get('name')!r} op")
             nodes[nd["name"]] = {
                 o["op"]: (None if o["neurons"] is None else tuple(o["neurons"])) for o in nd["ops"]
             }
             if nd.get("extra_ops"):
                 extra[nd["name"]] = nd["extra_ops"]
+        for e in data["edges"]:
+            _known_keys(e, _EDGE_KEYS, "edge")
         edges = {Edge(e["writer"], e["reader"], e["input"]): e["labels"] for e in data["edges"]}
         graph = None
         if model is not None:
@@ -89,8 +99,24 @@ def from_json(data: Mapping[str, Any] | str, model: Any = None) -> Circuit:
             model_graph=graph,
             method=data.get("method", ""),
         )
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise CircuitError(f"malformed circuit JSON: missing or bad field {e}") from None
+
+
+# Every key the schema has; any other key is refused (a misspelt field must not pass as absent).
+_TOP_KEYS = {"format", "version", "output", "model", "method", "nodes", "edges"}
+_MODEL_KEYS = {"n_layers", "n_heads", "d_model"}
+_NODE_KEYS = {"name", "ops", "extra_ops"}
+_OP_KEYS = {"op", "neurons"}
+_EDGE_KEYS = {"writer", "reader", "input", "labels"}
+
+
+def _known_keys(obj: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(obj, Mapping):
+        raise CircuitError(f"circuit JSON: {where} must be an object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise CircuitError(f"circuit JSON: {where} has unknown field(s) {unknown} (known: {sorted(allowed)})")
 
 
 def save_json(circuit: Circuit, path: str | Path) -> None:

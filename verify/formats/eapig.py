@@ -16,9 +16,11 @@ from verify.circuit import (
     ModelGraph,
     as_edge,
     check_edge,
+    flag_value,
     legal_edges,
     model_nodes,
     node_kind,
+    score_value,
 )
 from verify.formats.autocircuit import circuit_from_edge_names, named_node
 from verify.formats.graphs import MERGED, check_named, graph_of
@@ -51,6 +53,8 @@ def _eap_parse_node(name: str) -> str:
 
 
 def _eap_parse_edge(text: str) -> Edge:
+    if not isinstance(text, str):
+        raise CircuitError(f"EAP-IG edge {text!r} is not a name ('parent->child' or 'parent->child<q>')")
     m = re.fullmatch(r"(?P<p>[^<>]+?)->(?P<c>[^<>]+?)(<(?P<q>[qkv])>)?", str(text).strip())
     if not m:
         raise CircuitError(f"{text!r} is not an EAP-IG edge name ('parent->child' or 'parent->child<q>')")
@@ -135,7 +139,7 @@ def from_eapig_json(data: Mapping[str, Any] | str, model: Any, output: str | Non
     for name, info in edges.items():
         e = _eap_parse_edge(name)
         check_named(e, g, f"EAP-IG edge {name!r}")
-        if info.get("in_graph"):
+        if flag_value(info.get("in_graph", False), f"EAP-IG edge {name!r} in_graph"):
             names.append(name)
     return from_eapig(names, g)
 
@@ -151,5 +155,5 @@ def eapig_json_scores(
         check_named(e, g, f"EAP-IG edge {name!r}")
         writers = ["embed", "pos_embed"] if e.writer == MERGED else [e.writer]
         for w in writers:
-            out[Edge(w, e.reader, e.input)] = float(info["score"])
+            out[Edge(w, e.reader, e.input)] = score_value(info["score"], f"EAP-IG edge {name!r}")
     return out
