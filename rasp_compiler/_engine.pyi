@@ -1,4 +1,5 @@
-"""Type stub of the private C++ extension; use `rasp_compiler.engine` instead."""
+"""Type stub of the private C++ extension. Private and checked only for dtypes and shapes: token ranges,
+BOS placement, patch names and lengths are checked by its only caller, `rasp_compiler.engine.Engine`."""
 
 from typing import Any
 

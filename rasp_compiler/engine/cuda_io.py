@@ -32,6 +32,12 @@ def run_cuda_tensor(engine: Any, tokens: Any) -> Any:
     device_index = engine._core.device()
     if t.device.index != device_index:
         raise EngineError(f"tokens: tensor is on {t.device}, the engine's weights are on cuda:{device_index}")
+    if t.numel():  # range and BOS checked on the int64 ids, before narrowing to int32 could wrap them
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= engine.d_vocab:
+            bad = lo if lo < 0 else hi
+            raise EngineError(f"tokens: token id {bad} outside [0, d_vocab={engine.d_vocab})")
+        engine._check_bos(t, "tokens")
     ids = t.to(torch.int32).contiguous()
     out = torch.empty((batch, seq, int(engine.config.d_vocab_out)), device=t.device, dtype=torch.float32)
     if batch:

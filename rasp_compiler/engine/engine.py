@@ -20,6 +20,7 @@ Patches use the circuit vocabulary of docs/CONTRACTS.md section 6:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -92,7 +93,8 @@ class Engine:
             raise EngineError("Engine: model.weights must be a dict of arrays")
         self.config = config
         self.device = device
-        self.threads = 0 if threads is None else threads
+        # more threads than cores only adds contention; results do not depend on the count
+        self.threads = 0 if threads is None else min(threads, os.cpu_count() or 1)
         self.n_layers = int(config.n_layers)
         self.n_heads = int(config.n_heads)
         self.d_model = int(config.d_model)
@@ -176,7 +178,24 @@ class Engine:
             if lo < 0 or hi >= self.d_vocab:
                 bad = lo if lo < 0 else hi
                 raise EngineError(f"{what}: token id {bad} outside [0, d_vocab={self.d_vocab})")
+            self._check_bos(arr, what)
         return np.ascontiguousarray(arr, dtype=np.int32), squeeze, is_torch
+
+    def _check_bos(self, ids: Any, what: str) -> None:
+        """BOS at position 0 of every row and nowhere else (works on numpy arrays and torch tensors)."""
+        bos = getattr(self.config, "bos_token_id", None)
+        if bos is None:
+            return
+        if bool((ids[:, 0] == bos).all()) and not bool((ids[:, 1:] == bos).any()):
+            return
+        arr = np.asarray(ids.cpu()) if hasattr(ids, "cpu") else np.asarray(ids)  # only to name the place
+        if (arr[:, 0] != bos).any():
+            row = int(np.argmax(arr[:, 0] != bos))
+            raise EngineError(f"{what}: row {row} starts with id {int(arr[row, 0])}; every row must start "
+                              f"with the BOS token (id {bos}) - encode inputs with model.encode")
+        row, pos = (int(x) for x in np.argwhere(arr[:, 1:] == bos)[0])
+        raise EngineError(f"{what}: the BOS token (id {bos}) appears at row {row}, position {pos + 1}; "
+                          "it belongs at position 0 only")
 
     @staticmethod
     def _wrap(out: np.ndarray, squeeze: bool, is_torch: bool) -> Any:
