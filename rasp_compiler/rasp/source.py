@@ -168,6 +168,7 @@ class _FunctionPrinter:
         except (OSError, TypeError) as e:
             raise SourceError(f"{where}: source of function {f.__qualname__} is not available ({e})") from e
         text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("@"))
+        text = _without_annotations(text)
         binds = self._bindings(f, where)
         name = self._fresh(f.__name__)
         if binds:
@@ -268,6 +269,20 @@ def _lambda_text(f: types.FunctionType, where: str) -> str:
         f"{where}: could not find the source of lambda {f.__qualname__} in {text[:120]!r}; "
         "give it a `__rasp_source__`"
     )
+
+
+def _without_annotations(text: str) -> str:
+    """A `def`'s source without its type annotations: they do not change what it computes, and they may
+    name things (`Any`, `Sequence`) the printed program does not import."""
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+                if arg is not None:
+                    arg.annotation = None
+            node.returns = None
+    return ast.unparse(tree)
 
 
 def function_source(f: Callable[..., Any]) -> str:
