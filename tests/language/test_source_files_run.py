@@ -13,6 +13,10 @@ from rasp_compiler.rasp.source import to_source
 from rasp_compiler.testing import generate
 
 
+def _jsonish(values: list) -> list:
+    return [list(v) if isinstance(v, tuple) else v for v in values]
+
+
 def _run_as_file(tmp_path, source: str, inputs: list[list]) -> list:
     path = tmp_path / "program.py"
     path.write_text(source + "\n\nimport json, sys\n"
@@ -37,11 +41,11 @@ def test_library_program_sources_run_as_files(tmp_path, name: str) -> None:
     for x in inputs:
         want.append(rasp.evaluate(program, x))
     got = _run_as_file(tmp_path, to_source(program), inputs)
-    assert got == [list(map(lambda v: list(v) if isinstance(v, tuple) else v, w)) for w in want]
+    assert got == [_jsonish(w) for w in want]
 
 
 def test_generated_program_sources_run_as_files(tmp_path) -> None:
     for gp in generate.sample_programs(20, 7):
         inputs = generate.sample_inputs(gp, 4, 0)
-        want = [[list(v) if isinstance(v, tuple) else v for v in rasp.evaluate(gp.program, x)] for x in inputs]
+        want = [_jsonish(rasp.evaluate(gp.program, x)) for x in inputs]
         assert _run_as_file(tmp_path, to_source(gp.program), inputs) == want
