@@ -79,6 +79,7 @@ __all__ = [
 SUITE_FORMAT = "rasp_compiler.suite"
 SUITE_VERSION = 1
 DATASET_FORMAT = "rasp_compiler.dataset"
+FILES_MANIFEST = "manifest.json"  # per model: {file name: sha256} of every other file it wrote
 MAX_ATTEMPTS = 12  # generated programs: draws per item until one compiles exactly
 
 
@@ -604,6 +605,8 @@ def build_item(item: WorkItem) -> dict[str, Any]:
                 for n, p in programs.items()
             ]
         files["card.json"] = _dump(card)
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+        files[FILES_MANIFEST] = _dump(digests)
         return {"id": item.model_id, "files": files, "card": card}
     return {
         "id": item.model_id,
@@ -639,12 +642,23 @@ def _write_model(out: Path, result: dict[str, Any]) -> None:
     for name, data in sorted(result["files"].items()):
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(data)
-    os.replace(tmp, models / result["id"])
+    target = models / result["id"]
+    if target.exists():  # a damaged earlier build (see `_complete`)
+        shutil.rmtree(target)
+    os.replace(tmp, target)
 
 
 def _complete(out: Path, model_id: str) -> bool:
+    """Whether a model directory holds exactly what its build wrote: every file the manifest lists, with
+    the recorded sha256 (a truncated weights file, a deleted circuit or an emptied dataset is rebuilt)."""
     d = out / "models" / model_id
-    return d.is_dir() and (d / "card.json").is_file()
+    try:
+        listed = json.loads((d / FILES_MANIFEST).read_text(encoding="utf-8"))
+        return isinstance(listed, dict) and bool(listed) and all(
+            hashlib.sha256((d / name).read_bytes()).hexdigest() == digest for name, digest in listed.items()
+        )
+    except (OSError, ValueError):
+        return False
 
 
 def read_index(out: str | Path) -> dict[str, Any]:

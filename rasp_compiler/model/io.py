@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = "rasp_compiler.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.json carries manifest_sha256 over every other field
+MANIFEST_FIELD = "manifest_sha256"
 WEIGHTS_FILE = "weights.safetensors"
 JSON_FILE = "model.json"
 
@@ -84,6 +85,14 @@ class ModelParts:
     program_source: str
 
 
+def manifest_sha256(doc: dict[str, Any]) -> str:
+    """sha256 of every field of a model.json document but the manifest itself, in canonical JSON: with
+    `weights_sha256` among those fields, one hash covers everything that defines the model."""
+    body = {k: v for k, v in doc.items() if k != MANIFEST_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def write_model_files(parts: ModelParts, directory: str | os.PathLike) -> Path:
     """Write a model's parts into `directory` (created if needed); returns the directory path."""
     model = parts
@@ -108,6 +117,7 @@ def write_model_files(parts: ModelParts, directory: str | os.PathLike) -> Path:
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": _sha256(wpath),
         }
+        doc[MANIFEST_FIELD] = manifest_sha256(doc)
         text = json.dumps(doc, indent=1, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ModelFileError(f"model cannot be written as JSON: {e}") from e
@@ -150,9 +160,22 @@ def read_model_files(directory: str | os.PathLike) -> ModelParts:
     if doc.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{JSON_FILE}: format is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
     version = doc.get("version")
+    if version == 1:
+        raise ModelFileError(
+            f"{JSON_FILE} is format version 1, written before model files carried a manifest hash: its "
+            "config, codec and annotation cannot be checked. Rebuild the model with this version "
+            "(compiling the same program, or a suite with the same seed, gives the same model)"
+        )
     if version != FORMAT_VERSION:
         raise ModelFileError(
             f"{JSON_FILE}: unknown format version {version!r} (this library reads version {FORMAT_VERSION})"
+        )
+    if not isinstance(doc.get(MANIFEST_FIELD), str):
+        raise ModelFileError(f"{JSON_FILE} lacks the field {MANIFEST_FIELD!r}")
+    if doc[MANIFEST_FIELD] != manifest_sha256(doc):
+        raise ModelFileError(
+            f"{JSON_FILE} does not match its {MANIFEST_FIELD}: a field (config, codec, annotation, program "
+            "source or weights hash) changed after the model was written; edited models are refused"
         )
     for key in ("config", "codec", "weights_sha256"):
         if key not in doc:

@@ -43,7 +43,7 @@ def suites(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_same_seed_gives_identical_files_for_any_worker_count(suites: tuple[Path, Path]) -> None:
     a, b = suites
     ha, hb = tree_hashes(a), tree_hashes(b)
-    assert len(ha) == 2 + 10 * N  # suite.json, index.json, ten files per model
+    assert len(ha) == 2 + 11 * N  # suite.json, index.json, eleven files per model (manifest.json included)
     assert ha == hb
 
 
@@ -264,3 +264,26 @@ def test_multi_output_suite_has_a_circuit_per_output(tmp_path: Path) -> None:
             for n, program in programs.items():
                 want = rasp.evaluate(program, pair["clean"])
                 assert got[n] == pytest.approx(want, abs=1e-4) if None not in want else got[n] == want
+
+
+@pytest.mark.parametrize("damage", ["truncate weights", "delete circuit", "empty dataset", "edit card"])
+def test_resume_rebuilds_damaged_models(suites: tuple[Path, Path], tmp_path: Path, damage: str) -> None:
+    """A model directory is complete only when every file matches the manifest its build wrote."""
+    a, _ = suites
+    c = tmp_path / "c"
+    shutil.copytree(a, c)
+    victim = sorted((c / "models").iterdir())[1]
+    if damage == "truncate weights":
+        w = victim / "weights.safetensors"
+        w.write_bytes(w.read_bytes()[:100])
+    elif damage == "delete circuit":
+        next(victim.glob("*circuit*.json")).unlink()
+    elif damage == "empty dataset":
+        (victim / "dataset.json").write_text("")
+    else:
+        card = victim / "card.json"
+        card.write_text(card.read_text().replace('"origin"', '"orig"'))
+    p = cli("suite", "--n", str(N), "--seed", "3", "--out", str(c), "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert f"built 1, skipped {N - 1}" in p.stdout
+    assert tree_hashes(c) == tree_hashes(a)

@@ -11,6 +11,7 @@ from support.model_factory import random_model
 
 import rasp_compiler
 from rasp_compiler.model import Codec, CompiledModel, ModelFileError, load, save
+from rasp_compiler.model.io import manifest_sha256
 
 
 def _assert_same(a: CompiledModel, b: CompiledModel) -> None:
@@ -55,9 +56,13 @@ def saved(tmp_path):
     return tmp_path
 
 
-def _rewrite_json(d, fn):
+def _rewrite_json(d, fn, sign=True):
+    """Edit model.json; `sign` re-computes its manifest, as a deliberate forger would, so that the checks
+    behind the manifest get exercised too."""
     doc = json.loads((d / "model.json").read_text())
     fn(doc)
+    if sign and isinstance(doc, dict):
+        doc["manifest_sha256"] = manifest_sha256(doc)
     (d / "model.json").write_text(json.dumps(doc))
 
 
@@ -140,7 +145,7 @@ def test_no_pickle_in_files(saved):
     assert names == ["model.json", "weights.safetensors"]
     assert b"\x80\x04" not in (saved / "model.json").read_bytes()[:2]
     doc = json.loads((saved / "model.json").read_text())
-    assert doc["format"] == "rasp_compiler.model" and doc["version"] == 1
+    assert doc["format"] == "rasp_compiler.model" and doc["version"] == 2
 
 
 def test_compiled_model_round_trip(tmp_path):

@@ -30,6 +30,8 @@ def read_circuit_file(
     (`"L0.H0->L1.MLP<in>"`), as a list or as `{edge: score}`.
     """
     p = Path(path)
+    if p.is_dir():
+        raise CircuitError(f"circuit file {p} is a directory; give the discovered circuit's file (JSON)")
     if not p.is_file():
         raise CircuitError(f"circuit file {p} does not exist")
     try:
