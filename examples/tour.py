@@ -15,7 +15,7 @@ print(rasp.evaluate(program, [1, 2, 3]))  # [3, 2, 1]  (the evaluator is the sem
 model = compiling.compile_rasp_to_model(program, vocab={1, 2, 3}, max_seq_len=5, compiler_bos="BOS")
 print(model.apply(["BOS", 1, 2, 3]).decoded)  # ['BOS', 3, 2, 1], as tracr
 with tempfile.TemporaryDirectory() as d:
-    model.save(d)  # safetensors + JSON, never pickle
+    model.save(d)  # safetensors + JSON (one manifest hash over every field), never pickle
 
 truth = verify.ground_truth(model)  # from the compiler's annotation
 assert truth == verify.ground_truth(model, method="weights")  # ... and, independently, from the weights
