@@ -298,6 +298,13 @@ class ToolFuzzSummary:
             f"  mean {self.mean:.3f}  worst {w.value if w else math.nan:.3f}  mean F1 {self.mean_f1:.3f}",
             f"  {verdict}",
         ]
+        crashed = [c for c in self.cases if c.error]
+        if crashed:
+            first = crashed[0]
+            lines.append(
+                f"  the tool raised or gave an unscoreable answer on {len(crashed)} program(s) (scored 0), "
+                f"first on program {first.index}: {first.error}"
+            )
         const = [c for c in self.failing if c.constant_output]
         if const:
             lines.append(
