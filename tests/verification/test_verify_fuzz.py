@@ -114,7 +114,7 @@ def test_a_crashing_tool_scores_zero_with_its_error() -> None:
 
     s = fuzz.fuzz_tool(crashes, programs=4, seed=0, shrink=False)
     assert s.flagged and all(c.value == 0.0 and "RuntimeError: boom" in c.error for c in s.cases)
-    assert "the tool raised or gave an unscoreable answer on 4 program(s)" in s.report()
+    assert f"the tool raised or gave an unscoreable answer on {len(s.cases)} program(s)" in s.report()
     assert "RuntimeError: boom" in s.report()  # in the plain report, not only in --json
 
     def wrong_type(model, data):  # noqa: ANN001, ANN202
