@@ -327,3 +327,25 @@ def test_demo_discovery_truths_match_hook_patching(tmp_path: Path) -> None:
     assert set(d.necessary.edges) < {str(e) for e in truth.edges}  # sort: strictly fewer than structural
     assert d.structural.roc_auc < d.ablation.roc_auc <= 1.0
     assert all(isinstance(Edge.parse(x), Edge) for x in d.necessary.structural)
+
+
+def test_verify_reads_autocircuit_prune_scores_without_a_threshold(reverse_dir: Path, tmp_path: Path) -> None:
+    """auto-circuit's own shapes (a one-head model's q/k/v scores are [1, n_src]), no threshold key: the
+    circuit is the edges scoring above --threshold and the ROC ranks by the scores."""
+    import verify
+    from rasp_compiler.model import load
+    from verify import formats
+
+    model = load(reverse_dir)
+    truth = verify.ground_truth(model)
+    scores = {str(e): 2.0 for e in truth.edges}
+    ps = formats.to_autocircuit_scores(scores, model)
+    assert all(t.dim() == 2 for m, t in ps.items() if "_input" in m and "mlp" not in m)
+    f = tmp_path / "ps.json"
+    f.write_text(json.dumps({"prune_scores": {m: t.tolist() for m, t in ps.items()}}))
+    p = cli("verify", str(reverse_dir), str(f), "--json", "--threshold", "1.0")
+    assert p.returncode == 0, p.stderr
+    edge = json.loads(p.stdout)["edge"]
+    assert edge["f1"] == 1.0  # the circuit read back is exactly the truth
+    # the ROC comes from the scores; Resid Start shares one score between embed and pos_embed edges
+    assert 0.9 < edge["roc_auc"] <= 1.0

@@ -170,14 +170,14 @@ def to_autocircuit_scores(scores: Circuit | Mapping[Any, float], model: Any = No
     for e in legal_edges(n_layers, n_heads):
         module, row, n_src = _ac_dest_module(e.reader, e.input, n_layers, n_heads)
         if module not in out:
-            shape = [n_heads, n_src] if row is not None and n_heads > 1 else [n_src]
+            shape = [n_heads, n_src] if row is not None else [n_src]  # auto-circuit's shapes, one head too
             out[module] = torch.zeros(shape)
         col = _ac_src_index(e.writer, n_heads)
         v = values.get(e, 0.0)
         key = (module, row, col)
         v = max(v, filled[key]) if key in filled else v
         filled[key] = v
-        if out[module].ndim == 2:
+        if row is not None:
             out[module][row, col] = v
         else:
             out[module][col] = v

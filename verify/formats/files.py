@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from verify.circuit import CircuitError
+from verify.circuit import CircuitError, score_value
 from verify.formats.acdc import from_acdc
 from verify.formats.autocircuit import from_autocircuit, from_autocircuit_scores
 from verify.formats.circuit_json import JSON_TAG, from_json
@@ -53,9 +53,12 @@ def read_circuit_file(
             return from_tl_hooks(hooks, model), None, form
         if isinstance(data, dict) and "prune_scores" in data:
             form = "auto-circuit prune scores"
-            threshold = data.get("threshold")
-            circ = from_autocircuit_scores(data["prune_scores"], model, threshold=threshold)
-            return circ, None, form
+            cut = data.get("threshold", threshold)
+            if cut is not None:
+                cut = score_value(cut, "auto-circuit prune scores' threshold")
+            scores = from_autocircuit_scores(data["prune_scores"], model)
+            circ = from_autocircuit_scores(data["prune_scores"], model, threshold=cut)
+            return circ, {str(e): v for e, v in scores.items()}, form
         if isinstance(data, dict) and isinstance(data.get("edges"), dict) and "nodes" in data:
             form = "EAP-IG JSON"
             return (
