@@ -113,7 +113,7 @@ def main() -> None:
                     res = res or r
                 es = res.scores if res.level == "edge" else discovery.node_scores_to_edges(model, res.scores)
                 s_struct = score(es, gt)
-                s_aware = score(es, aware.circuit) if aware.circuit is not None else None
+                s_aware = score(es, aware.circuit) if aware.edges else None
                 chosen = chosen_edges(res, es)
                 faith = causal.faithfulness(model, chosen, ds, ablation, minimality=False)
                 rows.append(

@@ -36,6 +36,7 @@ import numpy as np
 
 from rasp_compiler import rasp
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
+from rasp_compiler.model.outputs import outputs_equal
 from rasp_compiler.rasp.source import to_source
 from rasp_compiler.testing import generate
 from rasp_compiler.testing.fuzz import program_for
@@ -417,6 +418,14 @@ def _tool_input(model: Any, s: _Settings) -> Any:
     return to_hooked_transformer(model)
 
 
+def _constant_output(model: Any, data: Dataset) -> bool:
+    """Whether every clean and corrupted input gives the same output sequence, by value (`0 == 0.0`),
+    with the package's one output-equality rule."""
+    numerical = model.config.output_encoding == "numerical"
+    outs = data.expected + data.corrupt_expected
+    return all(outputs_equal(outs[0], o, numerical) for o in outs[1:])
+
+
 def _score_case(
     tool: Tool,
     index: int,
@@ -437,9 +446,10 @@ def _score_case(
         data = make_tool_dataset(model, gp, s.n_inputs, seed=s.seed * 100_003 + index)
     except Exception as e:  # noqa: BLE001 - e.g. the program is undefined on every random input
         return f"no dataset ({type(e).__name__})"
-    if s.truth == "ablation" and len({repr(y) for y in data.expected + data.corrupt_expected}) == 1:
-        # Every clean and corrupted input gives the same output: the empty circuit is faithful, yet single
-        # ablations can still push activations off-distribution and change it. Nothing to explain: skip.
+    constant = _constant_output(model, data)
+    if constant:
+        # Every clean and corrupted input gives the same output: there is no behaviour for a circuit to
+        # explain (the empty circuit is faithful), under either truth. Degenerate, not the tool's failure.
         return "constant output"
     truth = _truth_circuit(model, data, s)
     if truth is None:
@@ -454,7 +464,6 @@ def _score_case(
         error = f"{type(e).__name__}: {e}"
         r, ranked = None, False
     metric = s.metric if s.metric != "auto" else ("roc_auc" if ranked else "f1")
-    outs = {repr(y) for y in data.expected + data.corrupt_expected}
     if r is None:
         return ToolCase(
             index,
@@ -472,7 +481,7 @@ def _score_case(
             [],
             error,
             input_length,
-            len(outs) == 1,
+            constant,
         )
     auc = r.roc_auc if not math.isnan(r.roc_auc) else (1.0 if r.fn == 0 and r.fp == 0 else 0.0)
     case = ToolCase(
@@ -491,7 +500,7 @@ def _score_case(
         list(r.false_positives),
         error,
         input_length,
-        len(outs) == 1,
+        constant,
     )
     if case.value < s.threshold and s.level == "edge":
         # a diagnosis, not a verdict: does the answer at least reproduce the task with the rest ablated?

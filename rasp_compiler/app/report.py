@@ -223,7 +223,7 @@ def discover(model: Any, program: Any, label: str, *, n: int, seed: int, distinc
     except (causal.CausalError, ValueError):  # e.g. a variant the causal check cannot read
         necessary = None
     ablation = None
-    if necessary is not None and necessary.circuit is not None:
+    if necessary is not None:
         ablation = verify.score(result.scores, necessary.circuit, "edge", threshold=cut)
     return Discovery(label, result, structural, ablation, necessary, len(truth.universe("edge")))
 

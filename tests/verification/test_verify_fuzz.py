@@ -232,8 +232,8 @@ def test_command_line(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
 
 def test_tool_campaign_same_for_any_worker_count() -> None:
     """Two spawned workers score the same programs with the same datasets as one (programs rebuilt here)."""
-    one = fuzz.fuzz_tool(_truth_from_weights, 6, seed=4, n_inputs=6, shrink=False)
-    two = fuzz.fuzz_tool(_truth_from_weights, 6, seed=4, n_inputs=6, shrink=False, workers=2)
+    one = fuzz.fuzz_tool(_truth_from_weights, 14, seed=4, n_inputs=6, shrink=False)
+    two = fuzz.fuzz_tool(_truth_from_weights, 14, seed=4, n_inputs=6, shrink=False, workers=2)
     assert one.to_json() == two.to_json()
     assert one.cases and all(c.program is not None for c in two.cases)
     assert [c.source() for c in two.cases] == [c.source() for c in one.cases]  # rebuilt from (seed, i)

@@ -28,7 +28,7 @@ class NecessaryEdges:
     ablation: str
     backend: str
     edges: list[str]  # engine-confirmed: single ablation changes some output
-    circuit: Circuit | None  # the same edges as a Circuit (None when empty)
+    circuit: Circuit  # the same edges as a Circuit (an empty circuit when no edge is needed)
     structural: list[str]
     predicted: dict[str, bool | None]  # program-derived, per structural edge (None: the program cannot say)
     changed_fraction: dict[str, float]  # per legal edge: fraction of outputs its single ablation changes
@@ -184,7 +184,7 @@ def necessary_edges(
                 f"{'a change' if in_n else 'none'}: {reasons[name]}"
             )
     edges = sorted(engine_set, key=lambda s: Edge.parse(s).sort_key())
-    circ = truth.restricted(edges) if edges else None
+    circ = truth.restricted(edges)
     return NecessaryEdges(
         ablation,
         runner.backend,
