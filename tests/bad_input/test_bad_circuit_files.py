@@ -86,3 +86,19 @@ def test_circuit_json_unknown_fields_are_refused(model, truth, where) -> None:
 def test_unknown_components_are_refused(model) -> None:
     with pytest.raises(CircuitError, match="L7"):
         F.from_edges(model, ["L7.H0->output<in>"])
+
+
+def test_autocircuit_scores_rank_by_magnitude_and_read_acdc_inf(model, truth) -> None:
+    """auto-circuit ranks edges by |score|; ACDC marks kept edges +inf. Both read as the tool means them."""
+    edges = sorted(truth.edges)
+    signed = {str(e): (-3.0 if i % 2 else 3.0) for i, e in enumerate(edges)}
+    ps = F.to_autocircuit_scores(signed, model)
+    mags = F.from_autocircuit_scores(ps, model)
+    assert all(mags[e] == 3.0 for e in edges)  # negative attributions count as strongly as positive ones
+    assert any(v == -3.0 for v in F.from_autocircuit_scores(ps, model, signed=True).values())
+    kept = {k: v.clone() for k, v in ps.items()}
+    for t in kept.values():
+        t[t != 0] = math.inf  # ACDC: +inf for every kept edge, small values for pruned ones
+    circuit = F.from_autocircuit_scores(kept, model, threshold=0.5)  # any cut at or above the pruned scores
+    assert set(circuit.edges) == set(F.from_autocircuit_scores(ps, model, threshold=0.5).edges)
+    assert circuit.edges

@@ -149,7 +149,8 @@ def _shape_of(model: Any) -> tuple[int, int]:
 def to_autocircuit_scores(scores: Circuit | Mapping[Any, float], model: Any = None) -> dict[str, Any]:
     """auto-circuit PruneScores (dict module name -> torch tensor) from a circuit (1/0) or edge scores.
 
-    Edges missing from `scores` score 0; `Resid Start` takes the larger of the embed and pos_embed scores.
+    Edges missing from `scores` score 0; `Resid Start` takes whichever of the embed and pos_embed scores
+    has the larger magnitude (auto-circuit ranks by magnitude).
     """
     import torch
 
@@ -175,7 +176,7 @@ def to_autocircuit_scores(scores: Circuit | Mapping[Any, float], model: Any = No
         col = _ac_src_index(e.writer, n_heads)
         v = values.get(e, 0.0)
         key = (module, row, col)
-        v = max(v, filled[key]) if key in filled else v
+        v = max(v, filled[key], key=abs) if key in filled else v  # the stronger of embed / pos_embed
         filled[key] = v
         if row is not None:
             out[module][row, col] = v
@@ -185,11 +186,19 @@ def to_autocircuit_scores(scores: Circuit | Mapping[Any, float], model: Any = No
 
 
 def from_autocircuit_scores(
-    prune_scores: Mapping[str, Any], model: Any, *, threshold: float | None = None, output: str | None = None
+    prune_scores: Mapping[str, Any],
+    model: Any,
+    *,
+    threshold: float | None = None,
+    output: str | None = None,
+    signed: bool = False,
 ) -> dict[Edge, float] | Circuit:
     """Edge scores from auto-circuit PruneScores; with `threshold`, the circuit of edges scoring above it.
 
-    A `Resid Start` score goes to both `embed` and `pos_embed` edges.
+    Scores are read as auto-circuit ranks them: by magnitude (`signed=True` keeps the sign). ACDC's
+    convention, `+inf` for an edge it kept, is read as a score above every finite one (the largest
+    finite magnitude + 1), so kept edges rank first and any threshold below that keeps them; NaN and
+    `-inf` are refused. A `Resid Start` score goes to both `embed` and `pos_embed` edges.
     """
     import numpy as np
 
@@ -223,6 +232,7 @@ def from_autocircuit_scores(
             raise CircuitError(
                 f"auto-circuit prune scores for {module!r} have shape {tuple(arr.shape)}, expected {ok[0]}"
             )
+    raw: dict[Edge, float] = {}
     result: dict[Edge, float] = {}
     for e in legal_edges(n_layers, n_heads):
         module, row, _ = _ac_dest_module(e.reader, e.input, n_layers, n_heads)
@@ -230,8 +240,16 @@ def from_autocircuit_scores(
             continue
         arr = arrays[module]
         col = _ac_src_index(e.writer, n_heads)
-        value = arr[row, col] if arr.ndim == 2 else arr[col]
-        result[e] = score_value(value, f"auto-circuit prune score of {e} ({module})")
+        raw[e] = float(arr[row, col] if arr.ndim == 2 else arr[col])
+    finite = [abs(v) for v in raw.values() if np.isfinite(v)]
+    kept = max(finite, default=0.0) + 1.0  # ACDC's +inf: above every finite score
+    for e, v in raw.items():
+        where = f"auto-circuit prune score of {e}"
+        if v == np.inf:
+            result[e] = kept
+        else:
+            v = score_value(v, where)
+            result[e] = v if signed else abs(v)
     if threshold is None:
         return result
     groups: dict[tuple, list[Edge]] = {}
