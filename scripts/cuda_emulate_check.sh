@@ -2,7 +2,7 @@
 # Logic check of the CUDA kernels without a GPU: compiles csrc/cuda/engine.cu as plain C++ against
 # csrc/cuda/emulate/cuda_runtime.h (one thread per block, blocks in sequence), links it with the
 # rest of the engine into a throwaway rasp_compiler package under $WORK (default /tmp/rasp_cuda_emu),
-# and runs tests/test_cuda.py against it. Finds indexing and logic errors; with EMU_THREADS=N (N > 1
+# and runs tests/engine/test_cuda.py against it. Finds indexing and logic errors; with EMU_THREADS=N (N > 1
 # threads per block, meeting at real barriers) and TSAN=1 (ThreadSanitizer) also shared-memory races.
 #   bash scripts/cuda_emulate_check.sh [pytest args...]
 #   EMU_THREADS=4 TSAN=1 bash scripts/cuda_emulate_check.sh -k "sort or random_model"
@@ -44,4 +44,4 @@ wait
 cp -r "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/"
 cd "$WORK"  # so that `import rasp_compiler` finds the emulated build, not the checkout's
 OMP_NUM_THREADS=1 LD_PRELOAD="$PRELOAD" TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 report_signal_unsafe=0}" \
-  PYTHONPATH="$WORK" "$PY" -m pytest tests/test_cuda.py -p no:cacheprovider -q "$@"
+  PYTHONPATH="$WORK" "$PY" -m pytest tests/engine/test_cuda.py -p no:cacheprovider -q "$@"

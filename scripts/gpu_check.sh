@@ -57,7 +57,7 @@ import torch; print('torch', torch.__version__, torch.cuda.is_available(), torch
 
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
-step test_cuda 80 "$OUT/test_cuda.log" "$PY" -m pytest tests/test_cuda.py -q -rs $XDIST -p no:cacheprovider
+step test_cuda 80 "$OUT/test_cuda.log" "$PY" -m pytest tests/engine/test_cuda.py -q -rs $XDIST -p no:cacheprovider
 step bench 110 "$OUT/bench.log" env OUT="$OUT" "$PY" benchmarks/gpu.py
 
 # A tiny workload under compute-sanitizer: out-of-bounds accesses (memcheck) and shared-memory
@@ -92,8 +92,8 @@ else
 fi
 rm -f "$OUT/.san.py"
 
-step test_cpu 60 "$OUT/test_cpu.log" "$PY" -m pytest tests/test_engine.py tests/test_engine_library.py \
-  tests/test_build.py -q -rs $XDIST -p no:cacheprovider
+step test_cpu 60 "$OUT/test_cpu.log" "$PY" -m pytest tests/engine/test_engine.py tests/engine/test_engine_library.py \
+  tests/engine/test_build.py -q -rs $XDIST -p no:cacheprovider
 cat "$OUT/gpu_bench.md" 2>/dev/null
 echo "--- summary ($((SECONDS - T_START))s)"; cat "$SUMMARY"
 ls -la "$OUT"

@@ -45,7 +45,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 cd "$OVERLAY"
 "$PY" -c 'import rasp_compiler._engine as e, sys; i = e.build_info(); print("[sanitize] engine:", i); sys.exit(0 if i["sanitize"] else 1)'
 if [[ $# -eq 0 ]]; then
-  set -- tests/test_build.py tests/test_engine.py tests/test_engine_library.py
+  set -- tests/engine/test_build.py tests/engine/test_engine.py tests/engine/test_engine_library.py
 fi
 set +e
 "$PY" -m pytest -q -p no:cacheprovider "$@"
