@@ -99,6 +99,23 @@ def is_numerical_output(model: Any) -> bool:
     return model.config.output_encoding == "numerical"
 
 
+# A categorical output is decided only when its best logit beats the runner-up by this much; closer
+# than that, float rounding (which differs between the engine, the torch module and a float64
+# reference) would pick the answer. Compiled models separate their logits by about 1; exact ties (an
+# ablation that zeroes everything, or averages two answers) land inside.
+DECISION_MARGIN = 1e-3
+
+
+def decided_positions(model: Any, out: np.ndarray, margin: float = DECISION_MARGIN) -> np.ndarray:
+    """Bool `[B, T-1]` (no BOS): where the decoded output is decided by more than `margin` (categorical:
+    top-1 minus top-2 logit; numerical outputs are always decided)."""
+    out = np.asarray(out)[:, 1:]
+    if model.config.output_encoding != "categorical" or out.shape[-1] < 2:
+        return np.ones(out.shape[:2], dtype=bool)
+    top2 = np.partition(out, -2, axis=-1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0]) > margin
+
+
 def decode_outputs(model: Any, out: np.ndarray) -> list[list[Any]]:
     """Model outputs `[B, T, V]` -> values per example, without the BOS position."""
     out = np.asarray(out)

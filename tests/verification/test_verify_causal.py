@@ -48,7 +48,11 @@ def _changes_on_reference(model, ds, ablation: str, edges: list[str]) -> dict[st
     for e, out in zip(edges, outs, strict=True):
         got = causal.decode_outputs(model, out)
         numerical = model.config.output_encoding == "numerical"
-        result[e] = any(
+        # the truth's rule: an output is kept only if the answer still wins by more than 1e-3
+        logits = np.sort(np.asarray(out)[:, 1:], axis=-1)
+        lead = logits[..., -1] - logits[..., -2] if logits.shape[-1] > 1 else None
+        tie = (not numerical) and lead is not None and bool((lead <= 1e-3).any())
+        result[e] = tie or any(
             not all(positions_equal(a, b, numerical)) for a, b in zip(got, ds.expected, strict=True)
         )
     return result

@@ -184,7 +184,7 @@ def test_hooked_transformer_needs_the_tl_extra() -> None:
         return
     got = []
     fuzz.fuzz_tool(
-        lambda m, d: got.append(type(m).__name__) or set(), 2, as_hooked_transformer=True, shrink=False
+        lambda m, d: got.append(type(m).__name__) or set(), 8, as_hooked_transformer=True, shrink=False
     )
     assert got and all(n == "HookedTransformer" for n in got)
 

@@ -15,7 +15,14 @@ from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
 from verify.causal.patcher import Patcher
 from verify.causal.program import ProgramRunner
 from verify.circuit import Circuit, Edge, legal_edges
-from verify.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, is_numerical_output
+from verify.dataset import (
+    ABLATIONS,
+    CausalError,
+    Dataset,
+    decided_positions,
+    decode_outputs,
+    is_numerical_output,
+)
 from verify.truth import ground_truth, model_graph
 
 __all__ = ["NecessaryEdges", "necessary_edges"]
@@ -34,6 +41,10 @@ class NecessaryEdges:
     changed_fraction: dict[str, float]  # per legal edge: fraction of outputs its single ablation changes
     explanations: dict[str, str]  # every edge where this truth differs from the structural one
     discrepancies: dict[str, str]  # program prediction vs engine disagreements (should be empty for resample)
+    # per legal edge whose ablation left some output within the decision margin (verify.dataset): the
+    # fraction of such positions, counted as changed (the clean answer no longer wins), so backends
+    # that round differently agree
+    undetermined: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _edge_parts(mg: Any, truth: Circuit) -> dict[Edge, list[tuple[str, str, str, frozenset[str]]]]:
@@ -124,13 +135,19 @@ def necessary_edges(
     outs = runner.outputs([[e] for e in universe])
     clean_dec = decode_outputs(model, runner.clean())
     changed_fraction: dict[str, float] = {}
+    undetermined: dict[str, float] = {}
+    numerical = is_numerical_output(model)
     for e, out in zip(universe, outs, strict=True):
         got = decode_outputs(model, out)
-        numerical = is_numerical_output(model)
-        flags = [
-            not f for a, b in zip(got, clean_dec, strict=True) for f in positions_equal(a, b, numerical, atol)
-        ]
-        changed_fraction[str(e)] = float(np.mean(flags))
+        decided = decided_positions(model, out)
+        changed = np.array([[not f for f in positions_equal(a, b, numerical, atol)]
+                            for a, b in zip(got, clean_dec, strict=True)], dtype=bool).reshape(decided.shape)
+        # an output is kept only if the clean answer still wins by more than the margin; within it the
+        # answer is no longer determined (a tie that rounding alone would settle), which counts as changed
+        # on every backend alike
+        changed_fraction[str(e)] = float(np.mean(changed | ~decided))
+        if not decided.all():
+            undetermined[str(e)] = float(np.mean(~decided))
     engine_set = {s for s, f in changed_fraction.items() if f > 0}
 
     prog = ProgramRunner(inputs.program)
@@ -185,6 +202,11 @@ def necessary_edges(
             )
     edges = sorted(engine_set, key=lambda s: Edge.parse(s).sort_key())
     circ = truth.restricted(edges)
+    for name, frac in undetermined.items():
+        if name in explanations or name in structural:
+            note = (f"its ablation leaves {frac:.0%} of the output positions within the decision margin "
+                    "(no answer wins: counted as changed)")
+            explanations[name] = f"{explanations[name]}; {note}" if name in explanations else note
     return NecessaryEdges(
         ablation,
         runner.backend,
@@ -195,6 +217,7 @@ def necessary_edges(
         changed_fraction,
         explanations,
         discrepancies,
+        undetermined,
     )
 
 
