@@ -21,6 +21,7 @@ from rasp_compiler.model.config import ModelConfig, compare_weight_names
 from rasp_compiler.model.errors import ModelError
 from rasp_compiler.model.io import ModelFileError, ModelParts, read_model_files, write_model_files
 from rasp_compiler.model.outputs import decode_block, find_block, output_blocks
+from rasp_compiler.model.structure import annotation_mismatch
 
 __all__ = ["ApplyOutput", "CompiledModel", "load", "output_view", "save"]
 
@@ -348,6 +349,10 @@ def load(directory: str | os.PathLike) -> CompiledModel:
     built and checked as a whole."""
     p = read_model_files(directory)
     try:
-        return CompiledModel(p.config, p.weights, p.codec, p.annotation, p.program_source)
+        model = CompiledModel(p.config, p.weights, p.codec, p.annotation, p.program_source)
     except ModelError as e:
         raise ModelFileError(f"model files are inconsistent: {e}") from e
+    if model.annotation is not None and (problem := annotation_mismatch(model.config, model.weights,
+                                                                         model.annotation)):
+        raise ModelFileError(f"the annotation does not match the weights: {problem}")
+    return model

@@ -81,3 +81,36 @@ def test_format_version_1_files_are_refused_with_what_to_do(saved, tmp_path) -> 
     (tmp_path / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ModelFileError, match="format version 1.*Rebuild the model"):
         load(tmp_path)
+
+
+def _resigned(saved, tmp_path, change):
+    """model.json edited by `change` and re-hashed, as a deliberate forger would: the manifest passes,
+    so only the annotation-against-weights check stands between the edit and a wrong ground truth."""
+    from rasp_compiler.model.io import manifest_sha256
+
+    doc = json.loads((saved / "model.json").read_text())
+    change(doc["annotation"])
+    doc[MANIFEST_FIELD] = manifest_sha256(doc)
+    (tmp_path / "weights.safetensors").write_bytes((saved / "weights.safetensors").read_bytes())
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    return tmp_path
+
+
+def _first_head(ann):
+    return next(b for b in ann["blocks"] if b["component"] == "attn")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.__setitem__("blocks", []), "no annotation block is it|blocks' writes"),
+        (lambda a: _first_head(a).__setitem__("layer", 1), "L1.H0"),
+        (lambda a: _first_head(a)["reads"].__setitem__("q", []), "reads on q"),
+        (lambda a: _first_head(a).__setitem__("writes", _first_head(a)["writes"][:-1]), "writes"),
+    ],
+)
+def test_resigned_annotation_edits_are_refused(tmp_path, change, message) -> None:
+    d = tmp_path / "reverse"
+    compiled("reverse").save(d)
+    with pytest.raises(ModelFileError, match=f"annotation does not match the weights: .*({message})"):
+        load(_resigned(d, tmp_path, change))
