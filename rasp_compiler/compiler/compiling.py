@@ -75,7 +75,7 @@ def tracr_options(
 ) -> CompilerOptions:
     """CompilerOptions from tracr's argument names; extra keyword arguments are CompilerOptions fields."""
     return CompilerOptions(
-        vocab=frozenset(vocab),
+        vocab=vocab,  # CompilerOptions checks and freezes it
         max_seq_len=max_seq_len,
         bos=compiler_bos,
         pad=compiler_pad,

@@ -55,7 +55,13 @@ class CompilerOptions:
     fold_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vocab", frozenset(self.vocab))
+        if isinstance(self.vocab, (str, bytes)) or not hasattr(self.vocab, "__iter__"):
+            kind = type(self.vocab).__name__
+            raise CompileError(f"vocab must be a collection of tokens (a set), got {kind} {self.vocab!r}")
+        try:
+            object.__setattr__(self, "vocab", frozenset(self.vocab))
+        except TypeError as e:
+            raise CompileError(f"vocab tokens must be hashable values ({e})") from None
         if not self.vocab:
             raise CompileError("vocab is empty")
         if (
