@@ -35,3 +35,20 @@ def test_a_tie_counts_as_changed_and_is_explained() -> None:
     assert truth.undetermined["pos_embed->L1.H0<k>"] > 0
     assert "pos_embed->L1.H0<k>" in truth.edges
     assert "no answer wins" in truth.explanations["pos_embed->L1.H0<k>"]
+
+
+def test_interchange_on_a_variable_constant_over_the_dataset_is_vacuous() -> None:
+    """At one input length, `length` is the same in source and base: swapping it tests nothing, and the
+    result says so instead of reporting an IIA of 1.0 as if it were evidence."""
+    from support.library_models import compiled
+
+    from rasp_compiler.rasp import lib
+
+    model = compiled("reverse")
+    program = lib.LIBRARY["reverse"].builder()
+    data = causal.make_dataset(model, program, 8, seed=0)
+    aligns = causal.ground_truth_alignments(model, program)
+    r = causal.interchange_accuracy(model, aligns["length"], data)
+    assert r.vacuous and r.n_vacuous == len(r.agree) and r.iia == 1.0
+    tokens = causal.interchange_accuracy(model, aligns["tokens"], data)
+    assert not tokens.vacuous  # resampled tokens differ between source and base

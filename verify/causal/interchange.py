@@ -74,6 +74,14 @@ class IIAResult:
     n_undefined: int
     agree: list[bool]
     backend: str
+    # examples where the swap changes nothing: the variable has the same values in source and base
+    # at the swapped positions, so the model agrees trivially. All vacuous: the IIA says nothing.
+    n_vacuous: int = 0
+
+    @property
+    def vacuous(self) -> bool:
+        """True when every defined example was vacuous (the IIA of 1.0 then tests nothing)."""
+        return bool(self.agree) and self.n_vacuous == len(self.agree)
 
 
 def _as_inputs(x: Any) -> list[list[Any]]:
@@ -142,6 +150,7 @@ def interchange_accuracy(
     decoded = decode_outputs(model, out)
     agree: list[bool] = []
     undefined = 0
+    vacuous = 0
     for xs, src, got in zip(base, source, decoded, strict=True):
         sv = prog.values(src)
         cv = prog.values(xs)
@@ -151,11 +160,13 @@ def interchange_accuracy(
             for p in positions:
                 new[p] = sv[id(t)][p]
             glob[id(t)] = new
+        same = all(glob[id(t)] == list(cv[id(t)]) for t in targets)
         try:
             want = prog.run(xs, None, glob)[id(prog.program)]
         except rasp.RASPEvaluationError:
             undefined += 1
             continue
         agree.append(all(positions_equal(got, want, is_numerical_output(model), atol)))
+        vacuous += same
     iia = float(np.mean(agree)) if agree else math.nan
-    return IIAResult(alignment, iia, len(base), undefined, agree, used)
+    return IIAResult(alignment, iia, len(base), undefined, agree, used, vacuous)
