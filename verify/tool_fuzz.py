@@ -42,7 +42,7 @@ from rasp_compiler.testing import generate
 from rasp_compiler.testing.fuzz import program_for
 from rasp_compiler.testing.runner import map_work
 from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
-from verify.circuit import Circuit, CircuitError, Edge
+from verify.circuit import Circuit, CircuitError, Edge, summarize_labels
 from verify.dataset import Dataset, make_dataset
 from verify.structural import ScoreResult, score
 from verify.truth import ground_truth
@@ -145,6 +145,8 @@ class ToolCase:
     input_length: int | None = None
     constant_output: bool = False  # the program gives one output on every clean and corrupted input
     faithful_accuracy: float | None = None  # failing cases: task accuracy of the answer's edges alone
+    # why each missed or extra edge is (or is not) in the truth, from the truth's own explanation
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def value(self) -> float:
@@ -172,10 +174,10 @@ class ToolCase:
             lines.append(
                 f"  the answer's edges alone (rest ablated) reach task accuracy {self.faithful_accuracy:.3f}"
             )
-        if self.false_negatives:
-            lines.append(f"  missed ({len(self.false_negatives)}): {', '.join(self.false_negatives[:8])}")
-        if self.false_positives:
-            lines.append(f"  extra ({len(self.false_positives)}): {', '.join(self.false_positives[:8])}")
+        for what, items in (("missed", self.false_negatives), ("extra", self.false_positives)):
+            if items:
+                lines.append(f"  {what} ({len(items)}):")
+                lines += [f"    {e}: {self.reasons.get(e, '')}".rstrip(": ") for e in items[:8]]
         lines.append(_indent(self.source()))
         return "\n".join(lines)
 
@@ -196,6 +198,7 @@ class ToolCase:
             "kinds": dict(self.kinds),
             "false_negatives": self.false_negatives,
             "false_positives": self.false_positives,
+            "reasons": self.reasons,
             "error": self.error,
             "constant_output": self.constant_output,
             "faithful_accuracy": self.faithful_accuracy,
@@ -367,16 +370,23 @@ class _Settings:
     as_hooked_transformer: bool
 
 
-def _truth_circuit(model: Any, data: ToolDataset, s: _Settings) -> Circuit | None:
-    """The circuit the answer is scored against; None when it is empty (nothing to discover)."""
+def _truth_circuit(model: Any, data: ToolDataset, s: _Settings) -> tuple[Circuit | None, dict[str, str]]:
+    """The circuit the answer is scored against (None when it is empty: nothing to discover), and per
+    edge why it is or is not in it, so a report can say why a missed or extra edge counts."""
     from verify.causal import necessary_edges
 
     structural = ground_truth(model)
+    carried = {str(e): "carries " + summarize_labels(labels) for e, labels in structural.edges.items()}
     if s.truth == "structural":
-        return structural if structural.items(s.level) else None
+        reasons = {e: f"in the structural truth: {why}" for e, why in carried.items()}
+        return (structural if structural.items(s.level) else None), reasons
     ne = necessary_edges(model, data, s.ablation)
+    reasons = {e: f"needed: its single {s.ablation} ablation changes {f:.0%} of the outputs"
+               for e, f in ne.changed_fraction.items() if f > 0}
+    for e, why in ne.explanations.items():
+        reasons[e] = f"{reasons[e]}; {why}" if e in reasons else why
     if not ne.edges:
-        return None
+        return None, reasons
     circ = ne.circuit
     if circ is None or circ.items("edge") != set(ne.edges):  # keep exactly the engine-confirmed edges
         circ = Circuit(
@@ -387,7 +397,7 @@ def _truth_circuit(model: Any, data: ToolDataset, s: _Settings) -> Circuit | Non
             n_heads=structural.n_heads,
             model_graph=structural.model_graph,
         )
-    return circ if circ.items(s.level) else None
+    return (circ if circ.items(s.level) else None), reasons
 
 
 def _answer_scores(answer: Any, model: Any, level: str) -> tuple[Any, bool]:
@@ -451,7 +461,7 @@ def _score_case(
         # Every clean and corrupted input gives the same output: there is no behaviour for a circuit to
         # explain (the empty circuit is faithful), under either truth. Degenerate, not the tool's failure.
         return "constant output"
-    truth = _truth_circuit(model, data, s)
+    truth, reasons = _truth_circuit(model, data, s)
     if truth is None:
         return "empty truth"
     kinds = generate.op_kinds(program)
@@ -501,6 +511,8 @@ def _score_case(
         error,
         input_length,
         constant,
+        reasons={e: reasons.get(e, "not in the truth: it carries nothing the output depends on")
+                 for e in [*r.false_negatives, *r.false_positives]},
     )
     if case.value < s.threshold and s.level == "edge":
         # a diagnosis, not a verdict: does the answer at least reproduce the task with the rest ablated?

@@ -240,3 +240,19 @@ def test_tool_campaign_same_for_any_worker_count() -> None:
     assert len({c.source() for c in one.cases}) > 1
     with pytest.raises(fuzz.ToolFuzzError, match="sampled programs"):
         fuzz.fuzz_tool(_truth_from_weights, generate.sample_programs(1, 0), workers=2)
+
+
+def test_flagged_edges_carry_the_truths_reason() -> None:
+    """Every missed or extra edge in a report says why it is (not) in the truth, so a user need not
+    rebuild the case by hand to learn it."""
+    s = fuzz.fuzz_tool(_never_reports_qk, programs=30, seed=0, truth="ablation", shrink=False)
+    flagged = [c for c in s.cases if c.false_negatives or c.false_positives]
+    assert flagged
+    for c in flagged:
+        for e in [*c.false_negatives, *c.false_positives]:
+            assert c.reasons.get(e), (e, c.reasons)
+    missed = [c for c in flagged if c.false_negatives]
+    assert missed  # the tool never reports q/k edges
+    for c in missed:
+        assert c.reasons[c.false_negatives[0]].startswith("needed: its single resample ablation changes")
+        assert c.false_negatives[0] + ": needed" in c.describe()
