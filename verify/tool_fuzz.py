@@ -376,9 +376,9 @@ def _truth_circuit(model: Any, data: ToolDataset, s: _Settings) -> tuple[Circuit
     from verify.causal import necessary_edges
 
     structural = ground_truth(model)
-    carried = {str(e): "carries " + summarize_labels(labels) for e, labels in structural.edges.items()}
     if s.truth == "structural":
-        reasons = {e: f"in the structural truth: {why}" for e, why in carried.items()}
+        reasons = {str(e): f"in the structural truth: carries {summarize_labels(labels)}"
+                   for e, labels in structural.edges.items()}
         return (structural if structural.items(s.level) else None), reasons
     ne = necessary_edges(model, data, s.ablation)
     reasons = {e: f"needed: its single {s.ablation} ablation changes {f:.0%} of the outputs"
@@ -388,7 +388,7 @@ def _truth_circuit(model: Any, data: ToolDataset, s: _Settings) -> tuple[Circuit
     if not ne.edges:
         return None, reasons
     circ = ne.circuit
-    if circ is None or circ.items("edge") != set(ne.edges):  # keep exactly the engine-confirmed edges
+    if circ.items("edge") != set(ne.edges):  # keep exactly the engine-confirmed edges
         circ = Circuit(
             structural.output,
             {},

@@ -154,7 +154,6 @@ def necessary_edges(
     pieces_of = _edge_parts(mg, truth)
     clean_vals = [prog.values(x) for x in inputs.clean]
     corrupt_vals = [prog.values(x) for x in inputs.corrupt]
-    out_ids = {id(x) for x in prog.exprs(out_op)} if out_op in prog.by_label else set()
     predicted: dict[str, bool | None] = {}
     reasons: dict[str, str] = {}
     for e in sorted(truth.edges, key=Edge.sort_key):
@@ -178,7 +177,6 @@ def necessary_edges(
             )
         predicted[str(e)] = pred
         reasons[str(e)] = reason
-    del out_ids
     structural = {str(e) for e in truth.edges}
     explanations: dict[str, str] = {}
     discrepancies: dict[str, str] = {}

@@ -20,7 +20,13 @@ from verify.circuit import (
 )
 from verify.formats.graphs import MERGED, check_named, circuit_from_groups, graph_of
 
-__all__ = ["from_autocircuit", "from_autocircuit_scores", "to_autocircuit", "to_autocircuit_scores"]
+__all__ = [
+    "circuit_above",
+    "from_autocircuit",
+    "from_autocircuit_scores",
+    "to_autocircuit",
+    "to_autocircuit_scores",
+]
 
 
 def _ac_src_name(node: str) -> str:
@@ -252,10 +258,16 @@ def from_autocircuit_scores(
             result[e] = v if signed else abs(v)
     if threshold is None:
         return result
+    assert g is not None
+    return circuit_above(result, g, threshold)
+
+
+def circuit_above(scores: Mapping[Edge, float], g: ModelGraph, threshold: float) -> Circuit:
+    """The circuit of the edges scoring above `threshold`; a `Resid Start` edge keeps whichever of
+    embed / pos_embed the walk from the output uses."""
     groups: dict[tuple, list[Edge]] = {}
-    for e, v in result.items():
+    for e, v in scores.items():
         if v > threshold:
             w = MERGED if e.writer in ("embed", "pos_embed") else e.writer
             groups.setdefault((w, e.reader, e.input), []).append(e)
-    assert g is not None
     return g.circuit({e for grp in groups.values() for e in grp}, groups=list(groups.values()))

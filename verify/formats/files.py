@@ -9,10 +9,10 @@ from typing import Any
 
 from verify.circuit import CircuitError, score_value
 from verify.formats.acdc import from_acdc
-from verify.formats.autocircuit import from_autocircuit, from_autocircuit_scores
+from verify.formats.autocircuit import circuit_above, from_autocircuit, from_autocircuit_scores
 from verify.formats.circuit_json import JSON_TAG, from_json
 from verify.formats.eapig import eapig_json_scores, from_eapig, from_eapig_json
-from verify.formats.graphs import from_edges, from_nodes
+from verify.formats.graphs import from_edges, from_nodes, graph_of
 from verify.formats.tl_hooks import from_tl_hooks
 
 __all__ = ["read_circuit_file"]
@@ -57,7 +57,7 @@ def read_circuit_file(
             if cut is not None:
                 cut = score_value(cut, "auto-circuit prune scores' threshold")
             scores = from_autocircuit_scores(data["prune_scores"], model)
-            circ = from_autocircuit_scores(data["prune_scores"], model, threshold=cut)
+            circ = circuit_above(scores, graph_of(model), cut if cut is not None else 0.0)
             return circ, {str(e): v for e, v in scores.items()}, form
         if isinstance(data, dict) and isinstance(data.get("edges"), dict) and "nodes" in data:
             form = "EAP-IG JSON"
