@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -38,8 +39,10 @@ def assemble(
     blocks: Blocks,
     layout: Layout,
     options: CompilerOptions,
+    assumptions: Mapping[str, str] | None = None,
 ) -> Assembled:
-    """Place every block's matrices into the model's weights and record each placement."""
+    """Place every block's matrices into the model's weights and record each placement (and each op's
+    declared, unproven precondition from `assumptions`)."""
     D = len(res.labels)
     idx = res.index
     out_label = graph.output
@@ -179,12 +182,13 @@ def assemble(
         pad_token_id=codec.pad_id,
         bos_token_id=codec.bos_id,
     )
-    return Assembled(
-        config, weights, codec, Annotation(out_label, _op_annotations(graph, values, res), tuple(ann_blocks))
-    )
+    ops = _op_annotations(graph, values, res, assumptions or {})
+    return Assembled(config, weights, codec, Annotation(out_label, ops, tuple(ann_blocks)))
 
 
-def _op_annotations(graph: ProgramGraph, values: ValueSets, res: Residual) -> dict[str, OpAnnotation]:
+def _op_annotations(
+    graph: ProgramGraph, values: ValueSets, res: Residual, assumptions: Mapping[str, str]
+) -> dict[str, OpAnnotation]:
     ops: dict[str, OpAnnotation] = {}
     for label in _op_order(graph):
         node = graph.nodes.get(label)
@@ -202,6 +206,7 @@ def _op_annotations(graph: ProgramGraph, values: ValueSets, res: Residual) -> di
             children=node.children,
             directions=res.sop_dirs.get(label, ()),
             values=None if vi is None or vi.values is None else tuple(vi.values),
+            assumption=assumptions.get(label),
         )
     return ops
 

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+from rasp_compiler.compiler.agreement import check_agreement
 from rasp_compiler.compiler.assemble import Assembled, assemble
 from rasp_compiler.compiler.blocks import build_blocks
 from rasp_compiler.compiler.fuse import plan_fusion
@@ -50,11 +51,12 @@ def compile_graph(graph: ProgramGraph, options: CompilerOptions) -> CompiledGrap
     """Every stage after graph building, in order: the one place the pipeline is written."""
     validate(graph, options)
     values = infer_values(graph, options)
+    assumed = check_agreement(graph, values, options)
     fusion = plan_fusion(graph, values, options)
     residual = build_residual(graph, values, fusion, options)
     blocks = build_blocks(graph, values, residual, fusion, options)
     layout = allocate_layers(graph, blocks, options)
-    out = assemble(graph, values, residual, blocks, layout, options)
+    out = assemble(graph, values, residual, blocks, layout, options, assumed)
     return CompiledGraph(graph, values, residual, out)
 
 

@@ -27,6 +27,9 @@ class CompilerOptions:
       a numerical SOp's set only sizes its discretising MLP's breakpoints, never the residual).
     max_categorical_values: most values (residual directions) one categorical SOp may have.
     max_mlp_hidden: largest hidden width allowed for one op's MLP.
+    max_exhaustive_inputs: largest input space (sequences of length 1..max_seq_len) the compiler evaluates
+      exhaustively when the program's structure cannot prove that a categorical Aggregate's selected
+      values agree (see compiler.agreement); above it such a program is refused.
     softmax_tolerance: target error of any attention weight in float32 (sets the inverse temperature).
     output_tolerance: largest float32 error bound allowed on a numerical output (absolute). Numerical
       intermediates carry error bounds (MLP float32 error measured at compile time, softmax leaks,
@@ -47,6 +50,7 @@ class CompilerOptions:
     max_value_set: int = 1_000_000
     max_categorical_values: int = 20_000
     max_mlp_hidden: int = 200_000
+    max_exhaustive_inputs: int = 20_000
     softmax_tolerance: float = 1e-7
     output_tolerance: float = 1e-4
     categorical_tolerance: float = 1e-3

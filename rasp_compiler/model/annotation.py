@@ -50,13 +50,15 @@ class AnnotationError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class OpAnnotation:
-    """One RASP op: its kind, encoding, children (labels), residual directions and value set."""
+    """One RASP op: its kind, encoding, children (labels), residual directions and value set, and the
+    precondition its exactness rests on when the program declared one the compiler could not prove."""
 
     kind: str
     encoding: str | None
     children: tuple[str, ...]
     directions: tuple[str, ...]
     values: tuple[Any, ...] | None
+    assumption: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,7 +67,7 @@ class OpAnnotation:
             "children": list(self.children),
             "directions": list(self.directions),
             "values": None if self.values is None else [_jsonable(v) for v in self.values],
-        }
+        } | ({} if self.assumption is None else {"assumption": self.assumption})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OpAnnotation:
@@ -77,6 +79,7 @@ class OpAnnotation:
                 children=tuple(data["children"]),
                 directions=tuple(data["directions"]),
                 values=None if vals is None else tuple(_untuple(v) for v in vals),
+                assumption=_optional_str(data, "assumption"),
             )
         except (KeyError, TypeError) as e:
             raise AnnotationError(f"malformed op annotation {data!r}: {e}") from None
@@ -283,6 +286,13 @@ class Annotation:
     def blocks_for(self, op: str) -> list[BlockAnnotation]:
         """Every block implementing `op` (fused blocks included)."""
         return [b for b in self.blocks if op in b.all_ops]
+
+
+def _optional_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise AnnotationError(f"field {key!r} must be a string, got {value!r}")
+    return value
 
 
 def _untuple(value: Any) -> Any:

@@ -132,7 +132,8 @@ def make_sort_unique(vals: rasp.SOp, keys: rasp.SOp) -> rasp.SOp:
     smaller = rasp.Select(keys, keys, rasp.Comparison.LT).named("smaller")
     target_pos = rasp.SelectorWidth(smaller).named("target_pos")
     sel_new = rasp.Select(target_pos, rasp.indices, rasp.Comparison.EQ)
-    return rasp.Aggregate(sel_new, vals).named("sort")
+    # agreeing: with distinct keys one position is selected (declared for keys the compiler cannot prove)
+    return rasp.Aggregate(sel_new, vals).named("sort").annotated(agreeing=True)
 
 
 def make_sort(vals: rasp.SOp, keys: rasp.SOp, *, max_seq_len: int, min_key: float) -> rasp.SOp:
@@ -242,7 +243,7 @@ def _value_at(sop: rasp.SOp, prefix: str) -> rasp.SOp:
 
 def _pick(flags: rasp.SOp, sop: rasp.SOp, name: str) -> rasp.SOp:
     """Copies `sop` from the one position whose flag is true (None if there is none)."""
-    return rasp.Aggregate(_select_where(flags, f"{name}_select"), sop).named(name)
+    return rasp.Aggregate(_select_where(flags, f"{name}_select"), sop).named(name).annotated(agreeing=True)
 
 
 def _occurrence(sop: rasp.SOp, prefix: str) -> rasp.SOp:
@@ -431,7 +432,7 @@ def make_first_occurrence(sop: rasp.SOp) -> rasp.SOp:
     key = rasp.SequenceMap(lambda x, o: (x, o), sop, occ).named("first_key")
     query = rasp.Map(lambda x: (x, 0), sop).named("first_query")
     select_first = rasp.Select(key, query, rasp.Comparison.EQ).named("first_select")
-    return rasp.Aggregate(select_first, rasp.indices).named("first_occurrence")
+    return rasp.Aggregate(select_first, rasp.indices).named("first_occurrence").annotated(agreeing=True)
 
 
 def make_count_distinct(sop: rasp.SOp) -> rasp.SOp:
@@ -454,7 +455,7 @@ def make_dedup(sop: rasp.SOp) -> rasp.SOp:
     rank = rasp.SelectorWidth(firsts_before).named("dedup_rank")
     target = rasp.SequenceMap(lambda f, r: r if f else -1, is_first, rank).named("dedup_target")
     move = rasp.Select(target, rasp.indices, rasp.Comparison.EQ).named("dedup_move")
-    return rasp.Aggregate(move, sop).named("dedup")
+    return rasp.Aggregate(move, sop).named("dedup").annotated(agreeing=True)
 
 
 def make_induction(sop: rasp.SOp) -> rasp.SOp:
@@ -470,7 +471,7 @@ def make_induction(sop: rasp.SOp) -> rasp.SOp:
     query = rasp.SequenceMap(lambda x, o: (x, o - 1), sop, occ).named("induction_query")
     following = shift_by(-1, sop)
     lookup = rasp.Select(key, query, rasp.Comparison.EQ).named("induction_select")
-    return rasp.Aggregate(lookup, following).named("induction")
+    return rasp.Aggregate(lookup, following).named("induction").annotated(agreeing=True)
 
 
 # ---------------------------------------------------------------------------------------------

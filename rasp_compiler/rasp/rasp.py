@@ -33,6 +33,7 @@ __all__ = [
     "RASPError",
     "RASPTypeError",
     "RASPEvaluationError",
+    "AggregateDisagreementError",
     "RASPInterventionError",
     "Value",
     "NumericValue",
@@ -108,6 +109,11 @@ class RASPTypeError(RASPError, TypeError):
 
 class RASPEvaluationError(RASPError):
     """Evaluating a program failed; the message names the op (by label) that failed."""
+
+
+class AggregateDisagreementError(RASPEvaluationError):
+    """A categorical Aggregate selected positions holding different values (no model can match this
+    refusal, so the compiler proves or checks that it cannot happen)."""
 
 
 class RASPInterventionError(RASPEvaluationError):
@@ -1129,7 +1135,7 @@ class Evaluator(RASPEvaluator):
                 first = selected[0]
                 if any(v != first for v in selected[1:]):
                     distinct = sorted({repr(v) for v in selected})
-                    raise RASPEvaluationError(
+                    raise AggregateDisagreementError(
                         f"categorical Aggregate {node.label!r} selects different values "
                         f"{', '.join(distinct)} "
                         f"of {node.sop.label!r} at query position {q}; a categorical aggregate needs the "

@@ -74,3 +74,63 @@ def test_a_cycle_is_refused_not_looped_on() -> None:
     m1.inner = m2  # a program built by hand with a cycle
     with pytest.raises(CompileError, match="depends on itself"):
         _compile(m2)
+
+
+def test_a_categorical_aggregate_selecting_different_values_is_refused_naming_an_input() -> None:
+    everything = rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE).named("all")
+    program = rasp.categorical(rasp.Aggregate(everything, rasp.tokens)).named("agg")
+    with pytest.raises(rasp.RASPEvaluationError, match="selects different values"):
+        rasp.evaluate(program, [1, 2])
+    # small input space: evaluated exhaustively, the first refused input is named
+    with pytest.raises(CompileError, match=r"refuses the input \[1, 2\].*'agg' selects different values"):
+        _compile(program)
+    # too large to enumerate and nothing proves agreement: refused naming the op and the way out
+    with pytest.raises(CompileError, match=r"agg: categorical Aggregate that may select .* max_exhaustive"):
+        compiling.compile_rasp_to_model(program, vocab=set(range(10)), max_seq_len=8)
+
+
+def test_agreement_is_proven_from_structure_where_the_input_space_is_too_large_to_enumerate() -> None:
+    from rasp_compiler.compiler.agreement import count_inputs
+    from rasp_compiler.rasp import lib
+
+    vocab, n = set(range(1, 13)), 8
+    assert count_inputs(len(vocab), n) > 20_000
+    programs = {
+        "sort": lib.make_sort(rasp.tokens, rasp.tokens, max_seq_len=n, min_key=1),  # unique keys x + i/n
+        "max": lib.make_max(rasp.tokens),  # the one position whose rank is 0
+        "reverse": lib.make_reverse(rasp.tokens),  # EQ on indices
+        "same": rasp.Aggregate(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.EQ), rasp.tokens),
+    }
+    import random
+
+    rng = random.Random(0)
+    for name, program in programs.items():
+        model = compiling.compile_rasp_to_model(program, vocab=vocab, max_seq_len=n)
+        for _ in range(50):
+            xs = [rng.choice(sorted(vocab)) for _ in range(rng.randint(1, n))]
+            assert model.apply(["BOS", *xs]).decoded[1:] == rasp.evaluate(program, xs), (name, xs)
+
+
+def test_agreement_on_the_selected_key_value_is_not_enough_when_the_aggregated_sop_differs() -> None:
+    # keys agree (same token) but the aggregated indices differ: must not be taken as proven
+    same = rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.EQ).named("same")
+    program = rasp.categorical(rasp.Aggregate(same, rasp.indices)).named("where")
+    with pytest.raises(CompileError, match=r"refuses the input \[1, 1\]"):
+        _compile(program)
+
+
+def test_a_declared_precondition_is_checked_where_possible_and_recorded_where_not(tmp_path) -> None:
+    from rasp_compiler.model.compiled import load
+    from rasp_compiler.rasp import lib
+
+    small = _compile(lib.make_dedup(rasp.tokens))  # 120 inputs: checked, so nothing is assumed
+    assert small.annotation.ops["dedup"].assumption is None
+    large = compiling.compile_rasp_to_model(lib.make_dedup(rasp.tokens), vocab={1, 2, 3}, max_seq_len=10)
+    assert "declared by the program" in large.annotation.ops["dedup"].assumption
+    large.save(tmp_path / "m")
+    assert load(tmp_path / "m").annotation.ops["dedup"].assumption == large.annotation.ops["dedup"].assumption
+    # a false declaration is still caught where the inputs can be enumerated
+    everything = rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE)
+    lying = rasp.categorical(rasp.Aggregate(everything, rasp.tokens)).named("agg").annotated(agreeing=True)
+    with pytest.raises(CompileError, match=r"refuses the input \[1, 2\]"):
+        _compile(lying)
