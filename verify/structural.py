@@ -169,14 +169,30 @@ def _as_scores(discovered: Any, truth: Circuit, level: str) -> dict[str, float]:
     return out
 
 
+EMBEDS = "embeds"
+
+
+def _merged(name: str) -> str:
+    """An item name with `embed` / `pos_embed` (as the item or as an edge's writer) read as `embeds`."""
+    for src in ("embed", "pos_embed"):
+        if name == src or name.startswith(src + "->"):
+            return EMBEDS + name[len(src):]
+    return name
+
+
 def score(
     discovered: Circuit | Mapping[Any, float] | Iterable[Any],
     truth: Circuit,
     level: str = "edge",
     *,
     threshold: float = 0.0,
+    merge_embeddings: bool = False,
 ) -> ScoreResult:
     """Score `discovered` against `truth` at `level` ("node", "edge" or "subspace").
+
+    `merge_embeddings` scores at the granularity of tools whose graph starts from one residual input
+    (auto-circuit's `Resid Start`, ACDC's `hook_resid_pre`): the `embed` and `pos_embed` items reading
+    into the same place count as one item `embeds` (found when either is; its score the larger).
 
     `discovered` is a Circuit, a set of names (edges as `Edge` or `"w->r<in>"`, nodes by name), or a
     dict of scores per edge / node. Items scoring above `threshold` form the predicted set (a binary
@@ -185,12 +201,20 @@ def score(
     """
     if level not in LEVELS:
         raise CircuitError(f"unknown level {level!r}; expected one of {LEVELS}")
+    if not isinstance(truth, Circuit) and isinstance(getattr(truth, "circuit", None), Circuit):
+        truth = truth.circuit  # e.g. causal.necessary_edges(...): its circuit is the truth
     if not isinstance(truth, Circuit):
         raise CircuitError(f"truth must be a Circuit, got {type(truth).__name__}")
     positives = truth.items(level)
     universe = truth.universe(level) | positives
     scores = _as_scores(discovered, truth, level)
     unknown = sorted(set(scores) - universe)
+    if merge_embeddings and not unknown:
+        positives, universe = {_merged(k) for k in positives}, {_merged(k) for k in universe}
+        merged: dict[str, float] = {}
+        for k, v in scores.items():
+            merged[_merged(k)] = max(v, merged.get(_merged(k), -math.inf))
+        scores = merged
     if unknown:
         raise CircuitError(
             f"discovered {level}s not in the model: {unknown[:5]}"

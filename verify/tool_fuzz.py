@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import sys
@@ -37,6 +36,7 @@ import numpy as np
 from rasp_compiler import rasp
 from rasp_compiler.compiler.compiling import compile_rasp_to_model
 from rasp_compiler.model.outputs import outputs_equal
+from rasp_compiler.rasp.loading import ObjectLoadError, load_object
 from rasp_compiler.rasp.source import to_source
 from rasp_compiler.testing import generate
 from rasp_compiler.testing.fuzz import program_for
@@ -258,7 +258,8 @@ class ToolFuzzSummary:
 
     @property
     def ok(self) -> bool:
-        return not self.flagged
+        """No program below the bar, and at least one program scored (no verdict is not a pass)."""
+        return bool(self.cases) and not self.flagged
 
     def per_kind(self) -> dict[str, float]:
         """Mean score over the programs containing each op kind (and `select_<COMPARISON>`)."""
@@ -288,6 +289,8 @@ class ToolFuzzSummary:
             f"FLAGGED: {len(self.failing)} of {len(self.cases)} programs below {self.threshold}"
             if self.flagged
             else f"ok: every program scores >= {self.threshold}"
+            if self.cases
+            else "NO VERDICT: no program was scored (every one was skipped); ask for more programs"
         )
         lines = [
             f"tool fuzz: {self.tool} vs {self.truth} truth"
@@ -765,25 +768,17 @@ class _Baseline:
 
 
 def load_tool(spec: str, ablation: str = "resample") -> Tool:
-    """A tool by name: a built-in baseline (`acdc`, `eap`, ...) or `package.module:function`."""
+    """A tool by name: a built-in baseline (`acdc`, `eap`, ...), `package.module:function` or
+    `path/to/file.py:function` (the same rule as `rasp-compiler compile`)."""
     if spec in BUILTIN_TOOLS:
         return baseline_tool(spec, ablation)
-    mod_name, sep, attr = spec.partition(":")
-    if not sep or not mod_name or not attr:
-        raise ToolFuzzError(
-            f"--tool {spec!r}: expected one of {BUILTIN_TOOLS} or an import path 'package.module:function'"
-        )
     try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ToolFuzzError(f"--tool {spec!r}: cannot import module {mod_name!r}: {e}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ToolFuzzError(f"--tool {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+        obj, _ = load_object(spec)
+    except ObjectLoadError as e:
+        builtin = ', '.join(BUILTIN_TOOLS)
+        raise ToolFuzzError(f"--tool: {e}; or a built-in baseline, one of {builtin}") from None
     if not callable(obj):
-        raise ToolFuzzError(f"--tool {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable")
+        raise ToolFuzzError(f"--tool {spec!r}: names a {type(obj).__name__}, not a callable")
     return obj
 
 

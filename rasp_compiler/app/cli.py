@@ -8,9 +8,7 @@ shows the full Python traceback instead.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -23,6 +21,7 @@ from rasp_compiler.app import pictures, report, suite
 from rasp_compiler.compiler import compiling
 from rasp_compiler.model import load
 from rasp_compiler.rasp.lib import LIBRARY
+from rasp_compiler.rasp.loading import ObjectLoadError, is_file_spec, load_object
 from rasp_compiler.testing import fuzz
 from rasp_compiler.testing.runner import RunnerError
 from verify import formats, tool_fuzz
@@ -70,34 +69,12 @@ def load_program(
     `MAX_SEQ_LEN` in the file; a library program's defaults can be overridden by the flags.
     """
 
-    if ":" in target and (target.rsplit(":", 1)[0].endswith(".py") or os.sep in target or "/" in target):
-        path_text, func = target.rsplit(":", 1)
-        path = Path(path_text)
-        if not path.is_file():
-            raise CLIError(f"program file {path} does not exist")
-        if not func.isidentifier():
-            raise CLIError(f"{func!r} is not a Python name (use path/to/file.py:function)")
-        spec = importlib.util.spec_from_file_location(f"rasp_program_{abs(hash(str(path.resolve())))}", path)
-        if spec is None or spec.loader is None:
-            raise CLIError(f"cannot load {path} as a Python file")
-        module = importlib.util.module_from_spec(spec)
+    if is_file_spec(target):
+        path, func = Path(target.rsplit(":", 1)[0]), target.rsplit(":", 1)[1]
         try:
-            spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 - the user's file; report what went wrong in it
-            raise CLIError(f"running {path} failed: {type(e).__name__}: {e}") from e
-        if not hasattr(module, func):
-            defined = sorted(
-                n
-                for n, v in vars(module).items()
-                if not n.startswith("_")
-                and (callable(v) or isinstance(v, rasp.RASPExpr))
-                and getattr(v, "__module__", module.__name__) == module.__name__
-            )
-            raise CLIError(
-                f"{path} does not define {func!r}"
-                + (f" (it defines: {', '.join(defined[:8])})" if defined else "")
-            )
-        obj = getattr(module, func)
+            obj, module = load_object(target)
+        except ObjectLoadError as e:
+            raise CLIError(str(e)) from None
         if callable(obj) and not isinstance(obj, rasp.RASPExpr):
             try:
                 obj = obj()

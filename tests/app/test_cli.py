@@ -349,3 +349,27 @@ def test_verify_reads_autocircuit_prune_scores_without_a_threshold(reverse_dir: 
     assert edge["f1"] == 1.0  # the circuit read back is exactly the truth
     # the ROC comes from the scores; Resid Start shares one score between embed and pos_embed edges
     assert 0.9 < edge["roc_auc"] <= 1.0
+
+
+def test_fuzz_tool_takes_a_file_like_compile_and_shows_a_tool_error(tmp_path: Path) -> None:
+    broken_tool = "\n\ndef broken(model, data):\n    raise RuntimeError('boom')\n"
+    (tmp_path / "my_tools.py").write_text(_TOOLS + broken_tool)
+    args = ("fuzz", "tool", "--programs", "6", "--seed", "2", "--inputs", "4", "--no-save", "--no-shrink")
+    good = cli(*args, "--tool", f"{tmp_path / 'my_tools.py'}:perfect")
+    assert good.returncode == 0 and "ok: every program scores" in good.stdout, good.stdout + good.stderr
+    broken = cli(*args, "--tool", f"{tmp_path / 'my_tools.py'}:broken")
+    assert broken.returncode == 1 and "the tool raised" in broken.stdout, broken.stdout
+    assert "RuntimeError: boom" in broken.stdout
+    absent = cli(*args, "--tool", f"{tmp_path / 'my_tools.py'}:absent")
+    assert_one_line_error(absent, "does not define", "perfect")
+    assert_one_line_error(cli(*args, "--tool", f"{tmp_path}:perfect"), "is a directory")
+
+
+def test_a_tool_fuzz_with_nothing_scored_is_no_verdict() -> None:
+    from collections import Counter
+
+    from verify.tool_fuzz import ToolFuzzSummary
+
+    skipped = Counter(constant=2)
+    summary = ToolFuzzSummary("t", "structural", "resample", "edge", "f1", 0.999, 0, skipped=skipped)
+    assert not summary.ok and "NO VERDICT" in summary.report()

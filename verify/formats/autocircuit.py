@@ -201,7 +201,8 @@ def from_autocircuit_scores(
 ) -> dict[Edge, float] | Circuit:
     """Edge scores from auto-circuit PruneScores; with `threshold`, the circuit of edges scoring above it.
 
-    Scores are read as auto-circuit ranks them: by magnitude (`signed=True` keeps the sign). ACDC's
+    Scores are read as auto-circuit ranks them: by magnitude (`signed=True` keeps the sign). Per-position
+    scores (a leading sequence axis) become one score per edge, its largest-magnitude one. ACDC's
     convention, `+inf` for an edge it kept, is read as a score above every finite one (the largest
     finite magnitude + 1), so kept edges rank first and any threshold below that keeps them; NaN and
     `-inf` are refused. A `Resid Start` score goes to both `embed` and `pos_embed` edges.
@@ -234,6 +235,13 @@ def from_autocircuit_scores(
             if is_head
             else [(n_src,)]
         )
+        if arr.ndim >= 2 and tuple(arr.shape[1:]) in ok:
+            # per-position scores (patchable_model(..., seq_len=T)): the edge's score is its score at the
+            # position where it matters most (largest magnitude, sign kept), so an edge found at any
+            # position is found
+            strongest = np.abs(np.nan_to_num(arr, nan=np.inf)).argmax(axis=0)
+            arr = np.take_along_axis(arr, strongest[None], axis=0)[0]
+            arrays[module] = arr
         if tuple(arr.shape) not in ok:
             raise CircuitError(
                 f"auto-circuit prune scores for {module!r} have shape {tuple(arr.shape)}, expected {ok[0]}"

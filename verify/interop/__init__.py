@@ -1,0 +1,7 @@
+"""Adapters that hand compiled models and datasets to other tools, run unchanged (auto-circuit today;
+TransformerLens itself is `rasp_compiler.model.export`). Version workarounds live here, never in a
+user's script."""
+
+from verify.interop.autocircuit import AutoCircuitTask, autocircuit_task
+
+__all__ = ["AutoCircuitTask", "autocircuit_task"]
