@@ -22,6 +22,7 @@ from rasp_compiler.compiler import compiling
 from rasp_compiler.model import load
 from rasp_compiler.rasp.lib import LIBRARY
 from rasp_compiler.rasp.loading import ObjectLoadError, is_file_spec, load_object
+from rasp_compiler.rasp.source import from_source
 from rasp_compiler.testing import fuzz
 from rasp_compiler.testing.runner import RunnerError
 from verify import formats, tool_fuzz
@@ -289,21 +290,37 @@ def _pictures(model: Any, truth: Any, out: Path, input_text: str | None) -> None
     print(f"pictures ({len(written)}) in {out}/: " + ", ".join(Path(p).name for p in written))
 
 
+def _ablation_truth(model: Any, args: argparse.Namespace) -> Any:
+    """The ablation-aware truth on a dataset drawn from the model's own program source."""
+    from verify import causal
+
+    if not model.program_source:
+        raise CLIError(f"{args.model} has no program source; --truth ablation needs the program")
+    try:
+        program = from_source(model.program_source)
+    except Exception as e:  # noqa: BLE001 - say why the saved source does not rebuild the program
+        raise CLIError(f"{args.model}: its program.py does not rebuild the program ({e})") from None
+    data = causal.make_dataset(model, program, n=args.n, seed=args.seed)
+    return causal.necessary_edges(model, data, args.ablation).circuit
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model)
-    truth = verify.ground_truth(model)
+    structural = verify.ground_truth(model)
     try:
-        circuit, scores, form = read_circuit_file(args.circuit, truth, args.threshold)
+        circuit, scores, form = read_circuit_file(args.circuit, structural, args.threshold)
     except CircuitError as e:
         raise CLIError(str(e)) from None
+    truth = structural if args.truth == "structural" else _ablation_truth(model, args)
     levels = {"both": ["node", "edge"], "all": ["node", "edge", "subspace"]}.get(args.level, [args.level])
     results = {}
     for level in levels:
         # the circuit decides precision/recall/F1; per-edge scores, when the file has them, rank for the ROC
-        r = verify.score(circuit, truth, level)
+        r = verify.score(circuit, truth, level, merge_embeddings=args.merge_embeddings)
         if scores is not None and level == "edge":
-            ranked = verify.score(scores, truth, level, threshold=args.threshold)
+            ranked = verify.score(scores, truth, level, threshold=args.threshold,
+                                  merge_embeddings=args.merge_embeddings)
             r.roc_auc, r.fpr, r.tpr, r.thresholds = ranked.roc_auc, ranked.fpr, ranked.tpr, ranked.thresholds
         results[level] = r
     if args.json:
@@ -330,7 +347,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     print(
         f"model {args.model} (output {truth.output!r}); discovered circuit {args.circuit} ({form}): "
-        f"{len(circuit.node_names())} components, {len(circuit.edges)} edges"
+        f"{len(circuit.node_names())} components, {len(circuit.edges)} edges; truth: "
+        + ("structural" if args.truth == "structural"
+           else f"ablation-aware ({args.ablation}, {args.n} pairs, seed {args.seed})")
+        + (", embeddings merged" if args.merge_embeddings else "")
     )
     print(
         f"{'level':<9} {'precision':>9} {'recall':>7} {'F1':>6} {'ROC-AUC':>8} "
@@ -603,6 +623,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="both: node and edge (default); all: also subspace",
     )
     c.add_argument("--threshold", type=float, default=0.0, help="scores above this are 'in the circuit'")
+    c.add_argument("--truth", choices=["structural", "ablation"], default="structural",
+                   help="score against the structural truth (default) or the ablation-aware one")
+    c.add_argument("--ablation", choices=["resample", "mean", "zero"], default="resample",
+                   help="the ablation of --truth ablation (default resample)")
+    c.add_argument("--n", type=int, default=32, help="--truth ablation: dataset size (default 32)")
+    c.add_argument("--seed", type=int, default=0, help="--truth ablation: dataset seed (default 0)")
+    c.add_argument("--merge-embeddings", action="store_true",
+                   help="embed and pos_embed as one input (auto-circuit's Resid Start, ACDC's granularity)")
     c.add_argument("--json", action="store_true", help="print the scores as JSON")
     c.set_defaults(func=cmd_verify)
 

@@ -373,3 +373,17 @@ def test_a_tool_fuzz_with_nothing_scored_is_no_verdict() -> None:
     skipped = Counter(constant=2)
     summary = ToolFuzzSummary("t", "structural", "resample", "edge", "f1", 0.999, 0, skipped=skipped)
     assert not summary.ok and "NO VERDICT" in summary.report()
+
+
+def test_verify_against_the_ablation_aware_truth_merged(reverse_dir: Path, tmp_path: Path) -> None:
+    # reverse under resample at one length needs exactly these two edges (tests/verification pin them)
+    found = tmp_path / "found.json"
+    found.write_text(json.dumps({"edges": ["L3.H0->output<in>", "embed->L3.H0<v>"]}))
+    structural = cli("verify", str(reverse_dir), str(found), "--level", "edge", "--json")
+    ablation = cli("verify", str(reverse_dir), str(found), "--level", "edge", "--json", "--truth", "ablation")
+    merged = cli("verify", str(reverse_dir), str(found), "--truth", "ablation", "--merge-embeddings")
+    assert json.loads(structural.stdout)["edge"]["f1"] < 0.5
+    assert json.loads(ablation.stdout)["edge"]["f1"] == 1.0
+    assert merged.returncode == 0
+    assert "ablation-aware (resample, 32 pairs, seed 0), embeddings merged" in merged.stdout
+    assert "2 of 77" in merged.stdout  # auto-circuit's edge count for reverse
