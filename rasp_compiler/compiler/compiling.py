@@ -10,13 +10,13 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from rasp_compiler.compiler.agreement import check_agreement
 from rasp_compiler.compiler.assemble import Assembled, assemble
 from rasp_compiler.compiler.blocks import build_blocks
 from rasp_compiler.compiler.fuse import plan_fusion
 from rasp_compiler.compiler.graph import ProgramGraph, build_graph
 from rasp_compiler.compiler.layout import allocate_layers
 from rasp_compiler.compiler.options import CompileError, CompilerOptions, UnsupportedProgramError
+from rasp_compiler.compiler.preconditions import check_preconditions
 from rasp_compiler.compiler.spaces import Residual, build_residual
 from rasp_compiler.compiler.validate import validate
 from rasp_compiler.compiler.values import ValueSets, infer_values
@@ -51,7 +51,7 @@ def compile_graph(graph: ProgramGraph, options: CompilerOptions) -> CompiledGrap
     """Every stage after graph building, in order: the one place the pipeline is written."""
     validate(graph, options)
     values = infer_values(graph, options)
-    assumed = check_agreement(graph, values, options)
+    assumed = check_preconditions(graph, values, options)
     fusion = plan_fusion(graph, values, options)
     residual = build_residual(graph, values, fusion, options)
     blocks = build_blocks(graph, values, residual, fusion, options)

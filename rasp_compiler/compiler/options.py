@@ -29,7 +29,8 @@ class CompilerOptions:
     max_mlp_hidden: largest hidden width allowed for one op's MLP.
     max_exhaustive_inputs: largest input space (sequences of length 1..max_seq_len) the compiler evaluates
       exhaustively when the program's structure cannot prove that a categorical Aggregate's selected
-      values agree (see compiler.agreement); above it such a program is refused.
+      values agree, or that no Select compares None (see compiler.preconditions); above it such a
+      program is refused.
     softmax_tolerance: target error of any attention weight in float32 (sets the inverse temperature).
     output_tolerance: largest float32 error bound allowed on a numerical output (absolute). Numerical
       intermediates carry error bounds (MLP float32 error measured at compile time, softmax leaks,

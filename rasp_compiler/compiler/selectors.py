@@ -165,10 +165,69 @@ def always_selects(graph: ProgramGraph, values: Any, sel: str) -> bool:
     g = groups[0]
     if bool(g.table[:, 0].all()):
         return True
+    if _selects_within_length(graph, values, g):
+        return True
     q = values[g.queries]
     if not q.at_or_before or q.values is None:
         return False
     return all(0 <= v < g.table.shape[1] and bool(g.table[i, v]) for i, v in enumerate(q.values))
+
+
+def positional_table(graph: ProgramGraph, label: str, n_max: int) -> dict[tuple[int, int], Any] | None:
+    """The SOp's value at position i of every input of length L (i < L <= n_max), when it depends only on
+    `length`, `indices` and constants (None: it depends on tokens or on an op this does not follow).
+    None values propagate through Map and SequenceMap as in the evaluator."""
+    node = graph.nodes[label]
+    pairs = [(length, i) for length in range(1, n_max + 1) for i in range(length)]
+    if node.kind == "indices":
+        return {(length, i): i for length, i in pairs}
+    if node.kind == "length":
+        return {(length, i): length for length, i in pairs}
+    if node.kind == "full":
+        return {p: node.expr.fill for p in pairs}
+    if node.kind == "selector_width" and _selects_everything(graph, node.children[0]):
+        return {(length, i): length for length, i in pairs}  # make_length: counts every position
+    if node.kind == "map":
+        inner = positional_table(graph, node.children[0], n_max)
+        if inner is None:
+            return None
+        return {p: None if x is None else node.expr.f(x) for p, x in inner.items()}
+    if node.kind in ("sequence_map", "linear_sequence_map"):
+        a = positional_table(graph, node.children[0], n_max)
+        b = positional_table(graph, node.children[1], n_max)
+        if a is None or b is None:
+            return None
+        return {p: None if a[p] is None or b[p] is None else node.expr.f(a[p], b[p]) for p in pairs}
+    return None
+
+
+def _selects_everything(graph: ProgramGraph, sel: str) -> bool:
+    """A Select with predicate TRUE (over any keys and queries), or a conjunction / disjunction of such."""
+    node = graph.nodes[sel]
+    if node.kind == "select":
+        pred = node.expr.predicate
+        return type(pred).__name__ == "Comparison" and getattr(pred, "name", None) == "TRUE"
+    if node.kind in ("selector_and", "selector_or"):
+        return all(_selects_everything(graph, c) for c in node.children)
+    return False
+
+
+def _selects_within_length(graph: ProgramGraph, values: Any, g: Group) -> bool:
+    """Keys `indices`, queries a function of (length, position) only: every query of every input length
+    L selects some key k < L (make_reverse's `length - i - 1`)."""
+    qv = values[g.queries].values
+    n_max = g.table.shape[1]
+    try:
+        table = positional_table(graph, g.queries, n_max)
+    except Exception:  # noqa: BLE001 - value inference already refused functions that raise
+        return False
+    if table is None or qv is None:
+        return False
+    row = {v: r for r, v in enumerate(qv)}
+    for (length, _), q in table.items():
+        if q is None or q not in row or not g.table[row[q], :length].any():
+            return False
+    return True
 
 
 def only_selects_earlier(graph: ProgramGraph, values: Any, sel: str) -> bool:

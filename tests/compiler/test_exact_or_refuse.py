@@ -90,7 +90,7 @@ def test_a_categorical_aggregate_selecting_different_values_is_refused_naming_an
 
 
 def test_agreement_is_proven_from_structure_where_the_input_space_is_too_large_to_enumerate() -> None:
-    from rasp_compiler.compiler.agreement import count_inputs
+    from rasp_compiler.compiler.preconditions import count_inputs
     from rasp_compiler.rasp import lib
 
     vocab, n = set(range(1, 13)), 8
@@ -134,3 +134,41 @@ def test_a_declared_precondition_is_checked_where_possible_and_recorded_where_no
     lying = rasp.categorical(rasp.Aggregate(everything, rasp.tokens)).named("agg").annotated(agreeing=True)
     with pytest.raises(CompileError, match=r"refuses the input \[1, 2\]"):
         _compile(lying)
+
+
+def _shifted() -> rasp.SOp:
+    """tokens moved one position right: None at position 0 of every input."""
+    prev = rasp.Select(rasp.indices, rasp.indices, lambda k, q: k == q - 1).named("prev")
+    return rasp.Aggregate(prev, rasp.tokens).named("shifted")
+
+
+def test_a_select_comparing_none_is_refused() -> None:
+    cmp = rasp.Select(_shifted(), rasp.tokens, rasp.Comparison.EQ).named("cmp")
+    program = rasp.SelectorWidth(cmp).named("w")
+    with pytest.raises(rasp.RASPEvaluationError, match="key is None"):
+        rasp.evaluate(program, [1, 2])
+    with pytest.raises(CompileError, match=r"cmp: on the input \[1\] its shifted holds None"):
+        _compile(program)
+    with pytest.raises(CompileError, match=r"cmp: Select whose shifted can be None"):
+        compiling.compile_rasp_to_model(program, vocab=set(range(10)), max_seq_len=8)
+
+
+def test_a_custom_predicate_given_none_is_refused_though_the_evaluator_answers() -> None:
+    # the evaluator hands None to a custom predicate and answers; a model's None matches nothing
+    sel = rasp.Select(_shifted(), rasp.tokens, lambda k, q: k is None).named("is_first")
+    program = rasp.SelectorWidth(sel).named("w")
+    assert rasp.evaluate(program, [1, 2]) == [1, 1]
+    with pytest.raises(CompileError, match=r"is_first: on the input \[1\] its shifted holds None"):
+        _compile(program)
+
+
+def test_reverse_is_proven_to_always_select_so_palindrome_compiles_beyond_enumeration() -> None:
+    from rasp_compiler.compiler.preconditions import count_inputs
+    from rasp_compiler.rasp import lib
+
+    vocab, n = {1, 2, 3}, 12
+    assert count_inputs(len(vocab), n) > 20_000
+    program = lib.make_is_palindrome(rasp.tokens)
+    model = compiling.compile_rasp_to_model(program, vocab=vocab, max_seq_len=n)
+    for xs in ([1, 2, 1], [1, 2, 2, 1], [1, 2, 3], [3] * 12, [1, 2, 3, 3, 2, 1, 1, 2, 3, 3, 2, 1]):
+        assert model.apply(["BOS", *xs]).decoded[1:] == rasp.evaluate(program, xs), xs

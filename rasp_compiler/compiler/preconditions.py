@@ -1,8 +1,14 @@
-"""Stage 2b: every categorical Aggregate selects agreeing values, or the program is refused.
+"""Stage 2b: what the evaluator enforces on values and a model cannot, proven or checked, else refused.
 
-The evaluator refuses a categorical Aggregate whose selected positions hold different values; a model
-averages their one-hot directions into something no reader decodes. So the compiler proves, per
-categorical Aggregate, that the selected values always agree, from the program's structure:
+Two things make the evaluator refuse (or answer where a model cannot follow) on some inputs:
+
+1. A categorical Aggregate whose selected positions hold different values (the evaluator raises; a model
+   averages their one-hot directions into something no reader decodes).
+2. A Select whose keys or queries hold None (an Aggregate that selected nothing, a function returning
+   None): the evaluator raises, or hands None to a custom predicate; a model's None has no direction,
+   so it matches nothing.
+
+Agreement (1) is proven per categorical Aggregate from the program's structure:
 
 - the aggregated SOp has one possible value;
 - some conjunct of the selector (keys K, queries Q) selects at most one position: K differs at every
@@ -14,12 +20,14 @@ categorical Aggregate, that the selected values always agree, from the program's
 
 "Differs at every pair of positions" (unique) holds for `indices`, an injective Map of a unique SOp,
 a SequenceMap whose value determines a unique argument (make_sort's `x + i / n` keys), and the
-SelectorWidth of a total order over a unique SOp (its rank). Where no rule settles it and the input
-space has at most `options.max_exhaustive_inputs` inputs, the program is evaluated on every one;
-otherwise the op is refused, naming what would make it provable, unless the program declares the
-precondition on the op (`Aggregate(...).annotated(agreeing=True)`): the model is then exact on the inputs
-where it holds (the evaluator refuses the others), and the annotation records the op as assumed.
-Declared ops are still checked exhaustively where the input space allows it.
+SelectorWidth of a total order over a unique SOp (its rank). (2) is proven by value inference (the SOp
+cannot be None; `compiler.values`, with `compiler.selectors.always_selects`).
+
+Where no rule settles it and the input space has at most `options.max_exhaustive_inputs` inputs, the
+program is evaluated on every one and refused at the first input that breaks a condition; otherwise
+the op is refused, naming what would make it provable, unless the program declares agreement on the
+op (`Aggregate(...).annotated(agreeing=True)`): the model is then exact on the inputs where it holds
+(the evaluator refuses the others), and the annotation records the op as assumed.
 """
 
 from __future__ import annotations
@@ -40,9 +48,10 @@ from rasp_compiler.model.values import sort_values
 ASSUMED_AGREEMENT = "selected values agree: declared by the program (agreeing=True), not proven"
 
 
-def check_agreement(graph: ProgramGraph, values: ValueSets, options: CompilerOptions) -> dict[str, str]:
-    """Refuse (naming the op and an input or the missing proof) a categorical Aggregate that may
-    select different values. Returns the ops whose agreement is a declared, unchecked precondition."""
+def check_preconditions(graph: ProgramGraph, values: ValueSets, options: CompilerOptions) -> dict[str, str]:
+    """Refuse (naming the op and an input, or the missing proof) a program on which the evaluator would
+    refuse some input for a reason a model cannot reproduce. Returns the ops whose agreement is a
+    declared, unchecked precondition."""
     unproven = [
         label
         for label in graph.order
@@ -50,19 +59,34 @@ def check_agreement(graph: ProgramGraph, values: ValueSets, options: CompilerOpt
         and graph.nodes[label].encoding == "categorical"
         and not _agrees(graph, values, label)
     ]
-    if not unproven:
+    none_selects = [
+        label
+        for label in graph.order
+        if graph.nodes[label].kind == "select"
+        and any(values[c].may_be_none for c in graph.nodes[label].children)
+    ]
+    if not unproven and not none_selects:
         return {}
     n_inputs = count_inputs(len(options.vocab), options.max_seq_len)
     program = graph.nodes[graph.output].expr
     if n_inputs > options.max_exhaustive_inputs or not isinstance(program, rasp.RASPExpr):
-        if all(_declared(graph.nodes[label].expr) for label in unproven):
-            return {label: ASSUMED_AGREEMENT for label in unproven}
         why = (
             f"the input space ({n_inputs:,} inputs) is larger than max_exhaustive_inputs "
             f"({options.max_exhaustive_inputs:,})"
             if isinstance(program, rasp.RASPExpr)
             else "the program is not built with rasp_compiler.rasp, so it cannot be evaluated exhaustively"
         )
+        if none_selects:
+            label = none_selects[0]
+            maybe = [c for c in graph.nodes[label].children if values[c].may_be_none]
+            raise UnsupportedProgramError(
+                f"{label}: Select whose {' and '.join(maybe)} can be None (an Aggregate that may select "
+                "nothing, or a function returning None); the evaluator refuses to compare None and a model "
+                f"cannot represent it. Nothing proves it never happens and {why}. Give the Aggregate a "
+                "selector that always selects, or map None to a value first"
+            )
+        if all(_declared(graph.nodes[label].expr) for label in unproven):
+            return {label: ASSUMED_AGREEMENT for label in unproven}
         first = next(label for label in unproven if not _declared(graph.nodes[label].expr))
         raise UnsupportedProgramError(
             f"{first}: categorical Aggregate that may select positions holding different values of "
@@ -72,9 +96,18 @@ def check_agreement(graph: ProgramGraph, values: ValueSets, options: CompilerOpt
             "the selector's keys, make the Aggregate numerical, or declare the precondition with "
             "Aggregate(...).annotated(agreeing=True)"
         )
+    compared = [(label, c) for label in none_selects for c in dict.fromkeys(graph.nodes[label].children)]
     for tokens in all_inputs(options.vocab, options.max_seq_len):
         try:
-            rasp.evaluate(program, tokens)
+            if unproven:
+                rasp.evaluate(program, tokens)
+            for label, sop in compared:
+                if None in rasp.evaluate(graph.nodes[sop].expr, tokens):
+                    raise UnsupportedProgramError(
+                        f"{label}: on the input {tokens!r} its {sop} holds None, which the evaluator refuses "
+                        "to compare (or hands to the predicate) and a model cannot represent; give the "
+                        "Aggregate a selector that always selects, or map None to a value first"
+                    )
         except rasp.AggregateDisagreementError as e:
             raise UnsupportedProgramError(
                 f"the evaluator refuses the input {tokens!r}, so no model can be exact on it: {e}"
