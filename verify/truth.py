@@ -42,6 +42,7 @@ import numpy as np
 
 from rasp_compiler.model.annotation import Annotation
 from rasp_compiler.model.directions import label_variables, variable_of
+from rasp_compiler.model.structure import to_labelled_frame
 from verify.circuit import (
     HEAD_INPUTS,
     OUTPUT,
@@ -97,20 +98,6 @@ def residual_frame(model: Any) -> tuple[list[str] | None, np.ndarray | None, dic
     labels = [str(x) for x in card.get("labels") or []] or None
     basis = None if card.get("basis") is None else np.asarray(card["basis"], dtype=np.float64)
     return labels, basis, card
-
-
-def _to_frame(weights: dict[str, np.ndarray], basis: np.ndarray) -> dict[str, np.ndarray]:
-    """Weights in labelled coordinates: writers `W @ R.T`, readers `R @ W` (R orthogonal)."""
-    out = {}
-    for name, w in weights.items():
-        w = np.asarray(w, dtype=np.float64)
-        if name in ("W_E", "W_pos") or name.endswith(("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")):
-            out[name] = w @ basis.T
-        elif name == "W_U" or name.endswith(("attn.W_Q", "attn.W_K", "attn.W_V", "mlp.W_in")):
-            out[name] = basis @ w
-        else:
-            out[name] = w
-    return out
 
 
 def _outputs(ann: dict) -> list[str]:
@@ -307,7 +294,7 @@ def graph_from_weights(model: Any, output: str | None = None) -> ModelGraph:
             raise CircuitError("the model's residual stream is compressed (its variant basis is not "
                                "orthogonal): the weights cannot name its directions; use "
                                "method='annotation' (approximate)")
-        w = _to_frame(w, basis)
+        w = to_labelled_frame(w, basis)
     if len(labels) != d_model:
         raise CircuitError(f"config.residual_labels has {len(labels)} labels, d_model is {d_model}")
     heads = label_variables(labels)

@@ -3,8 +3,10 @@ directions where its weights are nonzero, and every nonzero head or neuron belon
 
 The compiler records the annotation while it builds the weights, so the two agree exactly (checked on
 every library program and 200 generated ones); a file whose annotation was edited (and re-hashed)
-does not. Variants keep their ground truth in another frame (`Annotation.variant`) and are not
-checked here.
+does not. A variant is checked in the labelled frame its card records (rotations: the weights are read
+back through the basis, entries below 1e-5 of their matrix's largest counting as zero; cancelling
+pairs write their `cancelled_writes`). Compressed variants (approximate by construction: the basis is
+not orthogonal) have no exact frame and are not checked.
 """
 
 from __future__ import annotations
@@ -13,29 +15,66 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rasp_compiler.model.annotation import Annotation
+from rasp_compiler.model.annotation import Annotation, BlockAnnotation
 from rasp_compiler.model.config import ModelConfig
 
-__all__ = ["annotation_mismatch"]
+__all__ = ["annotation_mismatch", "to_labelled_frame"]
+
+_FRAME_TOL = 1e-5  # relative: a rotated-and-back weight is exact up to float rounding
+
+
+def to_labelled_frame(weights: Mapping[str, np.ndarray], basis: np.ndarray) -> dict[str, np.ndarray]:
+    """Weights in labelled coordinates (`basis` orthogonal, rows = labels in residual coordinates):
+    residual writers `W @ B.T`, residual readers `B @ W`, the rest unchanged (float64)."""
+    out = {}
+    for name, w in weights.items():
+        w = np.asarray(w, dtype=np.float64)
+        if name in ("W_E", "W_pos") or name.endswith(("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")):
+            out[name] = w @ basis.T
+        elif name == "W_U" or name.endswith(("attn.W_Q", "attn.W_K", "attn.W_V", "mlp.W_in")):
+            out[name] = basis @ w
+        else:
+            out[name] = w
+    return out
 
 
 def annotation_mismatch(
     config: ModelConfig, weights: Mapping[str, np.ndarray], annotation: Annotation
 ) -> str | None:
     """The first difference between `annotation` and the weights' nonzero structure, or None."""
-    if annotation.variant is not None:
-        return None
-    labels = config.residual_labels
+    labels = list(config.residual_labels)
+    tol = 0.0
+    card = annotation.variant
+    if card is not None:
+        if card.approximate:
+            return None  # compressed: no exact labelled frame
+        labels = list(card.labels) or labels
+        if len(labels) != config.d_model:
+            return f"the variant card names {len(labels)} labelled directions, d_model is {config.d_model}"
+        if card.basis is not None:
+            basis = np.asarray(card.basis, dtype=np.float64)
+            if basis.shape != (config.d_model,) * 2 or not np.allclose(basis @ basis.T, np.eye(len(basis)),
+                                                                         atol=1e-6):
+                return "the variant card's basis is not orthogonal, yet the variant is not marked approximate"
+            weights = to_labelled_frame(weights, basis)
+            tol = _FRAME_TOL
+
+    def active(m: np.ndarray, axis: int) -> np.ndarray:
+        a = np.abs(m)
+        return a.max(axis=axis) > tol * (a.max() if a.size else 0.0)
+
+    def written(b: BlockAnnotation) -> set[str]:
+        return set(b.writes) | set(b.cancelled_writes)  # a cancelling pair's weights write, its sum does not
 
     def rows(m: np.ndarray) -> set[str]:
         if m.size == 0:
             return set()
-        return {labels[i] for i in np.flatnonzero(np.abs(m).reshape(m.shape[0], -1).max(axis=1) > 0)}
+        return {labels[i] for i in np.flatnonzero(active(m.reshape(m.shape[0], -1), 1))}
 
     def cols(m: np.ndarray) -> set[str]:
         if m.size == 0:
             return set()
-        return {labels[i] for i in np.flatnonzero(np.abs(m).reshape(-1, m.shape[-1]).max(axis=0) > 0)}
+        return {labels[i] for i in np.flatnonzero(active(m.reshape(-1, m.shape[-1]), 0))}
 
     def differ(what: str, want: set[str], got: set[str]) -> str | None:
         if want == got:
@@ -64,7 +103,7 @@ def annotation_mismatch(
                 if d := differ(f"{where} L{b.layer}.H{b.head} reads on {inp}", want, got):
                     return d
             got = cols(weights[a + "W_O"][b.head])
-            if d := differ(f"{where} L{b.layer}.H{b.head} writes", set(b.writes), got):
+            if d := differ(f"{where} L{b.layer}.H{b.head} writes", written(b), got):
                 return d
         else:
             if b.neurons is None or not 0 <= b.neurons[0] <= b.neurons[1] <= config.d_mlp:
@@ -76,18 +115,19 @@ def annotation_mismatch(
             if d := differ(f"{where} L{b.layer}.MLP[{s}:{e}] reads", set(b.reads.get("in", ())), got):
                 return d
             got = cols(weights[m + "W_out"][s:e])
-            if d := differ(f"{where} L{b.layer}.MLP[{s}:{e}] writes", set(b.writes), got):
+            if d := differ(f"{where} L{b.layer}.MLP[{s}:{e}] writes", written(b), got):
                 return d
     for comp, name in (("embed", "W_E"), ("pos_embed", "W_pos")):
         if d := differ(f"the {comp} blocks' writes", embed_writes[comp], cols(weights[name])):
             return d
     for layer in range(config.n_layers):
-        w_o = weights[f"blocks.{layer}.attn.W_O"]
+        w_o = np.abs(weights[f"blocks.{layer}.attn.W_O"])
         for h in range(config.n_heads):
-            if (layer, h) not in heads and np.any(w_o[h]):
+            if (layer, h) not in heads and w_o[h].max(initial=0.0) > tol * w_o.max(initial=0.0):
                 return f"head L{layer}.H{h} writes into the residual stream but no annotation block is it"
-        active = np.abs(weights[f"blocks.{layer}.mlp.W_out"]).max(axis=1, initial=0.0) > 0
-        stray = np.flatnonzero(active & ~neurons[layer])
+        w_out = np.abs(weights[f"blocks.{layer}.mlp.W_out"])
+        writing = w_out.max(axis=1, initial=0.0) > tol * w_out.max(initial=0.0)
+        stray = np.flatnonzero(writing & ~neurons[layer])
         if stray.size:
             return f"neuron {int(stray[0])} of L{layer}.MLP writes into the residual but no block covers it"
     return None

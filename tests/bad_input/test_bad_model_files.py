@@ -114,3 +114,22 @@ def test_resigned_annotation_edits_are_refused(tmp_path, change, message) -> Non
     compiled("reverse").save(d)
     with pytest.raises(ModelFileError, match=f"annotation does not match the weights: .*({message})"):
         load(_resigned(d, tmp_path, change))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: _first_head(a)["reads"].__setitem__("q", []), "reads on q"),
+        (lambda a: _first_head(a).__setitem__("writes", _first_head(a)["writes"][:-1]), "writes"),
+    ],
+)
+def test_resigned_edits_of_a_rotated_variant_are_refused_in_its_frame(tmp_path, change, message) -> None:
+    from rasp_compiler.transforms import variants
+
+    variant = variants.add_noise(variants.rotate(compiled("reverse"), seed=3), heads=1, neurons=2, seed=0,
+                                 cancel_heads=1)
+    d = tmp_path / "variant"
+    variant.save(d)
+    assert load(d).annotation == variant.annotation  # untouched: loads, checked in the card's frame
+    with pytest.raises(ModelFileError, match=f"annotation does not match the weights: .*({message})"):
+        load(_resigned(d, tmp_path, change))
