@@ -172,3 +172,27 @@ def test_reverse_is_proven_to_always_select_so_palindrome_compiles_beyond_enumer
     model = compiling.compile_rasp_to_model(program, vocab=vocab, max_seq_len=n)
     for xs in ([1, 2, 1], [1, 2, 2, 1], [1, 2, 3], [3] * 12, [1, 2, 3, 3, 2, 1, 1, 2, 3, 3, 2, 1]):
         assert model.apply(["BOS", *xs]).decoded[1:] == rasp.evaluate(program, xs), xs
+
+
+def test_generated_programs_are_exact_on_every_input_or_refused() -> None:
+    """150 generated programs, every input of every allowed length: a compiled model equals the evaluator
+    wherever it answers, and the evaluator refuses no input of a program that compiled."""
+    from rasp_compiler.compiler.preconditions import all_inputs
+    from rasp_compiler.model.outputs import outputs_equal
+    from rasp_compiler.testing.fuzz import program_for
+
+    checked = 0
+    for i in range(150):
+        gp = program_for(3, i)
+        try:
+            model = _compile(gp.program, gp.vocab, gp.max_seq_len)
+        except CompileError:
+            continue
+        numerical = model.codec.output_encoding == "numerical"
+        for xs in all_inputs(gp.vocab, gp.max_seq_len):
+            if len(xs) not in gp.lengths:
+                continue
+            want = rasp.evaluate(gp.program, xs)  # raises if the evaluator refuses: the test fails
+            assert outputs_equal(want, model.apply(["BOS", *xs]).decoded[1:], numerical), (i, xs)
+            checked += 1
+    assert checked > 10_000
