@@ -16,15 +16,14 @@ programs, printed as RASP source that rebuilds them.
 
 Command line::
 
-    python -m verify.tool_fuzz --tool acdc --programs 50 --seed 0 --truth ablation
-    python -m verify.tool_fuzz --tool my_package.my_module:discover --programs 200 --seed 1
+    rasp-compiler fuzz tool --tool acdc --programs 50 --seed 0 --truth ablation
+    rasp-compiler fuzz tool --tool my_tools.py:discover --programs 200 --seed 1
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from collections import Counter
@@ -58,7 +57,6 @@ __all__ = [
     "baseline_tool",
     "fuzz_tool",
     "load_tool",
-    "main",
     "make_tool_dataset",
 ]
 
@@ -216,14 +214,14 @@ def _indent(text: str, n: int = 2) -> str:
 
 @dataclasses.dataclass
 class ToolFuzzSummary:
-    """Scores of one tool on many compiled programs; `flagged` when any program scores below `threshold`."""
+    """Scores of one tool on many compiled programs; `flagged` when any program scores below `pass_bar`."""
 
     tool: str
     truth: str
     ablation: str
     level: str
     metric: str
-    threshold: float
+    pass_bar: float
     seed: int
     cases: list[ToolCase] = dataclasses.field(default_factory=list)
     skipped: Counter = dataclasses.field(default_factory=Counter)  # reason -> programs not scored
@@ -250,7 +248,7 @@ class ToolFuzzSummary:
 
     @property
     def failing(self) -> list[ToolCase]:
-        return [c for c in self.cases if c.value < self.threshold]
+        return [c for c in self.cases if c.value < self.pass_bar]
 
     @property
     def flagged(self) -> bool:
@@ -277,7 +275,7 @@ class ToolFuzzSummary:
                     "programs": len(vals),
                     "mean": float(np.mean(vals)),
                     "worst": float(min(vals)),
-                    "failing": sum(v < self.threshold for v in vals),
+                    "failing": sum(v < self.pass_bar for v in vals),
                 }
         return out
 
@@ -286,9 +284,9 @@ class ToolFuzzSummary:
     def report(self) -> str:
         w = self.worst
         verdict = (
-            f"FLAGGED: {len(self.failing)} of {len(self.cases)} programs below {self.threshold}"
+            f"FLAGGED: {len(self.failing)} of {len(self.cases)} programs below {self.pass_bar}"
             if self.flagged
-            else f"ok: every program scores >= {self.threshold}"
+            else f"ok: every program scores >= {self.pass_bar}"
             if self.cases
             else "NO VERDICT: no program was scored (every one was skipped); ask for more programs"
         )
@@ -341,7 +339,7 @@ class ToolFuzzSummary:
             "ablation": self.ablation,
             "level": self.level,
             "metric": self.metric,
-            "threshold": self.threshold,
+            "pass_bar": self.pass_bar,
             "seed": self.seed,
             "n_programs": self.n_programs,
             "n_scored": len(self.cases),
@@ -367,7 +365,9 @@ class _Settings:
     ablation: str
     level: str
     metric: str
+    pass_bar: float
     threshold: float
+    merge_embeddings: bool
     n_inputs: int
     seed: int
     as_hooked_transformer: bool
@@ -472,7 +472,8 @@ def _score_case(
     try:
         answer = tool(_tool_input(model, s), data)
         discovered, ranked = _answer_scores(answer, model, s.level)
-        r: ScoreResult = score(discovered, truth, s.level)
+        r: ScoreResult = score(discovered, truth, s.level, threshold=s.threshold,
+                               merge_embeddings=s.merge_embeddings)
     except Exception as e:  # noqa: BLE001 - a crashing tool or an unscoreable answer scores 0
         error = f"{type(e).__name__}: {e}"
         r, ranked = None, False
@@ -517,7 +518,7 @@ def _score_case(
         reasons={e: reasons.get(e, "not in the truth: it carries nothing the output depends on")
                  for e in [*r.false_negatives, *r.false_positives]},
     )
-    if case.value < s.threshold and s.level == "edge":
+    if case.value < s.pass_bar and s.level == "edge":
         # a diagnosis, not a verdict: does the answer at least reproduce the task with the rest ablated?
         from verify.causal import faithfulness
 
@@ -555,14 +556,14 @@ def _run_tool_item(item: _ToolItem) -> ToolCase | str:
 
 def _shrink(tool: Tool, case: ToolCase, s: _Settings, max_rounds: int = 40) -> ToolCase:
     """Greedy: sub-programs and programs with one op bypassed (as the compiler fuzzer shrinks), then a
-    shorter max_seq_len and a smaller vocab, while the tool still scores below the threshold."""
+    shorter max_seq_len and a smaller vocab, while the tool still scores below the pass_bar."""
 
     def bad(program: Any, vocab: tuple, msl: int) -> ToolCase | None:
         length = case.input_length
         if length is not None and length > msl:
             return None
         got = _score_case(tool, case.index, program, vocab, msl, length, s)
-        return got if isinstance(got, ToolCase) and got.value < s.threshold else None
+        return got if isinstance(got, ToolCase) and got.value < s.pass_bar else None
 
     cur = case
     for _ in range(max_rounds):
@@ -617,7 +618,9 @@ def fuzz_tool(
     ablation: str = "resample",
     level: str = "edge",
     metric: str = "auto",
-    threshold: float = 0.999,
+    pass_bar: float = 0.999,
+    threshold: float = 0.0,
+    merge_embeddings: bool = False,
     n_inputs: int = 16,
     limits: Mapping[str, Any] | None = None,
     shrink: bool = True,
@@ -637,7 +640,8 @@ def fuzz_tool(
     `verify.discovery.DiscoveryResult`. `programs`: how many to sample with `seed` (and `limits`, any
     `generate.Limits` fields) or the `GeneratedProgram`s themselves. `truth`: "structural" or
     "ablation" (edges whose single `ablation` changes an output on the dataset). A program whose
-    `metric` (F1, ROC-AUC, or "auto": ROC-AUC for scored answers, F1 for sets) is below `threshold`
+    `metric` (F1 of the items scoring above `threshold`, ROC-AUC, or "auto": ROC-AUC for scored
+    answers, F1 for sets; `merge_embeddings` at auto-circuit's granularity) is below `pass_bar`
     fails; the `max_shrunk` worst are shrunk to minimal failing programs. A tool that raises scores 0.
 
     Sampled program i and its dataset come from (`seed`, i) alone (`testing.fuzz.program_for`), so
@@ -683,7 +687,9 @@ def fuzz_tool(
         ablation,
         level,
         metric,
+        float(pass_bar),
         float(threshold),
+        bool(merge_embeddings),
         int(n_inputs),
         int(seed),
         bool(as_hooked_transformer),
@@ -694,7 +700,7 @@ def fuzz_tool(
         ablation,
         level,
         metric,
-        float(threshold),
+        float(pass_bar),
         int(seed),
         n_programs=n_programs,
     )
@@ -795,75 +801,27 @@ def run_tool_campaign(n_programs: int, seed: int, *, tool: Any, progress: bool =
 # ============================================================================================ CLI
 
 
+def add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    """The options that mean the same in `verify`, `fuzz tool` and `evaluate`."""
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="scores above this are 'in the circuit' (default 0), as in `verify`")
+    parser.add_argument("--pass-bar", type=float, default=0.999,
+                        help="a program fails when its score is below this (default 0.999)")
+    parser.add_argument("--merge-embeddings", action="store_true",
+                        help="embed and pos_embed as one input (auto-circuit's Resid Start; ACDC's graph)")
+
+
 def scoring_keywords(args: argparse.Namespace) -> dict[str, Any]:
-    """`fuzz_tool` keywords from parsed command-line options; this module's CLI and `rasp-compiler fuzz
-    tool` share the option names (--truth --ablation --level --metric --threshold --inputs --max-ops
-    --no-shrink), so both read them the same way."""
+    """`fuzz_tool` keywords from `rasp-compiler fuzz tool`'s options (--truth --ablation --level --metric
+    --threshold --pass-bar --merge-embeddings --inputs --no-shrink; limits are added by the caller)."""
     return {
         "truth": args.truth,
         "ablation": args.ablation,
         "level": args.level,
         "metric": args.metric,
+        "pass_bar": args.pass_bar,
         "threshold": args.threshold,
+        "merge_embeddings": args.merge_embeddings,
         "n_inputs": args.inputs,
-        "limits": {"max_ops": args.max_ops} if args.max_ops else None,
         "shrink": not args.no_shrink,
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m verify.tool_fuzz --tool SPEC --programs N --seed S`; exit status 1 when flagged."""
-    parser = argparse.ArgumentParser(
-        prog="python -m verify.tool_fuzz",
-        description="Fuzz a circuit-discovery tool on random compiled programs.",
-    )
-    parser.add_argument(
-        "--tool",
-        required=True,
-        help=f"one of {', '.join(BUILTIN_TOOLS)} or an import path 'package.module:function'",
-    )
-    parser.add_argument("--programs", type=int, default=100, help="random programs (default 100)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--truth", choices=TRUTHS, default="structural")
-    parser.add_argument(
-        "--ablation",
-        choices=("resample", "mean", "zero"),
-        default="resample",
-        help="for --truth ablation and the built-in tools (default resample)",
-    )
-    parser.add_argument("--level", choices=("node", "edge", "subspace"), default="edge")
-    parser.add_argument("--metric", choices=METRICS, default="auto")
-    parser.add_argument("--threshold", type=float, default=0.999, help="fail below this (default 0.999)")
-    parser.add_argument("--inputs", type=int, default=16, help="clean/corrupted inputs per program")
-    parser.add_argument("--max-ops", type=int, default=None, help="generator steps (Limits.max_ops)")
-    parser.add_argument("--max-shrunk", type=int, default=2, help="failures to shrink (default 2)")
-    parser.add_argument("--no-shrink", action="store_true")
-    parser.add_argument("--tl", action="store_true", help="hand the tool a TransformerLens HookedTransformer")
-    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON here")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.programs < 1:
-        parser.error(f"--programs must be >= 1, got {args.programs}")
-    try:
-        tool = load_tool(args.tool, args.ablation)
-        summary = fuzz_tool(
-            tool,
-            args.programs,
-            args.seed,
-            **scoring_keywords(args),
-            max_shrunk=args.max_shrunk,
-            as_hooked_transformer=args.tl,
-            progress=not args.quiet,
-            name=args.tool,
-        )
-    except ToolFuzzError as e:
-        parser.error(str(e))
-    print(summary.report())
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary.to_json(), fh, indent=1)
-    return 0 if summary.ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

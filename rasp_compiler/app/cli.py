@@ -424,24 +424,27 @@ def cmd_suite(args: argparse.Namespace) -> int:
 def cmd_fuzz(args: argparse.Namespace) -> int:
 
     use_ray, ray_address = _ray_choice(args)
+    try:
+        limits = fuzz.parse_limits(args.limit) | ({"max_ops": args.max_ops} if args.max_ops else {})
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     spread = {
         "workers": args.workers or 1,
         "use_ray": use_ray,
         "ray_address": ray_address,
     }
     if args.target == "tool":
-
         if not args.tool:
-            raise CLIError(
-                "fuzz tool needs --tool: acdc, activation_patching, eap, eap_ig or package.module:function"
-            )
+            raise CLIError("fuzz tool needs --tool: acdc, activation_patching, eap, eap_ig, "
+                           "package.module:function or path/to/file.py:function")
         try:
             summary = tool_fuzz.run_tool_campaign(
                 args.programs,
                 args.seed,
                 tool=args.tool,
                 progress=not args.quiet,
-                **scoring_keywords(args),
+                **(scoring_keywords(args) | {"limits": limits or None}),
+                as_hooked_transformer=args.tl,
                 **spread,
             )
         except ToolFuzzError as e:
@@ -452,7 +455,6 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         return 0 if summary.ok else 1
     backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else None
     save_dir = None if args.no_save else Path(args.save_dir or "out/fuzz_failures")
-    limits = {"max_ops": args.max_ops} if args.max_ops else None
     try:
         summary = fuzz.run_compiler_campaign(
             args.programs,
@@ -462,7 +464,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             shrink=not args.no_shrink,
             save_dir=save_dir,
             progress=not args.quiet,
-            limits=limits,
+            limits=limits or None,
             **spread,
         )
     except ValueError as e:
@@ -636,51 +638,71 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "fuzz",
-        help="fuzz the compiler (or a tool) with random programs",
-        description="Differential fuzzing: random programs, compiled, compared with the evaluator. "
-        "Failures are shrunk and saved as regression files.",
+        help="fuzz the compiler, or a circuit-discovery tool, with random programs",
+        description="Random programs from the generator: `fuzz compiler` compares compiled models with "
+        "the evaluator; `fuzz tool` scores a discovery method against the known circuits. Each has its "
+        "own --help.",
     )
-    c.add_argument("target", choices=["compiler", "tool"], help="what to fuzz")
-    c.add_argument("--programs", type=int, default=100, help="number of random programs (default 100)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--inputs", type=int, default=10, help="inputs per program (default 10)")
-    c.add_argument("--backends", help="comma-separated subset of numpy,torch,engine")
-    c.add_argument("--max-ops", type=int, help="generator steps per program")
-    c.add_argument("--no-shrink", action="store_true")
-    c.add_argument("--save-dir", help="where shrunk failing cases go as JSON (default out/fuzz_failures)")
-    c.add_argument("--no-save", action="store_true", help="do not write regression files")
-    t = c.add_argument_group("fuzz tool (score a circuit-discovery method against the known circuits)")
-    t.add_argument(
+    targets = c.add_subparsers(dest="target", metavar="{compiler,tool}", required=True)
+
+    def common(f: argparse.ArgumentParser, n_inputs: int) -> None:
+        f.add_argument("--programs", type=int, default=100, help="number of random programs (default 100)")
+        f.add_argument("--seed", type=int, default=0, help="campaign seed: program i depends on (seed, i)")
+        f.add_argument("--inputs", type=int, default=n_inputs, help=f"per program (default {n_inputs})")
+        f.add_argument("--max-ops", type=int, help="generator steps per program")
+        f.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                       help="any generator Limits field, e.g. --limit constant_sop=true --limit max_vocab=6")
+        f.add_argument("--no-shrink", action="store_true", help="do not shrink failing programs")
+        f.add_argument(
+            "--workers", type=int, help="processes scoring programs (default 1); results do not depend on it"
+        )
+        _add_ray_option(
+            f, "run the programs as Ray tasks (a cluster's ADDRESS, or a local instance); same results"
+        )
+        f.add_argument("--quiet", action="store_true", help="no progress bar")
+        f.set_defaults(func=cmd_fuzz)
+
+    f = targets.add_parser(
+        "compiler",
+        help="compiled models vs the evaluator",
+        description="Differential fuzzing: random programs, compiled, compared with the evaluator on the "
+        "numpy, torch and engine backends. Failures are shrunk and saved as regression files.",
+    )
+    common(f, 10)
+    f.add_argument("--backends", help="comma-separated subset of numpy,torch,engine")
+    f.add_argument("--save-dir", help="where shrunk failing cases go as JSON (default out/fuzz_failures)")
+    f.add_argument("--no-save", action="store_true", help="do not write regression files")
+
+    f = targets.add_parser(
+        "tool",
+        help="score a circuit-discovery method against the known circuits",
+        description="Run a discovery method on random compiled programs and score each answer against "
+        "the truth; programs below --pass-bar are flagged and shrunk to the smallest that still fail.",
+    )
+    common(f, 16)
+    f.add_argument(
         "--tool",
-        help="acdc, activation_patching, eap, eap_ig, or package.module:function "
-        "called as function(model, dataset)",
+        help="(required) acdc, activation_patching, eap, eap_ig, package.module:function or "
+        "path/to/file.py:function, called as function(model, dataset)",
     )
-    t.add_argument(
+    f.add_argument(
         "--truth",
         choices=("structural", "ablation"),
         default="structural",
         help="score against the structural truth or the edges whose ablation changes an output",
     )
-    t.add_argument("--ablation", choices=("resample", "mean", "zero"), default="resample")
-    t.add_argument("--level", choices=("node", "edge", "subspace"), default="edge")
-    t.add_argument(
+    f.add_argument("--ablation", choices=("resample", "mean", "zero"), default="resample",
+                   help="the ablation of --truth ablation (default resample)")
+    f.add_argument("--level", choices=("node", "edge", "subspace"), default="edge", help="default edge")
+    f.add_argument(
         "--metric",
         choices=("auto", "f1", "roc_auc"),
         default="auto",
         help="what decides pass/fail (auto: ROC-AUC for scores, F1 for sets)",
     )
-    t.add_argument(
-        "--threshold", type=float, default=0.999, help="a program fails below this (default 0.999)"
-    )
-    t.add_argument("--json", metavar="PATH", help="also write the tool summary as JSON")
-    c.add_argument(
-        "--workers", type=int, help="processes scoring programs (default 1); results do not depend on it"
-    )
-    _add_ray_option(
-        c, "run the programs as Ray tasks (an existing cluster's ADDRESS, or a local instance); same results"
-    )
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c.set_defaults(func=cmd_fuzz)
+    tool_fuzz.add_scoring_options(f)
+    f.add_argument("--tl", action="store_true", help="hand the tool a TransformerLens HookedTransformer")
+    f.add_argument("--json", metavar="PATH", help="also write the summary (with shrunk programs) as JSON")
 
     c = sub.add_parser(
         "demo",

@@ -3,12 +3,12 @@
 `run_compiler_campaign(n_programs, seed)` samples programs (`rasp_compiler.testing.generate`), compiles each,
 runs every backend on random valid inputs, and compares each decoded output with `rasp.evaluate`.
 Failures (compile errors, crashes, mismatches) are shrunk to a minimal program and input and saved as
-JSON regression files that the test suite replays (`tests/test_fuzz_differential.py`).
+JSON regression files that the test suite replays (`tests/testing/test_fuzz_differential.py`).
 
 Command line (long campaigns)::
 
-    python -m rasp_compiler.testing.fuzz compiler --programs 1000 --seed 0 [--inputs 10] [--backends ...]
-        [--workers N | --ray [ADDRESS]]
+    rasp-compiler fuzz compiler --programs 1000 --seed 0 [--inputs 10] [--backends ...]
+        [--limit NAME=VALUE ...] [--workers N | --ray [ADDRESS]]
 
 Program i and its inputs come from (seed, i) alone, so a campaign is a map over program indices (run
 here, in a process pool, or as Ray tasks) and a reduce in index order: the same summary and regression
@@ -17,7 +17,6 @@ files however it ran.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -50,7 +49,7 @@ __all__ = [
     "CompilerItem",
     "item_seed",
     "load_regression",
-    "main",
+    "parse_limits",
     "program_for",
     "regression_files",
     "replay_regression",
@@ -569,65 +568,19 @@ def run_compiler_campaign(
     return summary
 
 
-# ------------------------------------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------------------------------------ options
 
 
-def _default_save_dir() -> Path:
-    here = Path("tests/regressions")
-    return here if here.parent.is_dir() else Path("fuzz_failures")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m rasp_compiler.testing.fuzz compiler --programs N --seed S`; exit status 1 on any failure."""
-    parser = argparse.ArgumentParser(
-        prog="python -m rasp_compiler.testing.fuzz", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="target", required=True)
-    p = sub.add_parser("compiler", help="differential campaign: evaluator vs compiled model backends")
-    p.add_argument("--programs", type=int, default=1000, help="number of random programs (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--inputs", type=int, default=10, help="inputs per program (all of them when fewer exist)")
-    p.add_argument("--backends", default=None,
-                   help=f"comma-separated subset of {','.join(BACKENDS)} (default: all available)")
-    p.add_argument("--no-shrink", action="store_true", help="save failures as found, unshrunk")
-    p.add_argument("--save-dir", default=None,
-                   help="where failing cases go as JSON (default tests/regressions if ./tests exists)")
-    p.add_argument("--no-save", action="store_true", help="do not write regression files")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes checking programs (default 1); results do not depend on it")
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="run the programs as Ray tasks (an existing cluster's ADDRESS, or a local instance)")
-    p.add_argument("--max-ops", type=int, default=None, help="generator steps per program (Limits.max_ops)")
-    p.add_argument("--max-seq-len", type=int, default=None, help="largest max_seq_len drawn (Limits)")
-    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
-                   help="any generate.Limits field, e.g. --limit constant_sop=true --limit max_vocab=6")
-    args = parser.parse_args(argv)
-
+def parse_limits(items: Sequence[str]) -> dict[str, Any]:
+    """`NAME=VALUE` strings (`--limit` on the command line) -> generator Limits keywords."""
     limits: dict[str, Any] = {}
     fields = {f.name for f in dataclasses.fields(generate.Limits)}
-    for item in args.limit:
+    for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in fields:
-            parser.error(f"--limit {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+            raise ValueError(f"--limit {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
         try:
             limits[name] = json.loads(value)
         except json.JSONDecodeError:
-            parser.error(f"--limit {item!r}: VALUE must be a number, true or false")
-    if args.max_ops is not None:
-        limits["max_ops"] = args.max_ops
-    if args.max_seq_len is not None:
-        limits["max_seq_len"] = args.max_seq_len
-    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else None
-    save_dir = None if args.no_save else Path(args.save_dir) if args.save_dir else _default_save_dir()
-    summary = run_compiler_campaign(args.programs, args.seed, inputs_per_program=args.inputs,
-                                    backends=backends, shrink=not args.no_shrink, save_dir=save_dir,
-                                    progress=not args.quiet, limits=limits, workers=args.workers,
-                                    use_ray=args.ray is not None,
-                                    ray_address=None if args.ray in (None, "local") else args.ray)
-    print(summary.report())
-    return 0 if summary.ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            raise ValueError(f"--limit {item!r}: VALUE must be a number, true or false") from None
+    return limits

@@ -354,7 +354,7 @@ def test_verify_reads_autocircuit_prune_scores_without_a_threshold(reverse_dir: 
 def test_fuzz_tool_takes_a_file_like_compile_and_shows_a_tool_error(tmp_path: Path) -> None:
     broken_tool = "\n\ndef broken(model, data):\n    raise RuntimeError('boom')\n"
     (tmp_path / "my_tools.py").write_text(_TOOLS + broken_tool)
-    args = ("fuzz", "tool", "--programs", "6", "--seed", "2", "--inputs", "4", "--no-save", "--no-shrink")
+    args = ("fuzz", "tool", "--programs", "6", "--seed", "2", "--inputs", "4", "--no-shrink")
     good = cli(*args, "--tool", f"{tmp_path / 'my_tools.py'}:perfect")
     assert good.returncode == 0 and "ok: every program scores" in good.stdout, good.stdout + good.stderr
     broken = cli(*args, "--tool", f"{tmp_path / 'my_tools.py'}:broken")

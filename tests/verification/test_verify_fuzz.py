@@ -84,7 +84,7 @@ def test_broken_tool_is_flagged_and_shrunk_to_a_few_ops() -> None:
     no_attn = [c for c in s.cases if not c.kinds.get("select")]
     assert no_attn and all(c.f1 == 1.0 for c in no_attn)
     small = s.shrunk[0]
-    assert small.value < s.threshold
+    assert small.value < s.pass_bar
     assert _n_ops(small.program) <= 3, small.source()
     assert any(isinstance(e, rasp.Select) for e in rasp.topological_order(small.program))
     assert small.false_negatives and all(e.endswith(("<q>", "<k>")) for e in small.false_negatives)
@@ -189,8 +189,11 @@ def test_hooked_transformer_needs_the_tl_extra() -> None:
     assert got and all(n == "HookedTransformer" for n in got)
 
 
-def test_command_line(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
-    (tmp_path / "my_tools_for_fuzz.py").write_text(
+def test_command_line(tmp_path, capsys) -> None:  # noqa: ANN001
+    from rasp_compiler.app.cli import main
+
+    tools = tmp_path / "my_tools_for_fuzz.py"
+    tools.write_text(
         textwrap.dedent("""
         import verify
 
@@ -199,32 +202,17 @@ def test_command_line(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
             return [str(e) for e in truth.edges if e.input not in ("q", "k")]
     """)
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "summary.json"
-    code = fuzz.main(
-        [
-            "--tool",
-            "my_tools_for_fuzz:drop_qk",
-            "--programs",
-            "12",
-            "--seed",
-            "2",
-            "--quiet",
-            "--max-shrunk",
-            "1",
-            "--json",
-            str(out),
-        ]
-    )
+    args = ["fuzz", "tool", "--programs", "12", "--seed", "2", "--quiet", "--json", str(out)]
+    code = main([*args, "--tool", f"{tools}:drop_qk"])
     text = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert code == 1 and "FLAGGED" in text and "op kind" in text
-    assert data["flagged"] and data["n_programs"] == 12
+    assert data["flagged"] and data["n_programs"] == 12 and data["pass_bar"] == 0.999
     assert all(ln in text for ln in data["shrunk"][0]["source"].splitlines())
     assert set(data["per_kind"]["select"]) == {"programs", "mean", "worst", "failing"}
-    with pytest.raises(SystemExit) as exc:
-        fuzz.main(["--tool", "my_tools_for_fuzz:missing", "--programs", "1"])
-    assert exc.value.code == 2 and "does not define 'missing'" in capsys.readouterr().err
+    assert main([*args, "--tool", f"{tools}:missing"]) == 1
+    assert "does not define 'missing'" in capsys.readouterr().err
 
     s = fuzz.run_tool_campaign(6, 0, tool="acdc", progress=False, truth="ablation", shrink=False)
     assert s.tool == "acdc" and s.ok == (not s.flagged) and "acdc" in s.report()

@@ -2,6 +2,6 @@
 TransformerLens itself is `rasp_compiler.model.export`). Version workarounds live here, never in a
 user's script."""
 
-from verify.interop.autocircuit import AutoCircuitTask, autocircuit_task
+from verify.interop.autocircuit import ALGORITHMS, AutoCircuitMethod, AutoCircuitTask, autocircuit_task
 
-__all__ = ["AutoCircuitTask", "autocircuit_task"]
+__all__ = ["ALGORITHMS", "AutoCircuitMethod", "AutoCircuitTask", "autocircuit_task"]

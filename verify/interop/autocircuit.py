@@ -19,7 +19,7 @@ import numpy as np
 from rasp_compiler.model.export import to_hooked_transformer
 from verify.dataset import Dataset
 
-__all__ = ["AutoCircuitTask", "autocircuit_task"]
+__all__ = ["ALGORITHMS", "AutoCircuitMethod", "AutoCircuitTask", "autocircuit_task"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,3 +110,81 @@ def _answers(model: Any, dataset: Dataset) -> tuple[Any, Any]:
         answers.append([[c] for c in cols])
         wrong.append([[o for o in range(n_out) if o != c] or [c] for c in cols])
     return torch.tensor(answers, dtype=torch.long), torch.tensor(wrong, dtype=torch.long)
+
+
+ALGORITHMS = ("acdc", "eap", "eap_ig", "subnetwork_probing", "circuit_probing")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoCircuitMethod:
+    """An auto-circuit algorithm as a tool `tool(model, dataset) -> {Edge: score}` for `verify.fuzz_tool`
+    and `rasp-compiler evaluate`: run unchanged on `autocircuit_task(model, dataset)`, its prune scores
+    read by `verify.formats.from_autocircuit_scores` (magnitudes; ACDC's kept edges first).
+
+    Settings are auto-circuit's defaults except where noted: EAP is `mask_gradient_prune_scores` with
+    `grad_function="logit"`, `mask_val=0`; EAP-IG the same with 10 integrated-gradient samples; circuit
+    probing searches sizes 1, 2, 4, ..., 64 below the edge count (its default, "true_size", would need the truth). Ablation is
+    auto-circuit's resample (the corrupt prompts) or zero. `seed` seeds torch before each run."""
+
+    algorithm: str
+    ablation: str = "resample"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown auto-circuit algorithm {self.algorithm!r}; one of {ALGORITHMS}")
+        if self.ablation not in ("resample", "zero"):
+            raise ValueError(f"auto-circuit ablation must be 'resample' or 'zero', got {self.ablation!r}")
+
+    @property
+    def name(self) -> str:
+        return f"auto-circuit {self.algorithm} ({self.ablation})"
+
+    def __call__(self, model: Any, dataset: Dataset) -> dict[Any, float]:
+        import importlib
+
+        import torch
+        from auto_circuit.types import AblationType
+
+        if not hasattr(torch.optim, "adam"):
+            # auto-circuit's probing calls torch.optim.adam.Adam; torch 2.13 no longer binds the submodule
+            # on torch.optim (importing it does not either), so bind it here
+            torch.optim.adam = importlib.import_module("torch.optim.adam")
+
+        from verify.formats import from_autocircuit_scores
+
+        torch.manual_seed(self.seed)
+        task = autocircuit_task(model, dataset)
+        ablation = AblationType.RESAMPLE if self.ablation == "resample" else AblationType.ZERO
+        scores = self._prune_scores(task, ablation)
+        return from_autocircuit_scores(scores, model)
+
+    def _prune_scores(self, task: AutoCircuitTask, ablation: Any) -> Any:
+        if self.algorithm == "acdc":
+            from auto_circuit.prune_algos.ACDC import acdc_prune_scores
+
+            if self.ablation != "resample":
+                raise ValueError("auto-circuit's ACDC ablates with the corrupt prompts only (resample)")
+            return acdc_prune_scores(task.model, task.train_loader, None,
+                                     faithfulness_target=task.faithfulness_target)
+        if self.algorithm in ("eap", "eap_ig"):
+            from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
+
+            ig = self.algorithm == "eap_ig"
+            return mask_gradient_prune_scores(
+                task.model, task.train_loader, None, grad_function="logit",
+                answer_function=task.answer_function, mask_val=None if ig else 0.0,
+                integrated_grad_samples=10 if ig else None, ablation_type=ablation,
+            )
+        target = "mse" if task.faithfulness_target == "mse" else "kl_div"
+        if self.algorithm == "subnetwork_probing":
+            from auto_circuit.prune_algos.subnetwork_probing import subnetwork_probing_prune_scores
+
+            return subnetwork_probing_prune_scores(task.model, task.train_loader, None,
+                                                   faithfulness_target=target)
+        from auto_circuit.prune_algos.circuit_probing import circuit_probing_prune_scores
+
+        n_edges = len(task.model.edges)
+        sizes: list[int | str] = [k for k in (1, 2, 4, 8, 16, 32, 64) if k < n_edges]
+        return circuit_probing_prune_scores(task.model, task.train_loader, None, circuit_sizes=sizes,
+                                            faithfulness_target=target)
