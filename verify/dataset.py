@@ -11,7 +11,7 @@ import numpy as np
 
 from rasp_compiler import rasp
 
-__all__ = ["ABLATIONS", "CausalError", "Dataset", "decode_outputs", "make_dataset"]
+__all__ = ["ABLATIONS", "CausalError", "Dataset", "dataset_from_inputs", "decode_outputs", "make_dataset"]
 
 
 ABLATIONS = ("resample", "mean", "zero")
@@ -79,20 +79,31 @@ def make_dataset(
                 continue
         raise CausalError(f"make_dataset: the program raised on {max_tries} random inputs of length {length}")
 
-    clean, corrupt, exp, cexp = [], [], [], []
-    for _ in range(n):
-        x, y = draw()
-        clean.append(x)
-        exp.append(y)
-    for _ in range(n):
-        x, y = draw()
-        corrupt.append(x)
-        cexp.append(y)
+    clean = [draw()[0] for _ in range(n)]
+    corrupt = [draw()[0] for _ in range(n)]
+    return dataset_from_inputs(model, program, clean, corrupt, seed=seed)
+
+
+def dataset_from_inputs(
+    model: Any, program: Any, clean: list[list[Any]], corrupt: list[list[Any]], *, seed: int = 0
+) -> Dataset:
+    """A Dataset of given clean and corrupted inputs (no BOS; all of one length), with the evaluator's
+    outputs; e.g. the pairs a suite wrote to dataset.json."""
+    if not clean or len(clean) != len(corrupt):
+        raise CausalError(f"dataset: need as many corrupted as clean inputs (>= 1), got {len(clean)} and "
+                          f"{len(corrupt)}")
+    lengths = {len(x) for x in [*clean, *corrupt]}
+    if len(lengths) != 1:
+        raise CausalError(f"dataset: every input must have one length, got lengths {sorted(lengths)}")
+    ev = rasp.Evaluator()
+    exp = [ev.evaluate(program, list(x)) for x in clean]
+    cexp = [ev.evaluate(program, list(x)) for x in corrupt]
     enc = model.codec.encode
     bos = model.codec.bos
-    clean_ids = np.array([enc([bos] + x) for x in clean], dtype=np.int64)
-    corrupt_ids = np.array([enc([bos] + x) for x in corrupt], dtype=np.int64)
-    return Dataset(program, clean, corrupt, clean_ids, corrupt_ids, exp, cexp, seed)
+    clean_ids = np.array([enc([bos, *x]) for x in clean], dtype=np.int64)
+    corrupt_ids = np.array([enc([bos, *x]) for x in corrupt], dtype=np.int64)
+    return Dataset(program, [list(x) for x in clean], [list(x) for x in corrupt], clean_ids, corrupt_ids,
+                   exp, cexp, seed)
 
 
 def is_numerical_output(model: Any) -> bool:

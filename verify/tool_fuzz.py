@@ -57,6 +57,8 @@ __all__ = [
     "baseline_tool",
     "fuzz_tool",
     "load_tool",
+    "answer_scores",
+    "truth_with_reasons",
     "make_tool_dataset",
 ]
 
@@ -373,18 +375,20 @@ class _Settings:
     as_hooked_transformer: bool
 
 
-def _truth_circuit(model: Any, data: ToolDataset, s: _Settings) -> tuple[Circuit | None, dict[str, str]]:
+def truth_with_reasons(
+    model: Any, data: Dataset, truth: str, ablation: str = "resample", level: str = "edge"
+) -> tuple[Circuit | None, dict[str, str]]:
     """The circuit the answer is scored against (None when it is empty: nothing to discover), and per
     edge why it is or is not in it, so a report can say why a missed or extra edge counts."""
     from verify.causal import necessary_edges
 
     structural = ground_truth(model)
-    if s.truth == "structural":
+    if truth == "structural":
         reasons = {str(e): f"in the structural truth: carries {summarize_labels(labels)}"
                    for e, labels in structural.edges.items()}
-        return (structural if structural.items(s.level) else None), reasons
-    ne = necessary_edges(model, data, s.ablation)
-    reasons = {e: f"needed: its single {s.ablation} ablation changes {f:.0%} of the outputs"
+        return (structural if structural.items(level) else None), reasons
+    ne = necessary_edges(model, data, ablation)
+    reasons = {e: f"needed: its single {ablation} ablation changes {f:.0%} of the outputs"
                for e, f in ne.changed_fraction.items() if f > 0}
     for e, why in ne.explanations.items():
         reasons[e] = f"{reasons[e]}; {why}" if e in reasons else why
@@ -400,10 +404,10 @@ def _truth_circuit(model: Any, data: ToolDataset, s: _Settings) -> tuple[Circuit
             n_heads=structural.n_heads,
             model_graph=structural.model_graph,
         )
-    return (circ if circ.items(s.level) else None), reasons
+    return (circ if circ.items(level) else None), reasons
 
 
-def _answer_scores(answer: Any, model: Any, level: str) -> tuple[Any, bool]:
+def answer_scores(answer: Any, model: Any, level: str) -> tuple[Any, bool]:
     """(what `verify.score` takes, whether the answer ranks items) for any supported answer form."""
     from verify.discovery import DiscoveryResult, node_scores_to_edges
 
@@ -464,14 +468,14 @@ def _score_case(
         # Every clean and corrupted input gives the same output: there is no behaviour for a circuit to
         # explain (the empty circuit is faithful), under either truth. Degenerate, not the tool's failure.
         return "constant output"
-    truth, reasons = _truth_circuit(model, data, s)
+    truth, reasons = truth_with_reasons(model, data, s.truth, s.ablation, s.level)
     if truth is None:
         return "empty truth"
     kinds = generate.op_kinds(program)
     error = ""
     try:
         answer = tool(_tool_input(model, s), data)
-        discovered, ranked = _answer_scores(answer, model, s.level)
+        discovered, ranked = answer_scores(answer, model, s.level)
         r: ScoreResult = score(discovered, truth, s.level, threshold=s.threshold,
                                merge_embeddings=s.merge_embeddings)
     except Exception as e:  # noqa: BLE001 - a crashing tool or an unscoreable answer scores 0

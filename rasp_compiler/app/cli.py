@@ -389,6 +389,24 @@ def _ray_choice(args: argparse.Namespace) -> tuple[bool, str | None]:
     return True, None if args.ray == "local" else args.ray
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rasp_compiler.app.evaluate import evaluate_suite
+
+    try:
+        ev = evaluate_suite(
+            args.tool,
+            args.suite,
+            ablation=args.ablation,
+            threshold=args.threshold,
+            merge_embeddings=args.merge_embeddings,
+            progress=not args.quiet,
+        )
+    except (ToolFuzzError, suite.SuiteError) as e:
+        raise CLIError(str(e)) from None
+    print(ev.report())
+    return 0
+
+
 def cmd_suite(args: argparse.Namespace) -> int:
 
     use_ray, ray_address = _ray_choice(args)
@@ -635,6 +653,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embed and pos_embed as one input (auto-circuit's Resid Start, ACDC's granularity)")
     c.add_argument("--json", action="store_true", help="print the scores as JSON")
     c.set_defaults(func=cmd_verify)
+
+    c = sub.add_parser(
+        "evaluate",
+        help="score a discovery method on every model of a suite, against both truths",
+        description="Run a circuit-discovery method on every model of a suite (`rasp-compiler suite`) and "
+        "score it against the structural and the ablation-aware truth: per-model scores, means with 95% "
+        "bootstrap intervals, the worst models with the reason for each missed or extra edge, ROC "
+        "curves. Results go to SUITE/evaluations/<tool>/; a re-run resumes.",
+    )
+    c.add_argument("suite", help="suite directory (from `rasp-compiler suite`)")
+    c.add_argument(
+        "--tool",
+        required=True,
+        help="acdc, activation_patching, eap, eap_ig, package.module:function or "
+        "path/to/file.py:function, called as function(model, dataset)",
+    )
+    c.add_argument("--ablation", choices=("resample", "mean", "zero"), default="resample",
+                   help="the ablation of the ablation-aware truth (and of the built-in tools)")
+    c.add_argument("--threshold", type=float, default=0.0,
+                   help="scores above this are 'in the circuit' (default 0), as in `verify`")
+    c.add_argument("--merge-embeddings", action="store_true",
+                   help="embed and pos_embed as one input (auto-circuit's Resid Start; ACDC's graph)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser(
         "fuzz",

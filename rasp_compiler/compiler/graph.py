@@ -121,7 +121,7 @@ def children_of(expr: Any, kind: str) -> list[Any]:
 
 def build_graph(program: Any, options: CompilerOptions) -> ProgramGraph:
     """Walk the program from its output. Ops are identified by object; two different ops sharing a
-    label (tracr would silently merge them) get the later one renamed `<label>#<unique_id>`."""
+    label (tracr would silently merge them) are told apart by `rasp.distinct_labels` (`<label>#2`, ...)."""
     del options  # same signature as every stage
     try:
         rasp.topological_order(program)  # refuses cycles and non-RASP children, as the evaluator does
@@ -130,7 +130,6 @@ def build_graph(program: Any, options: CompilerOptions) -> ProgramGraph:
     if op_kind(program) in SELECTOR_KINDS:
         raise CompileError(f"{_label(program)}: the program's output must be an SOp, not a selector")
     names: dict[int, str] = {}  # id(expr) -> assigned label
-    taken: set[str] = set()
     exprs: list[Any] = []
     # iterative post-order DFS (deep programs must not hit the recursion limit)
     stack: list[tuple[Any, bool]] = [(program, False)]
@@ -140,19 +139,15 @@ def build_graph(program: Any, options: CompilerOptions) -> ProgramGraph:
             continue
         kind = op_kind(expr)
         if expanded:
-            label = _label(expr)
-            if label in taken:
-                label = f"{label}#{getattr(expr, 'unique_id', len(taken))}"
-            while label in taken:
-                label += "'"
-            taken.add(label)
-            names[id(expr)] = label
+            names[id(expr)] = ""  # labelled below, once the order is complete
             exprs.append(expr)
             continue
         stack.append((expr, True))
         for child in reversed(children_of(expr, kind)):
             if id(child) not in names:
                 stack.append((child, False))
+    for expr, label in zip(exprs, rasp.distinct_labels(exprs), strict=True):
+        names[id(expr)] = label
     nodes: dict[str, OpNode] = {}
     g = nx.DiGraph()
     order = []

@@ -428,7 +428,7 @@ def make_first_occurrence(sop: rasp.SOp) -> rasp.SOp:
 
     Example: ``make_first_occurrence(rasp.tokens)("abab") == [0, 1, 0, 1]``.
     """
-    occ = _occurrence(sop, "first")
+    occ = _occurrence(sop, "seen")  # not "first": its SelectorWidth would share this op's label
     key = rasp.SequenceMap(lambda x, o: (x, o), sop, occ).named("first_key")
     query = rasp.Map(lambda x: (x, 0), sop).named("first_query")
     select_first = rasp.Select(key, query, rasp.Comparison.EQ).named("first_select")

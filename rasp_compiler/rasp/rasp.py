@@ -81,6 +81,7 @@ __all__ = [
     "DefaultRASPEvaluator",
     "evaluate",
     "topological_order",
+    "distinct_labels",
     "restart_ids",
 ]
 
@@ -903,6 +904,25 @@ def topological_order(expr: RASPExpr) -> list[RASPExpr]:
         on_stack.add(id(child))
         stack.append((child, iter(child.children)))
     return order
+
+
+def distinct_labels(order: Sequence[Any]) -> list[str]:
+    """One label per expression of `order` (a topological order), telling apart different expressions
+    that share a label (tracr would merge them): the k-th one to reuse a label is `label#k` (k >= 2,
+    primes added if that is taken too). Deterministic, so a program rebuilt from its source gets the
+    same names; the compiler's op labels and the causal checks' both come from here."""
+    taken: set[str] = set()
+    seen: dict[str, int] = {}
+    out = []
+    for e in order:
+        base = str(e.label)
+        seen[base] = seen.get(base, 0) + 1
+        label = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        while label in taken:
+            label += "'"
+        taken.add(label)
+        out.append(label)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

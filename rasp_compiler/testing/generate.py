@@ -13,7 +13,10 @@ input, so the generator builds them by construction rather than by filtering:
   keys on which the aggregated SOp is constant (``Select(k, k, EQ)`` aggregating ``f(k)``); numerical
   Aggregates only average SOps whose values are in {0, 1}; selector keys/queries are categorical;
   LinearSequenceMap is numerical; numerical Maps only read inputs whose values are well separated;
-- no SOp is ever None on a valid input (non-empty input of vocab tokens, length <= max_seq_len).
+- no SOp is ever None on a valid input (non-empty input of vocab tokens, length <= max_seq_len);
+- unless `Limits(nondegenerate=False)`, the output varies over the inputs and every computed op can
+  change it (`is_nondegenerate`): a circuit-discovery method then always has something to find, and
+  nothing in the program is there for nothing. A draw that fails this is redrawn.
 
 One chooser interface drives both hypothesis (`programs()`) and `random.Random` (`sample_programs`), so
 the same code gives shrinkable strategies and a sampler that is reproducible across processes.
@@ -38,6 +41,7 @@ __all__ = [
     "op_kinds",
     "programs",
     "programs_with_inputs",
+    "is_nondegenerate",
     "sample_inputs",
     "sample_programs",
 ]
@@ -93,6 +97,9 @@ class Limits:
     full: bool = True
     constant_sop: bool = False  # ConstantSOp pins inputs to one length; off unless asked for
     numerical_output: bool = True  # allow a numerical SOp as the program output
+    # the output varies over the inputs and every op can change it (a draw that fails is redrawn);
+    # False also yields degenerate programs (constant outputs, ops nothing depends on)
+    nondegenerate: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -746,7 +753,66 @@ class GeneratedProgram:
         return sum(1 for e in rasp.topological_order(self.program) if e.children)
 
 
+NONDEGENERATE_TRIES = 40  # draws per program before a degenerate one is accepted
+_CHECK_INPUTS = 48  # sampled inputs (per length) that decide degeneracy
+
+
+def is_nondegenerate(gp: GeneratedProgram) -> bool:
+    """Whether `gp`'s output varies over its inputs and every computed op can change it, decided on
+    sampled inputs grouped by length (all of them when a length has few): some two inputs of one length
+    give different outputs, and for every op other than the inputs (tokens, indices, length) and
+    constants (Full, ConstantSOp), some input's output changes when the op takes either its values on
+    another input of that length or its own values moved one position along (so an op computed from
+    positions alone, which no same-length resample can change, is tested too). Outputs compare by value
+    (`model.outputs.outputs_equal`)."""
+    from rasp_compiler.model.outputs import outputs_equal
+
+    numerical = rasp.is_numerical(gp.program)
+    by_length: dict[int, list[list]] = {}
+    for xs in sample_inputs(gp, _CHECK_INPUTS * len(gp.lengths), seed=0):
+        group = by_length.setdefault(len(xs), [])
+        if xs not in group:
+            group.append(xs)
+    outs = {tuple(xs): rasp.evaluate(gp.program, xs) for group in by_length.values() for xs in group}
+    pairs = [(a, b) for group in by_length.values() for a, b in zip(group, group[1:], strict=False)]
+    if not any(not outputs_equal(outs[tuple(a)], outs[tuple(b)], numerical) for a, b in pairs):
+        return False
+    fixed = (rasp.TokensType, rasp.IndicesType, rasp.LengthType, rasp.Full, rasp.ConstantSOp, rasp.Selector)
+    for op in rasp.topological_order(gp.program):
+        if isinstance(op, fixed) or op is gp.program:
+            continue
+        if not any(_op_changes_output(gp.program, op, a, b, outs[tuple(a)], numerical) for a, b in pairs):
+            return False
+    return True
+
+
+def _op_changes_output(program: Any, op: Any, a: list, b: list, out_a: list, numerical: bool) -> bool:
+    from rasp_compiler.model.outputs import outputs_equal
+
+    own = rasp.evaluate(op, a)
+    for values in (rasp.evaluate(op, b), own[1:] + own[:1]):
+        if values == own:
+            continue
+        try:
+            patched = rasp.evaluate(program, a, interventions={op: values})
+        except rasp.RASPEvaluationError:
+            return True  # the replaced values break a later op: the op matters
+        if not outputs_equal(out_a, patched, numerical):
+            return True
+    return False
+
+
 def _build(c: _Chooser, limits: Limits) -> GeneratedProgram:
+    """One program; with `limits.nondegenerate`, the first of up to NONDEGENERATE_TRIES draws that is."""
+    gp = _build_once(c, limits)
+    tries = 1
+    while limits.nondegenerate and tries < NONDEGENERATE_TRIES and not is_nondegenerate(gp):
+        gp = _build_once(c, limits)
+        tries += 1
+    return gp
+
+
+def _build_once(c: _Chooser, limits: Limits) -> GeneratedProgram:
     n_vocab = c.integer(limits.min_vocab, limits.max_vocab)
     offset = c.pick((0, 1))
     vocab = list(range(offset, offset + n_vocab))

@@ -124,7 +124,8 @@ def test_shrinks_a_planted_mismatch_to_a_short_input(monkeypatch: pytest.MonkeyP
     small = [f for f in s.failures if f.kind == "mismatch"][0]
     assert small.input is not None and len(small.input) == 1, small.describe()
     assert small.got == ["corrupted"]
-    assert sum(1 for e in rasp.topological_order(small.program) if e.children) == 1, small.describe()
+    # one computed op (a Map), or a SelectorWidth and its Select: nothing smaller fails
+    assert sum(1 for e in rasp.topological_order(small.program) if e.children) <= 2, small.describe()
 
 
 def test_cli_runs_a_small_campaign(capsys: pytest.CaptureFixture) -> None:

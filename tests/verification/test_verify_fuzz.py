@@ -37,7 +37,9 @@ def _n_ops(program) -> int:  # noqa: ANN001
 
 
 def test_acdc_baseline_against_the_resample_ablation_truth() -> None:
-    s = fuzz.fuzz_tool(fuzz.baseline_tool("acdc"), programs=200, seed=0, truth="ablation", shrink=False)
+    # degenerate programs included (nondegenerate=False), so that constant outputs occur and are skipped
+    s = fuzz.fuzz_tool(fuzz.baseline_tool("acdc"), programs=200, seed=0, truth="ablation", shrink=False,
+                       limits={"nondegenerate": False})
     print("\n" + str(s))
     assert len(s.cases) >= 80, s.skipped
     assert all(c.metric == "f1" for c in s.cases)  # ACDC at one threshold answers with a set
@@ -48,6 +50,9 @@ def test_acdc_baseline_against_the_resample_ablation_truth() -> None:
     bad = [(c.index, c.false_negatives, c.false_positives) for c in s.cases if c.f1 != 1.0]
     assert not bad, bad
     assert not s.flagged  # the baseline is not flagged
+    # the default generator yields no constant output, so nothing is skipped for that reason
+    default = fuzz.fuzz_tool(fuzz.baseline_tool("acdc"), programs=20, seed=0, truth="ablation", shrink=False)
+    assert default.skipped["constant output"] == 0 and len(default.cases) == 20 and default.ok, default.skipped
     # Programs whose output is the same on every clean and corrupted input are skipped under the ablation
     # truth (docs/FUZZING.md): ACDC rightly returns the empty (faithful) circuit there, while single-edge
     # ablations can still push activations off-distribution; the two definitions differ, nothing is wrong.

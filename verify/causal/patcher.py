@@ -13,14 +13,18 @@ from rasp_compiler.model.patching import HookPatcher, ablation_values
 from verify.circuit import as_edge, node_kind
 from verify.dataset import ABLATIONS, CausalError, Dataset
 
-__all__ = ["Patcher"]
+__all__ = ["BACKENDS", "Patcher"]
+
+BACKENDS = ("auto", "engine", "torch", "float64")
 
 
 class Patcher:
     """Runs ablation patch sets on one dataset: the C++ engine where it can, else PyTorch hooks.
 
     A patch set is a list of ablated edges (`Edge`, `"w->r<in>"` or tuples) and/or node names. Every
-    item receives the writer's ablated value (`ablation`). `backend`: "auto", "engine" or "torch".
+    item receives the writer's ablated value (`ablation`). `backend`: "auto", "engine", "torch", or
+    "float64" (the PyTorch module in double precision: the reference that float32 rounding is checked
+    against).
     """
 
     def __init__(
@@ -33,24 +37,25 @@ class Patcher:
     ) -> None:
         if ablation not in ABLATIONS:
             raise CausalError(f"unknown ablation {ablation!r}; expected one of {ABLATIONS}")
-        if backend not in ("auto", "engine", "torch"):
-            raise CausalError(f"unknown backend {backend!r}; expected 'auto', 'engine' or 'torch'")
+        if backend not in BACKENDS:
+            raise CausalError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         self.model, self.dataset, self.ablation = model, dataset, ablation
         self.n_forward = 0
         self._hook: HookPatcher | None = None
         self._ablated: dict[str, Any] | None = None
         self._engine = None
         self._engine_sources: dict[str, np.ndarray] | None = None
-        if backend != "torch":
+        if backend in ("auto", "engine"):
             self._engine = Engine(model, threads=threads)
-        self.backend = "engine" if self._engine is not None else "torch"
+        self.backend = "engine" if self._engine is not None else backend
         self._clean: np.ndarray | None = None
         self._items: dict[Any, Any] = {}
 
     @property
     def hook(self) -> HookPatcher:
         if self._hook is None:
-            self._hook = HookPatcher(self.model)
+            module = self.model.to_torch()
+            self._hook = HookPatcher(module.double() if self.backend == "float64" else module)
         return self._hook
 
     def ablated_values(self) -> dict[str, Any]:
@@ -67,7 +72,7 @@ class Patcher:
             if self._engine is not None:
                 self._clean = np.asarray(self._engine.run(self.dataset.clean_ids))
             else:
-                self._clean = self.hook.run(self.dataset.clean_ids).numpy()
+                self._clean = self.hook.run(self.dataset.clean_ids).numpy().astype(np.float64)
         return self._clean
 
     @staticmethod

@@ -10,19 +10,15 @@ from verify.dataset import CausalError
 
 
 class ProgramRunner:
-    """A program's expressions indexed by the compiler's op labels (duplicates are `label#unique_id`)."""
+    """A program's expressions indexed by the compiler's op labels (`rasp.distinct_labels`)."""
 
     def __init__(self, program: Any) -> None:
         self.program = program
         self.order = rasp.topological_order(program)
-        self.by_label: dict[str, list[Any]] = {}
-        for e in self.order:  # the compiler's naming: a later op reusing a taken label is `label#unique_id`
-            label = e.label
-            if label in self.by_label:
-                label = f"{label}#{e.unique_id}"
-            while label in self.by_label:
-                label += "'"
-            self.by_label[label] = [e]
+        # the compiler's names (`rasp.distinct_labels`: a later op reusing a label is `label#2`, ...)
+        self.by_label: dict[str, list[Any]] = {
+            label: [e] for e, label in zip(self.order, rasp.distinct_labels(self.order), strict=True)
+        }
         self.ev = rasp.Evaluator()
 
     def exprs(self, label: str) -> list[Any]:

@@ -174,12 +174,13 @@ def to_autocircuit_scores(scores: Circuit | Mapping[Any, float], model: Any = No
             values[e] = float(v)
     out: dict[str, Any] = {}
     filled: dict[tuple[str, int | None, int], float] = {}
-    for e in legal_edges(n_layers, n_heads):
-        module, row, n_src = _ac_dest_module(e.reader, e.input, n_layers, n_heads)
+    ac_heads = max(n_heads, 1)  # the export's padded all-zero head of a model without heads scores 0
+    for e in legal_edges(n_layers, ac_heads):
+        module, row, n_src = _ac_dest_module(e.reader, e.input, n_layers, ac_heads)
         if module not in out:
-            shape = [n_heads, n_src] if row is not None else [n_src]  # auto-circuit's shapes, one head too
+            shape = [ac_heads, n_src] if row is not None else [n_src]  # auto-circuit's shapes, one head too
             out[module] = torch.zeros(shape)
-        col = _ac_src_index(e.writer, n_heads)
+        col = _ac_src_index(e.writer, ac_heads)
         v = values.get(e, 0.0)
         key = (module, row, col)
         v = max(v, filled[key], key=abs) if key in filled else v  # the stronger of embed / pos_embed
@@ -219,9 +220,12 @@ def from_autocircuit_scores(
     for module, t in prune_scores.items():
         arr = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
         arrays[str(module)] = arr
+    # the TransformerLens export pads a model without heads to one all-zero head, so auto-circuit's graph
+    # has it: its modules are accepted and its edges (which carry nothing) dropped
+    ac_heads = max(n_heads, 1)
     expected = {}
-    for e in legal_edges(n_layers, n_heads):
-        module, row, n_src = _ac_dest_module(e.reader, e.input, n_layers, n_heads)
+    for e in legal_edges(n_layers, ac_heads):
+        module, row, n_src = _ac_dest_module(e.reader, e.input, n_layers, ac_heads)
         expected.setdefault(module, (row is not None, n_src))
     unknown = sorted(set(arrays) - set(expected))
     if unknown:
@@ -229,8 +233,8 @@ def from_autocircuit_scores(
     for module, arr in arrays.items():
         is_head, n_src = expected[module]
         ok = (
-            [(n_heads, n_src)]
-            if is_head and n_heads > 1
+            [(ac_heads, n_src)]
+            if is_head and ac_heads > 1
             else [(n_src,), (1, n_src)]
             if is_head
             else [(n_src,)]
@@ -249,11 +253,11 @@ def from_autocircuit_scores(
     raw: dict[Edge, float] = {}
     result: dict[Edge, float] = {}
     for e in legal_edges(n_layers, n_heads):
-        module, row, _ = _ac_dest_module(e.reader, e.input, n_layers, n_heads)
+        module, row, _ = _ac_dest_module(e.reader, e.input, n_layers, ac_heads)
         if module not in arrays:
             continue
         arr = arrays[module]
-        col = _ac_src_index(e.writer, n_heads)
+        col = _ac_src_index(e.writer, ac_heads)
         raw[e] = float(arr[row, col] if arr.ndim == 2 else arr[col])
     finite = [abs(v) for v in raw.values() if np.isfinite(v)]
     kept = max(finite, default=0.0) + 1.0  # ACDC's +inf: above every finite score

@@ -12,6 +12,7 @@ ACDC's `faithfulness_target="mse"`. `task.objective` names the fitting choice.
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
 import numpy as np
@@ -123,8 +124,9 @@ class AutoCircuitMethod:
 
     Settings are auto-circuit's defaults except where noted: EAP is `mask_gradient_prune_scores` with
     `grad_function="logit"`, `mask_val=0`; EAP-IG the same with 10 integrated-gradient samples; circuit
-    probing searches sizes 1, 2, 4, ..., 64 below the edge count (its default, "true_size", would need the truth). Ablation is
-    auto-circuit's resample (the corrupt prompts) or zero. `seed` seeds torch before each run."""
+    probing searches sizes 1, 2, 4, ..., 64 below the edge count (its default, "true_size", would need
+    the truth). Ablation is auto-circuit's resample (the corrupt prompts) or zero. `seed` seeds `random`,
+    numpy and torch before each run."""
 
     algorithm: str
     ablation: str = "resample"
@@ -153,6 +155,8 @@ class AutoCircuitMethod:
 
         from verify.formats import from_autocircuit_scores
 
+        random.seed(self.seed)  # ACDC draws from `random`; the probing algorithms from torch
+        np.random.seed(self.seed)
         torch.manual_seed(self.seed)
         task = autocircuit_task(model, dataset)
         ablation = AblationType.RESAMPLE if self.ablation == "resample" else AblationType.ZERO
