@@ -172,6 +172,13 @@ def _as_scores(discovered: Any, truth: Circuit, level: str) -> dict[str, float]:
 EMBEDS = "embeds"
 
 
+def unmerged(name: str) -> list[str]:
+    """The model's items behind a `merge_embeddings` name: `embeds->X` is `embed->X` and `pos_embed->X`."""
+    if name == EMBEDS or name.startswith(EMBEDS + "->"):
+        return [src + name[len(EMBEDS):] for src in ("embed", "pos_embed")]
+    return [name]
+
+
 def _merged(name: str) -> str:
     """An item name with `embed` / `pos_embed` (as the item or as an edge's writer) read as `embeds`."""
     for src in ("embed", "pos_embed"):

@@ -43,7 +43,7 @@ from rasp_compiler.testing.runner import map_work
 from rasp_compiler.testing.shrink import program_size, smaller_programs, total_on
 from verify.circuit import Circuit, CircuitError, Edge, summarize_labels
 from verify.dataset import Dataset, make_dataset
-from verify.structural import ScoreResult, score
+from verify.structural import ScoreResult, score, unmerged
 from verify.truth import ground_truth
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "fuzz_tool",
     "load_tool",
     "answer_scores",
+    "reason_for",
     "truth_with_reasons",
     "make_tool_dataset",
 ]
@@ -407,6 +408,16 @@ def truth_with_reasons(
     return (circ if circ.items(level) else None), reasons
 
 
+NOT_IN_TRUTH = "not in the truth: it carries nothing the output depends on"
+
+
+def reason_for(name: str, reasons: Mapping[str, str]) -> str:
+    """Why an item is (not) in the truth; a merged `embeds->X` item gives its embeddings' reasons."""
+    parts = [f"{e.split('->')[0]}: {reasons[e]}" if len(unmerged(name)) > 1 else reasons[e]
+             for e in unmerged(name) if e in reasons]
+    return "; ".join(parts) or NOT_IN_TRUTH
+
+
 def answer_scores(answer: Any, model: Any, level: str) -> tuple[Any, bool]:
     """(what `verify.score` takes, whether the answer ranks items) for any supported answer form."""
     from verify.discovery import DiscoveryResult, node_scores_to_edges
@@ -519,14 +530,13 @@ def _score_case(
         error,
         input_length,
         constant,
-        reasons={e: reasons.get(e, "not in the truth: it carries nothing the output depends on")
-                 for e in [*r.false_negatives, *r.false_positives]},
+        reasons={e: reason_for(e, reasons) for e in [*r.false_negatives, *r.false_positives]},
     )
     if case.value < s.pass_bar and s.level == "edge":
         # a diagnosis, not a verdict: does the answer at least reproduce the task with the rest ablated?
         from verify.causal import faithfulness
 
-        kept = r.true_positives + r.false_positives
+        kept = [e for name in r.true_positives + r.false_positives for e in unmerged(name)]
         case.faithful_accuracy = faithfulness(model, kept, data, s.ablation, minimality=False).accuracy
     return case
 

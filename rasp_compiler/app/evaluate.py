@@ -31,7 +31,7 @@ from rasp_compiler.rasp.loading import is_file_spec
 from rasp_compiler.rasp.source import from_source
 from verify.dataset import dataset_from_inputs
 from verify.structural import score
-from verify.tool_fuzz import TRUTHS, answer_scores, load_tool, truth_with_reasons
+from verify.tool_fuzz import TRUTHS, answer_scores, load_tool, reason_for, truth_with_reasons
 
 __all__ = ["ModelEvaluation", "SuiteEvaluation", "evaluate_suite"]
 
@@ -195,12 +195,11 @@ def _evaluate_model(tool: Callable, model_dir: Path, settings: dict[str, Any]) -
             continue
         r = score(discovered, circuit, "edge", threshold=settings["threshold"],
                   merge_embeddings=settings["merge_embeddings"])
-        why = "not in the truth: it carries nothing the output depends on"
         scores[truth] = {
             "f1": r.f1, "roc_auc": r.roc_auc, "precision": r.precision, "recall": r.recall,
             "fpr": [float(x) for x in r.fpr], "tpr": [float(x) for x in r.tpr],
-            "missed": {e: reasons.get(e, why) for e in r.false_negatives},
-            "extra": {e: reasons.get(e, why) for e in r.false_positives},
+            "missed": {e: reason_for(e, reasons) for e in r.false_negatives},
+            "extra": {e: reason_for(e, reasons) for e in r.false_positives},
         }
     return ModelEvaluation(model_id, settings, scores)
 

@@ -19,7 +19,7 @@ from verify.circuit import node_kind
 from verify.dataset import CausalError, Dataset, decode_outputs, is_numerical_output
 from verify.truth import annotation_dict
 
-__all__ = ["Alignment", "IIAResult", "ground_truth_alignments", "interchange_accuracy"]
+__all__ = ["Alignment", "IIAResult", "ground_truth_alignments", "iia_of_outputs", "interchange_accuracy"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +147,28 @@ def interchange_accuracy(
         mask[[p + 1 for p in positions]] = True
         pv = PatchValue(src_out, hp.projection(list(alignment.subspace)), mask)
         out = hp.run(base_ids, nodes={alignment.component: pv}).numpy()
-    decoded = decode_outputs(model, out)
+    return iia_of_outputs(model, alignment, base, source, program, out, backend=used, atol=atol)
+
+
+def iia_of_outputs(
+    model: Any,
+    alignment: Alignment,
+    base: Sequence[Sequence[Any]],
+    source: Sequence[Sequence[Any]],
+    program: Any,
+    out: Any,
+    *,
+    backend: str,
+    atol: float = OUTPUT_ATOL,
+) -> IIAResult:
+    """The interchange accuracy of patched model outputs `[B, T, V]` (however they were computed: the
+    engine, PyTorch hooks, or another tool such as pyvene) against the evaluator with the same swap."""
+    base, source = _as_inputs(base), _as_inputs(source)
+    prog = ProgramRunner(program)
+    targets = prog.exprs(alignment.variable)
+    n = len(base[0])
+    positions = list(range(n)) if alignment.positions is None else list(alignment.positions)
+    decoded = decode_outputs(model, np.asarray(out))
     agree: list[bool] = []
     undefined = 0
     vacuous = 0
@@ -169,4 +190,4 @@ def interchange_accuracy(
         agree.append(all(positions_equal(got, want, is_numerical_output(model), atol)))
         vacuous += same
     iia = float(np.mean(agree)) if agree else math.nan
-    return IIAResult(alignment, iia, len(base), undefined, agree, used, vacuous)
+    return IIAResult(alignment, iia, len(base), undefined, agree, backend, vacuous)
