@@ -13,6 +13,12 @@ compiled with a PAD token the export adds *permanent* hooks (they survive `reset
 forward pre-hook that records which input positions are PAD, and a hook on every
 `blocks.{l}.attn.hook_attn_scores` that sets the scores of PAD keys to -inf, as our contract says.
 Call the exported model on token ids (`model(tokens)`), not strings; it has no tokenizer.
+
+TransformerLens 4 removed `HookedTransformer`; `to_transformer_bridge(model)` builds its replacement, a
+`TransformerBridge` over TL 4's native model (`boot_native`, the path TL 4 keeps for TL-format weights),
+loaded with the same weights through TL's own `convert_tl_checkpoint`. TL 4's native attention always
+divides scores by sqrt(d_head) (it refuses an unscaled `attn_scale=1` for d_head > 1), so `W_Q` and `b_Q`
+are multiplied by sqrt(d_head) to give our unscaled scores back.
 """
 
 from __future__ import annotations
@@ -24,19 +30,35 @@ import numpy as np
 
 from rasp_compiler.model.compiled import CompiledModel
 
-__all__ = ["to_hooked_transformer", "hooked_transformer_config"]
+__all__ = ["hooked_transformer_config", "tl_version", "to_hooked_transformer", "to_transformer_bridge"]
 
 _TOP_LEVEL = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U", "b_U": "unembed.b_U"}
 
 
-def _require_tl() -> Any:
+def _require_tl(bridge: bool = False) -> Any:
+    """transformer_lens, of the major version the export needs (HookedTransformer: 2.x/3.x; bridge: 4.x)."""
     try:
         import transformer_lens
     except ImportError as e:
-        raise ImportError("TransformerLens export needs transformer-lens 3.x: "
-                          "pip install 'rasp-compiler[tl]' "
-                          "(or 'transformer-lens<4')") from e
+        raise ImportError("TransformerLens export needs transformer-lens: pip install 'rasp-compiler[tl]' "
+                          "(3.x, for to_hooked_transformer) or 'transformer-lens>=4' (to_transformer_bridge)"
+                          ) from e
+    version = tl_version()
+    major = int(version.split(".")[0])
+    if bridge and major < 4:
+        raise ImportError(f"to_transformer_bridge needs transformer-lens 4.x (installed: {version}); with "
+                          "2.x/3.x use to_hooked_transformer")
+    if not bridge and major >= 4:
+        raise ImportError(f"transformer-lens {version} has no HookedTransformer (removed in 4.0); use "
+                          "to_transformer_bridge")
     return transformer_lens
+
+
+def tl_version() -> str:
+    """The installed transformer-lens version (the package has no __version__ attribute)."""
+    from importlib.metadata import version
+
+    return version("transformer-lens")
 
 
 def _padded_sizes(model: CompiledModel) -> tuple[int, int, int]:
@@ -132,6 +154,54 @@ def to_hooked_transformer(model: CompiledModel, device: str = "cpu") -> Any:
         _add_pad_mask(ht, model.config.pad_token_id)
     ht.eval()
     return ht
+
+
+def to_transformer_bridge(model: CompiledModel, device: str = "cpu") -> Any:
+    """A TransformerLens 4 `TransformerBridge` with `model`'s weights and the same outputs on token ids
+    (see the module docstring); models compiled with a PAD token are refused (TL 4's native attention
+    masks padding only through an `attention_mask` the caller passes)."""
+    import math
+
+    import torch
+
+    _require_tl(bridge=True)
+    if model.config.pad_token_id is not None:
+        raise RuntimeError("to_transformer_bridge: the model has a PAD token; TransformerBridge masks "
+                           "padding only through an attention_mask argument, so export it without PAD")
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources.native import boot
+    from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+
+    c = model.config
+    n_heads, d_head, d_mlp = _padded_sizes(model)
+    cfg = TransformerBridgeConfig(
+        d_model=c.d_model,
+        n_layers=c.n_layers,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        n_ctx=c.n_ctx,
+        d_vocab=c.d_vocab,
+        d_vocab_out=c.d_vocab_out,
+        act_fn="relu",
+        normalization_type=None,
+        attention_dir="bidirectional",
+        positional_embedding_type="standard",
+        architecture="TransformerLensNative",
+        default_prepend_bos=False,
+    )
+    scale = math.sqrt(d_head)  # undoes the native attention's division by sqrt(d_head)
+    state = {}
+    for name, w in _export_weights(model).items():
+        t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        state[name] = t * scale if name.endswith(("attn.W_Q", "attn.b_Q")) else t
+    bridge = boot(cfg, device=device, dtype=torch.float32)
+    result = bridge.load_state_dict(convert_tl_checkpoint(state, cfg), strict=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise RuntimeError(f"transformer-lens {tl_version()} bridge: missing {result.missing_keys[:4]}, "
+                           f"unexpected {result.unexpected_keys[:4]}")
+    bridge.eval()
+    return bridge
 
 
 def _add_pad_mask(ht: Any, pad_id: int) -> None:
