@@ -6,6 +6,7 @@ Runs in `.venv-autocircuit` (auto-circuit imports only with TransformerLens 2.x;
 
     OMP_NUM_THREADS=1 .venv-autocircuit/bin/python benchmarks/real_tools.py table [--programs a,b] [--n 32]
     OMP_NUM_THREADS=1 .venv-autocircuit/bin/python benchmarks/real_tools.py fuzz --tool eap --programs 1000
+    .venv-autocircuit/bin/python benchmarks/real_tools.py summary table.md   # per-method means of a table
 
 `table` prints one markdown row per (program, ablation, method): edge ROC-AUC against the structural truth
 and against the ablation-aware truth (`causal.necessary_edges` under the same ablation), F1 against the
@@ -54,8 +55,8 @@ def _chosen(name: str, scores: dict) -> dict:
 def _methods(ablation: str) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     for alg in interop.ALGORITHMS:
-        if alg == "acdc" and ablation != "resample":
-            continue  # auto-circuit's ACDC patches with the corrupt prompts only
+        if alg not in ("eap", "eap_ig") and ablation != "resample":
+            continue  # auto-circuit's ACDC and probing patch with the corrupt prompts only
         out.append((f"auto-circuit {alg}", interop.AutoCircuitMethod(alg, ablation=ablation)))
     for name in OURS:
         out.append((f"ours {name}", name))
@@ -99,9 +100,36 @@ def table(programs: list[str], n: int, ablations: list[str]) -> None:
                 print("| " + " | ".join(cells) + " |", flush=True)
             ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
             ax.set(title=f"{name}, {ablation}: vs the ablation-aware truth", xlabel="FPR", ylabel="TPR")
-            ax.legend(fontsize=6, loc="lower right")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, loc="lower right")
             fig.savefig(OUT / f"roc_{name}_{ablation}.png", dpi=120, bbox_inches="tight")
             plt.close(fig)
+
+
+def summary(path: str) -> None:
+    """Per (ablation, method): means over the programs of a `table` output, and the count of perfect
+    rankings (ROC-AUC 1 against the ablation-aware truth)."""
+    groups: dict[tuple[str, str], list[list[str]]] = {}
+    for line in Path(path).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7 or cells[0] in ("program", "---") or cells[0].startswith("-"):
+            continue
+        groups.setdefault((cells[1], cells[2]), []).append(cells)
+
+    def mean(vals: list[str]) -> str:
+        nums = [float(v) for v in vals if v not in ("nan", "empty truth")]
+        return f"{sum(nums) / len(nums):.3f}" if nums else "n/a"
+
+    print("| ablation | method | programs | AUC structural | AUC ablation-aware | perfect ranking "
+          "| F1 ablation-aware | total s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for (ablation, method), rows in sorted(groups.items()):
+        scored = [r for r in rows if r[4] != "empty truth"]
+        perfect = sum(1 for r in scored if float(r[4]) == 1.0)
+        total = sum(float(r[6]) for r in rows)
+        print(f"| {ablation} | {method} | {len(rows)} | {mean([r[3] for r in rows])} | "
+              f"{mean([r[4] for r in rows])} | {perfect} of {len(scored)} | {mean([r[5] for r in rows])} | "
+              f"{total:.1f} |")
 
 
 def fuzz(tool: str, programs: int, seed: int, ablation: str) -> int:
@@ -126,6 +154,8 @@ def main() -> int:
     t.add_argument("--programs", default=",".join(LIBRARY), help="comma-separated library names (all)")
     t.add_argument("--n", type=int, default=32, help="clean/corrupt pairs per program (default 32)")
     t.add_argument("--ablations", default="resample,zero")
+    m = sub.add_parser("summary", help="per-method means of a saved `table` output")
+    m.add_argument("path")
     f = sub.add_parser("fuzz", help="fuzz one auto-circuit algorithm over random programs")
     f.add_argument("--tool", choices=interop.ALGORITHMS, required=True)
     f.add_argument("--programs", type=int, default=1000)
@@ -134,6 +164,9 @@ def main() -> int:
     args = p.parse_args()
     if args.cmd == "table":
         table(args.programs.split(","), args.n, args.ablations.split(","))
+        return 0
+    if args.cmd == "summary":
+        summary(args.path)
         return 0
     return fuzz(args.tool, args.programs, args.seed, args.ablation)
 

@@ -125,8 +125,9 @@ class AutoCircuitMethod:
     Settings are auto-circuit's defaults except where noted: EAP is `mask_gradient_prune_scores` with
     `grad_function="logit"`, `mask_val=0`; EAP-IG the same with 10 integrated-gradient samples; circuit
     probing searches sizes 1, 2, 4, ..., 64 below the edge count (its default, "true_size", would need
-    the truth). Ablation is auto-circuit's resample (the corrupt prompts) or zero. `seed` seeds `random`,
-    numpy and torch before each run."""
+    the truth). Ablation: the corrupt prompts (resample; auto-circuit's subnetwork and circuit probing
+    patch with their token-wise mean, by its own code), or zero for EAP and EAP-IG. `seed` seeds
+    `random`, numpy and torch before each run."""
 
     algorithm: str
     ablation: str = "resample"
@@ -137,6 +138,8 @@ class AutoCircuitMethod:
             raise ValueError(f"unknown auto-circuit algorithm {self.algorithm!r}; one of {ALGORITHMS}")
         if self.ablation not in ("resample", "zero"):
             raise ValueError(f"auto-circuit ablation must be 'resample' or 'zero', got {self.ablation!r}")
+        if self.ablation == "zero" and self.algorithm not in ("eap", "eap_ig"):
+            raise ValueError(f"auto-circuit's {self.algorithm} patches with the corrupt prompts only")
 
     @property
     def name(self) -> str:
@@ -167,8 +170,6 @@ class AutoCircuitMethod:
         if self.algorithm == "acdc":
             from auto_circuit.prune_algos.ACDC import acdc_prune_scores
 
-            if self.ablation != "resample":
-                raise ValueError("auto-circuit's ACDC ablates with the corrupt prompts only (resample)")
             return acdc_prune_scores(task.model, task.train_loader, None,
                                      faithfulness_target=task.faithfulness_target)
         if self.algorithm in ("eap", "eap_ig"):
@@ -179,6 +180,7 @@ class AutoCircuitMethod:
                 task.model, task.train_loader, None, grad_function="logit",
                 answer_function=task.answer_function, mask_val=None if ig else 0.0,
                 integrated_grad_samples=10 if ig else None, ablation_type=ablation,
+                clean_corrupt="corrupt" if self.ablation == "resample" else None,  # zero: no patch batch
             )
         target = "mse" if task.faithfulness_target == "mse" else "kl_div"
         if self.algorithm == "subnetwork_probing":
