@@ -15,6 +15,8 @@ This module makes that exact:
   (an edge carries RASP variables into a reader op; ablating it = giving that reader, and only it,
   those variables' ablated values; evaluate) and confirmed on the engine, with a reason for every
   edge where it differs from the structural truth.
+* `minimal_circuit`: an irreducible faithful circuit (every output kept with the rest ablated, no edge
+  removable), found by backward elimination on the engine and re-checked.
 * `interchange_accuracy`: patch a variable's subspace from a source run into a base run, apply the
   same intervention in the evaluator, count agreeing outputs.
 
@@ -26,6 +28,7 @@ reference (`rasp_compiler.model.patching`).
 
 from verify.causal.faithfulness import FaithfulnessResult, faithfulness
 from verify.causal.interchange import Alignment, IIAResult, ground_truth_alignments, interchange_accuracy
+from verify.causal.minimal import MinimalCircuit, minimal_circuit
 from verify.causal.necessary import NecessaryEdges, necessary_edges
 from verify.causal.patcher import Patcher
 from verify.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, make_dataset
@@ -37,6 +40,7 @@ __all__ = [
     "Dataset",
     "FaithfulnessResult",
     "IIAResult",
+    "MinimalCircuit",
     "NecessaryEdges",
     "Patcher",
     "decode_outputs",
@@ -44,5 +48,6 @@ __all__ = [
     "ground_truth_alignments",
     "interchange_accuracy",
     "make_dataset",
+    "minimal_circuit",
     "necessary_edges",
 ]
