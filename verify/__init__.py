@@ -7,6 +7,7 @@ TransformerLens, and `score(discovered, truth)` measures a discovered circuit ag
 
 from verify import formats
 from verify.circuit import LEVELS, Circuit, CircuitError, Edge, ModelGraph, Part, legal_edges, model_nodes
+from verify.dead import DeadEdges, dead_edges
 from verify.draw import draw_circuit
 from verify.formats import from_edges, from_nodes
 from verify.structural import ScoreResult, roc_auc, roc_curve, score
@@ -18,10 +19,12 @@ __all__ = [
     "TOL",
     "Circuit",
     "CircuitError",
+    "DeadEdges",
     "Edge",
     "ModelGraph",
     "Part",
     "ScoreResult",
+    "dead_edges",
     "draw_circuit",
     "formats",
     "from_edges",

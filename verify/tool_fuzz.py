@@ -380,14 +380,20 @@ def truth_with_reasons(
     model: Any, data: Dataset, truth: str, ablation: str = "resample", level: str = "edge"
 ) -> tuple[Circuit | None, dict[str, str]]:
     """The circuit the answer is scored against (None when it is empty: nothing to discover), and per
-    edge why it is or is not in it, so a report can say why a missed or extra edge counts."""
+    edge why it is or is not in it, so a report can say why a missed or extra edge counts. The structural
+    truth here leaves out its dead edges (`verify.dead`: zero on every input, when the inputs can be
+    enumerated), which no method could find."""
     from verify.causal import necessary_edges
+    from verify.dead import dead_edges
 
     structural = ground_truth(model)
     if truth == "structural":
         reasons = {str(e): f"in the structural truth: carries {summarize_labels(labels)}"
                    for e, labels in structural.edges.items()}
-        return (structural if structural.items(level) else None), reasons
+        dead = dead_edges(model)
+        reasons.update(dead.edges)
+        live = dead.live(structural) if dead.edges else structural
+        return (live if live.items(level) else None), reasons
     ne = necessary_edges(model, data, ablation)
     reasons = {e: f"needed: its single {ablation} ablation changes {f:.0%} of the outputs"
                for e, f in ne.changed_fraction.items() if f > 0}
