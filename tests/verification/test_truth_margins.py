@@ -55,3 +55,12 @@ def test_interchange_on_a_variable_constant_over_the_dataset_is_vacuous() -> Non
     assert r.vacuous and r.n_vacuous == len(r.agree) and r.iia == 1.0
     tokens = causal.interchange_accuracy(model, aligns["tokens"], data)
     assert not tokens.vacuous  # resampled tokens differ between source and base
+
+
+def test_the_derivation_is_said_plainly() -> None:
+    model, data = _setup(3)
+    resample = causal.necessary_edges(model, data, "resample")
+    zero = causal.necessary_edges(model, data, "zero")
+    assert "brute-force" not in resample.derivation and "the program predicts" in resample.derivation
+    assert "brute-force result" in zero.derivation and "float64" in zero.derivation
+    assert all(p is None for p in zero.predicted.values())  # the program never predicts zero ablation

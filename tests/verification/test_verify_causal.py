@@ -187,3 +187,19 @@ def test_engine_ablation_values_equal_the_hook_reference(name: str, ablation: st
     sets = [edges[:k] for k in (1, 3, len(edges))]
     torch_runner = causal.Patcher(model, ds, ablation, backend="torch")
     np.testing.assert_allclose(runner.outputs(sets), torch_runner.outputs(sets), atol=1e-4)
+
+
+def test_resample_discrepancies_are_empty_on_generated_programs_too() -> None:
+    """Where the intervened program is undefined it predicts nothing (None), so the program side and
+    the model agree on every edge the program can judge (program 90 used to report 3 edges)."""
+    from rasp_compiler.compiler.compiling import compile_rasp_to_model
+    from rasp_compiler.testing.fuzz import program_for
+
+    for i in [90, *range(40)]:
+        gp = program_for(0, i)
+        model = compile_rasp_to_model(gp.program, set(gp.vocab), gp.max_seq_len)
+        data = causal.make_dataset(model, gp.program, 16, seed=0, length=max(gp.lengths))
+        ne = causal.necessary_edges(model, data, "resample")
+        assert ne.discrepancies == {}, (i, ne.discrepancies)
+        if i == 90:
+            assert any(p is None for p in ne.predicted.values())
