@@ -389,6 +389,23 @@ def _ray_choice(args: argparse.Namespace) -> tuple[bool, str | None]:
     return True, None if args.ray == "local" else args.ray
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from verify import features
+
+    model = _load_model(args.model)
+    out = Path(args.out) if args.out else Path(args.model) / "features"
+    try:
+        dictionaries = features.save_features(model, out)
+    except CircuitError as e:
+        raise CLIError(str(e)) from None
+    print(f"true features of {args.model} per residual site (written to {out}/features.json, "
+          "features.safetensors):")
+    for d in dictionaries:
+        variables = sorted({x.variable for x in d.directions})
+        print(f"  {d.site:<26} {len(d):>4} features  {', '.join(variables)}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rasp_compiler.app.evaluate import evaluate_suite
 
@@ -653,6 +670,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embed and pos_embed as one input (auto-circuit's Resid Start, ACDC's granularity)")
     c.add_argument("--json", action="store_true", help="print the scores as JSON")
     c.set_defaults(func=cmd_verify)
+
+    c = sub.add_parser(
+        "features",
+        help="the true features at every residual site (for scoring SAEs and probes)",
+        description="Every residual site's true features (one direction per value of each RASP variable, "
+        "in the model's own basis) printed and written as features.json + features.safetensors.",
+    )
+    c.add_argument("model", help="model directory")
+    c.add_argument("--out", help="output directory (default MODEL/features)")
+    c.set_defaults(func=cmd_features)
 
     c = sub.add_parser(
         "evaluate",

@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support.cli import run_cli as cli
 
@@ -38,7 +39,9 @@ def reverse_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_help_lists_every_command() -> None:
     p = cli("--help")
     assert p.returncode == 0
-    for cmd in ("compile", "run", "circuit", "suite", "verify", "fuzz", "demo", "list"):
+    commands = ("compile", "run", "circuit", "suite", "verify", "fuzz", "demo", "list", "evaluate",
+                "features")
+    for cmd in commands:
         assert cmd in p.stdout
 
 
@@ -387,3 +390,18 @@ def test_verify_against_the_ablation_aware_truth_merged(reverse_dir: Path, tmp_p
     assert merged.returncode == 0
     assert "ablation-aware (resample, 32 pairs, seed 0), embeddings merged" in merged.stdout
     assert "2 of 77" in merged.stdout  # auto-circuit's edge count for reverse
+
+
+def test_features_writes_files_readable_without_the_package(reverse_dir: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    p = cli("features", str(reverse_dir), "--out", str(tmp_path / "f"))
+    assert p.returncode == 0 and "blocks.3.hook_resid_post" in p.stdout, p.stderr
+    doc = json.loads((tmp_path / "f" / "features.json").read_text())
+    vectors = load_file(str(tmp_path / "f" / "features.safetensors"))
+    assert doc["format"] == "rasp_compiler.features" and set(doc["sites"]) == set(vectors)
+    for site, feats in doc["sites"].items():
+        assert vectors[site].shape == (len(feats), doc["d_model"])
+        np.testing.assert_allclose(np.linalg.norm(vectors[site], axis=1), 1.0, atol=1e-6)
+    assert {"label": "reverse:a", "variable": "reverse", "value": "a", "role": None} in doc["sites"][
+        "blocks.3.hook_resid_post"]

@@ -1,0 +1,213 @@
+"""The true features of a compiled model's residual stream, and scores for learned dictionaries against
+them (sparse autoencoders, transcoders: anything with one decoder direction per latent).
+
+Every residual direction the compiler allocates is a feature with a known meaning: one value of a
+categorical RASP variable (`sort:3`), a numerical variable (`frac`), the constant `one`, or a helper the
+compiler added for a variable. At a residual site (`blocks.{l}.hook_resid_pre`, `..._resid_mid`,
+`..._resid_post`) the features present are those written by the components before it (the annotation
+says which block writes which direction). A feature's vector is its direction in the model's own basis,
+so rotated and compressed variants carry their transformed directions (`transforms.variants`).
+
+`FeatureDictionary.coefficients(acts)` reads each feature's activation back from site activations (the
+least-squares coefficients on the site's directions; for an exact model they reconstruct the activations
+exactly, and a categorical feature is 1 exactly where the program's variable has that value).
+`score_dictionary(decoder, truth)` compares a learned dictionary with the truth: mean max cosine, a
+one-to-one matching (Hungarian, on cosine) and the fraction of true features recovered above a cosine
+threshold, and the failure modes by name: missing features, split features (several latents on one),
+merged latents (one latent on several features), and unmatched latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rasp_compiler.model.directions import Direction, label_variables
+from rasp_compiler.transforms.variants import labelled_basis
+from verify.circuit import CircuitError
+
+__all__ = [
+    "DictionaryScore",
+    "FeatureDictionary",
+    "feature_dictionary",
+    "residual_sites",
+    "save_features",
+    "score_dictionary",
+]
+
+RECOVERED_COSINE = 0.9  # a true feature counts as recovered when its matched latent is this close
+MERGED_COSINE = 0.5  # a latent this close to two or more features merges them (1/sqrt(2) for a pair)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureDictionary:
+    """The true features present at one site: labels, parsed directions, and unit vectors `[n, d_model]`
+    in the model's residual coordinates."""
+
+    site: str
+    labels: tuple[str, ...]
+    directions: tuple[Direction, ...]
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def coefficients(self, acts: Any) -> np.ndarray:
+        """Each feature's activation in site activations `[..., d_model]` (least squares on the site's
+        feature vectors; exact where the activations lie in their span)."""
+        acts = np.asarray(acts, dtype=np.float64)
+        if len(self) == 0:
+            return np.zeros((*acts.shape[:-1], 0))
+        coef, *_ = np.linalg.lstsq(self.vectors.T, acts.reshape(-1, acts.shape[-1]).T, rcond=None)
+        return coef.T.reshape(*acts.shape[:-1], len(self))
+
+    def reconstruct(self, coefficients: Any) -> np.ndarray:
+        return np.asarray(coefficients) @ self.vectors
+
+
+def residual_sites(model: Any) -> list[str]:
+    """Every residual site, in order: each layer's resid_pre and resid_mid, then the last resid_post."""
+    n = int(model.config.n_layers)
+    sites = [f"blocks.{layer}.hook_resid_{stage}" for layer in range(n) for stage in ("pre", "mid")]
+    return sites + [f"blocks.{n - 1}.hook_resid_post"] if n else sites
+
+
+def _site_position(site: str) -> tuple[int, int]:
+    """(layer, stage) of a residual site: stage 0 before attention, 1 before the MLP, 2 after it."""
+    parts = site.split(".")
+    if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise CircuitError(f"unknown residual site {site!r}; expected blocks.<layer>.hook_resid_pre|mid|post")
+    stage = {"hook_resid_pre": 0, "hook_resid_mid": 1, "hook_resid_post": 2}.get(parts[2])
+    if stage is None:
+        raise CircuitError(f"unknown residual site {site!r}; expected hook_resid_pre, _mid or _post")
+    return int(parts[1]), stage
+
+
+def feature_dictionary(model: Any, site: str) -> FeatureDictionary:
+    """The true features present at `site` (see the module docstring)."""
+    layer, stage = _site_position(site)
+    if not 0 <= layer < int(model.config.n_layers):
+        raise CircuitError(f"site {site!r}: the model has {model.config.n_layers} layers")
+    ann = model.annotation
+    if ann is None:
+        raise CircuitError("feature_dictionary needs a model with an annotation")
+    present: set[str] = set()
+    for b in ann.blocks:
+        before = (
+            b.component in ("embed", "pos_embed")
+            or (b.layer is not None and b.layer < layer)
+            or (b.layer == layer and (stage >= 2 or (stage == 1 and b.component == "attn")))
+        )
+        if before:
+            present |= set(b.writes)
+    labels, basis = labelled_basis(model)
+    keep = [i for i, lab in enumerate(labels) if lab in present]
+    names = [labels[i] for i in keep]
+    variables = label_variables(labels)
+    vectors = basis[keep] if keep else np.zeros((0, basis.shape[1]))
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms > 0, norms, 1.0)
+    return FeatureDictionary(site, tuple(names), tuple(Direction.parse(n, variables) for n in names), vectors)
+
+
+@dataclasses.dataclass(frozen=True)
+class DictionaryScore:
+    """How well a learned dictionary recovers the true features of one site."""
+
+    mean_max_cosine: float  # over true features: the best cosine any latent reaches
+    recovered: float  # fraction of true features whose one-to-one matched latent reaches RECOVERED_COSINE
+    matched_cosine: dict[str, float]  # true feature -> cosine of its matched latent (nan: no latent left)
+    missing: list[str]  # true features no latent recovers
+    split: dict[str, list[int]]  # true feature -> the several latents that each recover it
+    merged: dict[int, list[str]]  # latent -> the several features it is close to (MERGED_COSINE)
+    unmatched: list[int]  # latents matched to no true feature (or below MERGED_COSINE to all)
+
+    @property
+    def perfect(self) -> bool:
+        return self.recovered == 1.0 and not (self.split or self.merged or self.unmatched)
+
+    def describe(self) -> str:
+        lines = [f"mean max cosine {self.mean_max_cosine:.3f}, recovered {self.recovered:.1%}"]
+        if self.missing:
+            lines.append(f"missing ({len(self.missing)}): {', '.join(self.missing[:8])}")
+        for feat, latents in list(self.split.items())[:8]:
+            lines.append(f"split: {feat} by latents {latents}")
+        for latent, feats in list(self.merged.items())[:8]:
+            lines.append(f"merged: latent {latent} spans {', '.join(feats)}")
+        if self.unmatched:
+            lines.append(f"unmatched latents ({len(self.unmatched)}): {self.unmatched[:8]}")
+        return "\n".join(lines)
+
+
+def score_dictionary(
+    decoder: Any, truth: FeatureDictionary, *, ignore: Sequence[str] = ("one",)
+) -> DictionaryScore:
+    """Score decoder directions `[n_latents, d_model]` (in the model's residual coordinates) against the
+    site's true features (the constant `one` is left out by default: it is a bias, not a feature)."""
+    from scipy.optimize import linear_sum_assignment
+
+    dec = np.asarray(decoder, dtype=np.float64)
+    if dec.ndim != 2 or dec.shape[1] != truth.vectors.shape[1]:
+        raise CircuitError(f"decoder must be [n_latents, {truth.vectors.shape[1]}], got {list(dec.shape)}")
+    if not np.isfinite(dec).all():
+        raise CircuitError("decoder holds non-finite values")
+    keep = [i for i, lab in enumerate(truth.labels) if lab not in set(ignore)]
+    labels = [truth.labels[i] for i in keep]
+    true = truth.vectors[keep]
+    norms = np.linalg.norm(dec, axis=1, keepdims=True)
+    unit = dec / np.where(norms > 0, norms, 1.0)
+    cos = true @ unit.T  # [n_features, n_latents]
+    if not labels:
+        return DictionaryScore(1.0, 1.0, {}, [], {}, {}, list(range(len(dec))))
+    best = cos.max(axis=1) if cos.shape[1] else np.zeros(len(labels))
+    rows, cols = linear_sum_assignment(-cos) if cos.shape[1] else (np.array([], int), np.array([], int))
+    matched = {labels[r]: float(cos[r, c]) for r, c in zip(rows, cols, strict=True)}
+    matched_cos = {lab: matched.get(lab, float("nan")) for lab in labels}
+    missing = [lab for lab in labels if not matched_cos[lab] >= RECOVERED_COSINE]
+    split = {labels[r]: [int(c) for c in np.flatnonzero(cos[r] >= RECOVERED_COSINE)]
+             for r in range(len(labels)) if (cos[r] >= RECOVERED_COSINE).sum() > 1}
+    merged = {int(c): [labels[r] for r in np.flatnonzero(cos[:, c] >= MERGED_COSINE)]
+              for c in range(cos.shape[1]) if (cos[:, c] >= MERGED_COSINE).sum() > 1}
+    used = {int(c) for r, c in zip(rows, cols, strict=True) if cos[r, c] >= MERGED_COSINE}
+    ignored = [i for i in range(len(truth)) if i not in keep]
+    if ignored:  # a latent on an ignored direction (the constant `one`) is not an unexplained latent
+        on_ignored = (truth.vectors[ignored] @ unit.T).max(axis=0) >= RECOVERED_COSINE
+        used |= {int(c) for c in np.flatnonzero(on_ignored)}
+    unmatched = [c for c in range(cos.shape[1]) if c not in used and c not in merged
+                 and not any(c in v for v in split.values())]
+    recovered = sum(1 for lab in labels if matched_cos[lab] >= RECOVERED_COSINE) / len(labels)
+    return DictionaryScore(float(best.mean()), recovered, matched_cos, missing, split, merged, unmatched)
+
+
+FEATURES_FORMAT = "rasp_compiler.features"
+
+
+def save_features(model: Any, directory: Any) -> list[FeatureDictionary]:
+    """Write every residual site's true features beside nothing else of this package's: `features.json`
+    (per site: labels, and each label's variable, value and role) and `features.safetensors` (per site
+    `[n_features, d_model]` float32 vectors, keyed by the site name); both readable without this package."""
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    dictionaries = [feature_dictionary(model, site) for site in residual_sites(model)]
+    doc = {
+        "format": FEATURES_FORMAT,
+        "version": 1,
+        "d_model": int(model.config.d_model),
+        "sites": {
+            d.site: [{"label": lab, "variable": x.variable, "value": x.value, "role": x.role}
+                     for lab, x in zip(d.labels, d.directions, strict=True)]
+            for d in dictionaries
+        },
+    }
+    (out / "features.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    save_file({d.site: np.ascontiguousarray(d.vectors, dtype=np.float32) for d in dictionaries},
+              str(out / "features.safetensors"))
+    return dictionaries
