@@ -1,7 +1,8 @@
 """Adapters that hand compiled models and datasets to other tools, run unchanged: auto-circuit
-(`autocircuit`), pyvene (`pyvene_iia`); nnsight needs none (`NNsight(model.to_torch())`), TransformerLens is
-`rasp_compiler.model.export`. Version workarounds live here, never in a user's script. The peers are
-imported only when an adapter is called."""
+(`autocircuit`), pyvene (`pyvene_iia`), SAE-Lens (`saelens`: its own training loop on our activations);
+nnsight needs none (`NNsight(model.to_torch())`), TransformerLens is `rasp_compiler.model.export`.
+Version workarounds live here, never in a user's script. The peers are imported only when an adapter
+is called."""
 
 from verify.interop.autocircuit import ALGORITHMS, AutoCircuitMethod, AutoCircuitTask, autocircuit_task
 from verify.interop.pyvene_iia import pyvene_component, pyvene_interchange_accuracy, pyvene_model

@@ -1,0 +1,91 @@
+"""Sparse autoencoders trained by SAE-Lens itself on a compiled model's activations, for scoring against
+the feature truth (`verify.features.score_dictionary`).
+
+SAE-Lens's `LanguageModelSAETrainingRunner` streams text from a Hugging Face dataset through a
+HookedTransformer; our models take token ids, not text, so that pipeline stops at its dataset step. The
+closest public entry point is its own training loop, `SAETrainer`, which takes any iterator of
+activation batches: the SAE classes, loss, optimizer, schedule and dead-latent bookkeeping are SAE-Lens's,
+unchanged. `site_activations` collects the activations on every input (or a sample) with the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from rasp_compiler.engine import Engine
+from rasp_compiler.model.values import sort_values
+
+__all__ = ["site_activations", "train_sae"]
+
+
+def site_activations(model: Any, site: str, max_inputs: int = 20_000, seed: int = 0) -> np.ndarray:
+    """`[n, d_model]` activations at `site` over every input position but BOS, on every input of every
+    length when there are at most `max_inputs` inputs, else on `max_inputs` random ones."""
+    vocab = sort_values(model.codec.vocab)
+    n = int(model.config.max_seq_len)
+    total = sum(len(vocab) ** k for k in range(1, n + 1))
+    rng = np.random.default_rng(seed)
+    by_length: dict[int, list[list[Any]]] = {}
+    if total <= max_inputs:
+        rows: list[list[Any]] = [[]]
+        for length in range(1, n + 1):
+            rows = [r + [t] for r in rows for t in vocab]
+            by_length[length] = rows
+    else:
+        for _ in range(max_inputs):
+            length = int(rng.integers(1, n + 1))
+            by_length.setdefault(length, []).append([vocab[i] for i in rng.integers(0, len(vocab), length)])
+    engine = Engine(model, threads=1)
+    out = []
+    for group in by_length.values():
+        ids = np.array([model.codec.encode([model.codec.bos, *x]) for x in group], dtype=np.int64)
+        _, cache = engine.run_with_cache(ids, names=[site])
+        out.append(np.asarray(cache[site])[:, 1:].reshape(-1, int(model.config.d_model)))
+    return np.concatenate(out)
+
+
+def train_sae(
+    activations: np.ndarray,
+    d_sae: int,
+    *,
+    l1_coefficient: float = 0.5,
+    samples: int = 200_000,
+    batch_size: int = 512,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> Any:
+    """A SAE-Lens `StandardTrainingSAE` trained by SAE-Lens's `SAETrainer` on rows of `activations`
+    (drawn uniformly with `seed`); its decoder is `sae.W_dec` `[d_sae, d_model]`."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # SAE-Lens imports TransformerLens 3's deprecated `utils` module
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
+        from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    acts = torch.as_tensor(np.asarray(activations), dtype=torch.float32)
+    torch.manual_seed(seed)
+    sae = StandardTrainingSAE(
+        StandardTrainingSAEConfig(d_in=acts.shape[1], d_sae=d_sae, l1_coefficient=l1_coefficient)
+    )
+
+    def batches() -> Iterator[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            yield acts[torch.randint(0, acts.shape[0], (batch_size,), generator=g)]
+
+    cfg = SAETrainerConfig(
+        total_training_samples=samples,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr,
+        device="cpu",
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=10,
+    )
+    return SAETrainer(cfg, sae, batches()).fit()
