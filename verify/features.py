@@ -32,7 +32,9 @@ from verify.circuit import CircuitError
 __all__ = [
     "DictionaryScore",
     "FeatureDictionary",
+    "ProbeResult",
     "feature_dictionary",
+    "probe_accuracy",
     "residual_sites",
     "save_features",
     "score_dictionary",
@@ -211,3 +213,63 @@ def save_features(model: Any, directory: Any) -> list[FeatureDictionary]:
     save_file({d.site: np.ascontiguousarray(d.vectors, dtype=np.float32) for d in dictionaries},
               str(out / "features.safetensors"))
     return dictionaries
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """A linear probe for one categorical variable at one site: held-out accuracy, the majority-class
+    baseline, and whether the truth says the variable is written there (then it must read it exactly)."""
+
+    variable: str
+    site: str
+    accuracy: float
+    chance: float
+    present: bool
+    n_train: int
+    n_test: int
+
+
+def probe_accuracy(model: Any, program: Any, site: str, inputs: Sequence[Sequence[Any]], *,
+                   seed: int = 0) -> dict[str, ProbeResult]:
+    """Per categorical variable of the program (tokens and indices included): a logistic-regression probe
+    (scikit-learn) from the site's activations to the variable's value at each non-BOS position, trained
+    on half the positions and scored on the other half. `present` comes from the feature truth: where
+    it is true the probe must read the variable exactly (accuracy 1.0); where false the truth claims
+    nothing (a Map of a present variable is still linearly readable)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from rasp_compiler import rasp
+    from rasp_compiler.engine import Engine
+    from verify.causal.program import ProgramRunner
+
+    truth = feature_dictionary(model, site)
+    written = {d.variable for d in truth.directions if d.value is not None}
+    runner = ProgramRunner(program)
+    engine = Engine(model, threads=1)
+    by_length: dict[int, list[list[Any]]] = {}
+    for x in inputs:
+        by_length.setdefault(len(x), []).append(list(x))
+    acts, values = [], []
+    for group in by_length.values():
+        ids = np.array([model.codec.encode([model.codec.bos, *x]) for x in group], dtype=np.int64)
+        _, cache = engine.run_with_cache(ids, names=[site])
+        acts.append(np.asarray(cache[site])[:, 1:].reshape(-1, int(model.config.d_model)))
+        values += [runner.values(x) for x in group]
+    X = np.concatenate(acts)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(X))
+    train, test = order[: len(X) // 2], order[len(X) // 2:]
+    results: dict[str, ProbeResult] = {}
+    for label, exprs in runner.by_label.items():
+        expr = exprs[0]
+        if not isinstance(expr, rasp.SOp) or rasp.is_numerical(expr):
+            continue
+        y = np.array([repr(v) for vals in values for v in vals[id(expr)]])
+        if len(set(y[train])) < 2:
+            continue  # one value on the training positions: nothing to probe
+        probe = LogisticRegression(max_iter=2000, C=100.0).fit(X[train], y[train])
+        counts = {v: int((y[test] == v).sum()) for v in set(y[test])}
+        accuracy = float((probe.predict(X[test]) == y[test]).mean())
+        chance = max(counts.values()) / len(test)
+        results[label] = ProbeResult(label, site, accuracy, chance, label in written, len(train), len(test))
+    return results

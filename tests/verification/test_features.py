@@ -86,3 +86,19 @@ def test_bad_sites_and_decoders_are_refused() -> None:
         features.score_dictionary(np.zeros((3, 5)), truth)
     with pytest.raises(features.CircuitError, match="non-finite"):
         features.score_dictionary(np.full((3, truth.vectors.shape[1]), np.nan), truth)
+
+
+def test_linear_probes_read_every_variable_exactly_where_the_truth_puts_it() -> None:
+    from rasp_compiler.compiler.preconditions import all_inputs
+
+    model, program, _ = _setup("sort")
+    entry = LIBRARY["sort"]
+    inputs = list(all_inputs(entry.vocab, entry.max_seq_len))
+    sites = features.residual_sites(model)
+    for site in sites:
+        for name, r in features.probe_accuracy(model, program, site, inputs).items():
+            if r.present:
+                assert r.accuracy == 1.0, (site, name, r)
+    first = features.probe_accuracy(model, program, sites[0], inputs)
+    assert not first["sort"].present and first["sort"].accuracy < 0.9  # not computed yet: not readable
+    assert first["sort"].accuracy > first["sort"].chance  # (though partly guessable from the tokens)
