@@ -19,7 +19,14 @@ from verify.circuit import node_kind
 from verify.dataset import CausalError, Dataset, decode_outputs, is_numerical_output
 from verify.truth import annotation_dict
 
-__all__ = ["Alignment", "IIAResult", "ground_truth_alignments", "iia_of_outputs", "interchange_accuracy"]
+__all__ = [
+    "Alignment",
+    "IIAResult",
+    "counterfactuals",
+    "ground_truth_alignments",
+    "iia_of_outputs",
+    "interchange_accuracy",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +157,35 @@ def interchange_accuracy(
     return iia_of_outputs(model, alignment, base, source, program, out, backend=used, atol=atol)
 
 
+def counterfactuals(
+    alignment: Alignment, base: Sequence[Sequence[Any]], source: Sequence[Sequence[Any]], program: Any
+) -> list[tuple[list[Any] | None, bool]]:
+    """Per (base, source) pair: the program's output on base with `alignment.variable` taking its source
+    values at the alignment's positions (None where the program is then undefined), and whether the swap
+    changed nothing (the variable has the same values there)."""
+    base, source = _as_inputs(base), _as_inputs(source)
+    prog = ProgramRunner(program)
+    targets = prog.exprs(alignment.variable)
+    n = len(base[0])
+    positions = list(range(n)) if alignment.positions is None else list(alignment.positions)
+    out: list[tuple[list[Any] | None, bool]] = []
+    for xs, src in zip(base, source, strict=True):
+        sv = prog.values(src)
+        cv = prog.values(xs)
+        glob = {}
+        for t in targets:
+            new = list(cv[id(t)])
+            for p in positions:
+                new[p] = sv[id(t)][p]
+            glob[id(t)] = new
+        same = all(glob[id(t)] == list(cv[id(t)]) for t in targets)
+        try:
+            out.append((prog.run(xs, None, glob)[id(prog.program)], same))
+        except rasp.RASPEvaluationError:
+            out.append((None, same))
+    return out
+
+
 def iia_of_outputs(
     model: Any,
     alignment: Alignment,
@@ -163,28 +199,12 @@ def iia_of_outputs(
 ) -> IIAResult:
     """The interchange accuracy of patched model outputs `[B, T, V]` (however they were computed: the
     engine, PyTorch hooks, or another tool such as pyvene) against the evaluator with the same swap."""
-    base, source = _as_inputs(base), _as_inputs(source)
-    prog = ProgramRunner(program)
-    targets = prog.exprs(alignment.variable)
-    n = len(base[0])
-    positions = list(range(n)) if alignment.positions is None else list(alignment.positions)
     decoded = decode_outputs(model, np.asarray(out))
     agree: list[bool] = []
     undefined = 0
     vacuous = 0
-    for xs, src, got in zip(base, source, decoded, strict=True):
-        sv = prog.values(src)
-        cv = prog.values(xs)
-        glob = {}
-        for t in targets:
-            new = list(cv[id(t)])
-            for p in positions:
-                new[p] = sv[id(t)][p]
-            glob[id(t)] = new
-        same = all(glob[id(t)] == list(cv[id(t)]) for t in targets)
-        try:
-            want = prog.run(xs, None, glob)[id(prog.program)]
-        except rasp.RASPEvaluationError:
+    for got, (want, same) in zip(decoded, counterfactuals(alignment, base, source, program), strict=True):
+        if want is None:
             undefined += 1
             continue
         agree.append(all(positions_equal(got, want, is_numerical_output(model), atol)))

@@ -5,13 +5,21 @@ Version workarounds live here, never in a user's script. The peers are imported 
 is called."""
 
 from verify.interop.autocircuit import ALGORITHMS, AutoCircuitMethod, AutoCircuitTask, autocircuit_task
-from verify.interop.pyvene_iia import pyvene_component, pyvene_interchange_accuracy, pyvene_model
+from verify.interop.pyvene_iia import (
+    DASResult,
+    das_alignment,
+    pyvene_component,
+    pyvene_interchange_accuracy,
+    pyvene_model,
+)
 
 __all__ = [
     "ALGORITHMS",
     "AutoCircuitMethod",
     "AutoCircuitTask",
     "autocircuit_task",
+    "DASResult",
+    "das_alignment",
     "pyvene_component",
     "pyvene_interchange_accuracy",
     "pyvene_model",

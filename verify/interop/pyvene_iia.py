@@ -13,17 +13,18 @@ sums the heads) and is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import warnings
 from typing import Any
 
 import numpy as np
 
-from verify.causal.interchange import Alignment, IIAResult, iia_of_outputs
+from verify.causal.interchange import Alignment, IIAResult, counterfactuals, iia_of_outputs
 from verify.circuit import node_kind
 from verify.dataset import CausalError, Dataset
 
-__all__ = ["pyvene_component", "pyvene_interchange_accuracy", "pyvene_model"]
+__all__ = ["DASResult", "das_alignment", "pyvene_component", "pyvene_interchange_accuracy", "pyvene_model"]
 
 
 def pyvene_model(model: Any) -> Any:
@@ -93,3 +94,88 @@ def pyvene_interchange_accuracy(model: Any, alignment: Alignment, dataset: Datas
         )
     return iia_of_outputs(model, alignment, dataset.clean, dataset.corrupt, dataset.program,
                           out.detach().numpy(), backend="pyvene")
+
+
+@dataclasses.dataclass(frozen=True)
+class DASResult:
+    """A subspace learned by distributed alignment search (pyvene's LowRankRotatedSpaceIntervention)
+    for one variable: its held-out interchange accuracy, and the cosines of the principal angles between
+    it and the variable's true subspace (1: the same direction; 0: orthogonal)."""
+
+    alignment: Alignment
+    iia: IIAResult
+    principal_cosines: tuple[float, ...]
+    basis: np.ndarray  # [d_model, k], the learned subspace in residual coordinates
+    final_loss: float
+
+
+def das_alignment(
+    model: Any,
+    alignment: Alignment,
+    train: Dataset,
+    test: Dataset,
+    *,
+    steps: int = 120,
+    batch_size: int = 32,
+    lr: float = 3e-2,
+    seed: int = 0,
+) -> DASResult:
+    """Learn, with pyvene, a rotation whose first k coordinates (k = the true subspace's size) carry the
+    alignment's variable at the alignment's writer output, one rotation shared by every position (a
+    representation per position, linked); trained so that the swapped run gives the program's
+    counterfactual output (cross-entropy on the output columns; categorical outputs). Scored on `test`
+    by `iia_of_outputs` and by principal angles against the true subspace."""
+    import pyvene as pv
+    import torch
+
+    if model.codec.output_encoding != "categorical":
+        raise CausalError("das_alignment trains on categorical outputs (cross-entropy on W_U columns)")
+    layer, component = pyvene_component(model, alignment.component)
+    labels = list(model.config.residual_labels)
+    k = len(alignment.subspace)
+    length = int(np.asarray(train.clean_ids).shape[1])
+    torch.manual_seed(seed)
+    reps = [pv.RepresentationConfig(layer, component, "pos", 1, low_rank_dimension=k, intervention_link_key=0)
+            for _ in range(length)]
+    rotated = pv.LowRankRotatedSpaceIntervention
+    config = pv.IntervenableConfig(representations=reps, intervention_types=rotated)
+    intervenable = pv.IntervenableModel(config, pyvene_model(model))
+    columns = {repr(v): i for i, v in enumerate(model.codec.output_values)}
+    pairs = counterfactuals(alignment, train.clean, train.corrupt, train.program)
+    keep = [i for i, (want, _) in enumerate(pairs) if want is not None]
+    targets = torch.tensor([[columns[repr(v)] for v in pairs[i][0]] for i in keep])
+    base_all = torch.as_tensor(np.asarray(train.clean_ids))[keep]
+    source_all = torch.as_tensor(np.asarray(train.corrupt_ids))[keep]
+    params = list({id(q): q for iv in intervenable.interventions.values()
+                   for q in (iv[0] if isinstance(iv, tuple) else iv).parameters()}.values())
+    optimizer = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    loss = torch.tensor(float("nan"))
+
+    def run(base: Any, source: Any) -> Any:
+        where = [[[p]] * len(base) for p in range(length)]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Use of index_put_ on expanded tensors")
+            return intervenable({"tokens": base}, [{"tokens": source}],
+                                unit_locations={"sources->base": (where, where)})[1]
+
+    for _ in range(steps):
+        idx = torch.randint(0, len(keep), (min(batch_size, len(keep)),), generator=generator)
+        out = run(base_all[idx], source_all[idx])
+        logits = out[:, 1:].reshape(-1, out.shape[-1])  # BOS is no output
+        loss = torch.nn.functional.cross_entropy(logits, targets[idx].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        out = run(torch.as_tensor(np.asarray(test.clean_ids)), torch.as_tensor(np.asarray(test.corrupt_ids)))
+    iia = iia_of_outputs(model, alignment, test.clean, test.corrupt, test.program, out.numpy(),
+                         backend="pyvene-das")
+    first = next(iter(intervenable.interventions.values()))
+    rotation = (first[0] if isinstance(first, tuple) else first).rotate_layer.weight.detach().numpy()
+    true = np.zeros((len(labels), k))
+    for j, label in enumerate(alignment.subspace):
+        true[labels.index(label), j] = 1.0
+    q_learned, _ = np.linalg.qr(rotation)
+    cosines = np.linalg.svd(q_learned.T @ true, compute_uv=False)
+    return DASResult(alignment, iia, tuple(float(c) for c in cosines), rotation, float(loss.detach()))
