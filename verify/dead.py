@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from rasp_compiler.compiler.preconditions import all_inputs, count_inputs
 from rasp_compiler.engine import Engine
 from rasp_compiler.model.names import writer_hook
-from rasp_compiler.model.values import sort_values
 from verify.circuit import Circuit, Edge, node_kind
 from verify.truth import ground_truth
 
@@ -41,16 +41,9 @@ class DeadEdges:
 
 
 def _inputs(model: Any, max_inputs: int) -> list[list[Any]] | None:
-    vocab = sort_values(model.codec.vocab)
-    n = int(model.config.max_seq_len)
-    if sum(len(vocab) ** k for k in range(1, n + 1)) > max_inputs:
-        return None
-    out: list[list[Any]] = [[]]
-    every: list[list[Any]] = []
-    for _ in range(n):
-        out = [x + [t] for x in out for t in vocab]
-        every += out
-    return every
+    """Every input (lengths 1..max_seq_len), or None when there are more than `max_inputs`."""
+    vocab, n = model.codec.vocab, int(model.config.max_seq_len)
+    return None if count_inputs(len(vocab), n) > max_inputs else list(all_inputs(vocab, n))
 
 
 def _read_matrix(model: Any, reader: str, inp: str) -> np.ndarray:

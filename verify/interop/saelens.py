@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rasp_compiler.compiler.preconditions import all_inputs, count_inputs
 from rasp_compiler.engine import Engine
 from rasp_compiler.model.values import sort_values
 
@@ -24,17 +25,13 @@ __all__ = ["site_activations", "train_sae"]
 def site_activations(model: Any, site: str, max_inputs: int = 20_000, seed: int = 0) -> np.ndarray:
     """`[n, d_model]` activations at `site` over every input position but BOS, on every input of every
     length when there are at most `max_inputs` inputs, else on `max_inputs` random ones."""
-    vocab = sort_values(model.codec.vocab)
-    n = int(model.config.max_seq_len)
-    total = sum(len(vocab) ** k for k in range(1, n + 1))
-    rng = np.random.default_rng(seed)
+    vocab, n = sort_values(model.codec.vocab), int(model.config.max_seq_len)
     by_length: dict[int, list[list[Any]]] = {}
-    if total <= max_inputs:
-        rows: list[list[Any]] = [[]]
-        for length in range(1, n + 1):
-            rows = [r + [t] for r in rows for t in vocab]
-            by_length[length] = rows
+    if count_inputs(len(vocab), n) <= max_inputs:
+        for x in all_inputs(vocab, n):
+            by_length.setdefault(len(x), []).append(x)
     else:
+        rng = np.random.default_rng(seed)
         for _ in range(max_inputs):
             length = int(rng.integers(1, n + 1))
             by_length.setdefault(length, []).append([vocab[i] for i in rng.integers(0, len(vocab), length)])
