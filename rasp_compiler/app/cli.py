@@ -304,9 +304,54 @@ def _ablation_truth(model: Any, args: argparse.Namespace) -> Any:
     return causal.necessary_edges(model, data, args.ablation).circuit
 
 
+def _verify_dictionary(model: Any, args: argparse.Namespace) -> int:
+    """`verify MODEL dictionary.safetensors --site S`: a learned dictionary against the true features."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from verify import features
+
+    if not args.site:
+        sites = ", ".join(features.residual_sites(model))
+        raise CLIError(f"scoring a dictionary needs --site (one of: {sites})")
+    path = Path(args.circuit)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CLIError(f"{path}: not a readable safetensors file ({e})") from None
+    d_model = int(model.config.d_model)
+    if args.tensor:
+        if args.tensor not in tensors:
+            raise CLIError(f"{path} has no tensor {args.tensor!r} (it has: {', '.join(sorted(tensors))})")
+        decoder = tensors[args.tensor]
+    else:
+        fits = {k: v for k, v in tensors.items() if v.ndim == 2 and v.shape[1] == d_model}
+        if len(fits) != 1:
+            found = ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(tensors.items()))
+            raise CLIError(f"{path}: name the decoder with --tensor (tensors [n, {d_model}]: {len(fits)}; "
+                           f"found: {found})")
+        decoder = next(iter(fits.values()))
+    try:
+        truth = features.feature_dictionary(model, args.site)
+        result = features.score_dictionary(decoder, truth)
+    except CircuitError as e:
+        raise CLIError(str(e)) from None
+    if args.json:
+        print(json.dumps({"mean_max_cosine": result.mean_max_cosine, "recovered": result.recovered,
+                          "missing": result.missing, "split": result.split,
+                          "merged": {str(k): v for k, v in result.merged.items()},
+                          "unmatched": result.unmatched}, indent=1, sort_keys=True))
+        return 0
+    print(f"dictionary {path} ({decoder.shape[0]} latents) vs the {len(truth)} true features at {args.site}:")
+    print(result.describe())
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model)
+    if str(args.circuit).endswith(".safetensors"):
+        return _verify_dictionary(model, args)
     structural = verify.ground_truth(model)
     try:
         circuit, scores, form = read_circuit_file(args.circuit, structural, args.threshold)
@@ -649,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="score a discovered circuit against a model's truth",
         description="Score a discovered circuit file (verify JSON, ACDC, auto-circuit, EAP-IG, or "
-        "edge names/scores) against the model's ground truth.",
+        "edge names/scores) against the model's ground truth; or a learned dictionary "
+        "(.safetensors with a [n_latents, d_model] decoder, --site) against the true features.",
     )
     c.add_argument("model", help="model directory (a suite's models/<id> works)")
     c.add_argument("circuit", help="discovered circuit file (JSON)")
@@ -668,6 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="--truth ablation: dataset seed (default 0)")
     c.add_argument("--merge-embeddings", action="store_true",
                    help="embed and pos_embed as one input (auto-circuit's Resid Start, ACDC's granularity)")
+    c.add_argument("--site", help="a dictionary (.safetensors): the residual site it was trained on")
+    c.add_argument("--tensor", help="a dictionary: the decoder tensor's name ([n_latents, d_model])")
     c.add_argument("--json", action="store_true", help="print the scores as JSON")
     c.set_defaults(func=cmd_verify)
 

@@ -405,3 +405,28 @@ def test_features_writes_files_readable_without_the_package(reverse_dir: Path, t
         np.testing.assert_allclose(np.linalg.norm(vectors[site], axis=1), 1.0, atol=1e-6)
     assert {"label": "reverse:a", "variable": "reverse", "value": "a", "role": None} in doc["sites"][
         "blocks.3.hook_resid_post"]
+
+
+def test_verify_scores_a_dictionary_file_against_the_features(reverse_dir: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from rasp_compiler.model import load
+    from verify import features
+
+    site = "blocks.3.hook_resid_post"
+    truth = features.feature_dictionary(load(reverse_dir), site)
+    vectors = truth.vectors.astype(np.float32)
+    bias = np.zeros(vectors.shape[1], np.float32)
+    save_file({"W_dec": vectors, "b_dec": bias}, str(tmp_path / "perfect.safetensors"))
+    perfect = cli("verify", str(reverse_dir), str(tmp_path / "perfect.safetensors"), "--site", site, "--json")
+    assert perfect.returncode == 0, perfect.stderr
+    assert json.loads(perfect.stdout)["recovered"] == 1.0
+    dropped = truth.vectors[[i for i, lab in enumerate(truth.labels) if lab != "reverse:a"]]
+    save_file({"W_dec": dropped.astype(np.float32)}, str(tmp_path / "dropped.safetensors"))
+    text = cli("verify", str(reverse_dir), str(tmp_path / "dropped.safetensors"), "--site", site)
+    assert text.returncode == 0 and "missing (1): reverse:a" in text.stdout, text.stdout
+    assert_one_line_error(cli("verify", str(reverse_dir), str(tmp_path / "dropped.safetensors")), "--site")
+    two = {"a": dropped.astype(np.float32), "b": dropped.astype(np.float32)}
+    save_file(two, str(tmp_path / "two.safetensors"))
+    assert_one_line_error(cli("verify", str(reverse_dir), str(tmp_path / "two.safetensors"), "--site", site),
+                          "--tensor")
