@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler.compiler.preconditions import all_inputs, count_inputs
-from rasp_compiler.engine import Engine
 from rasp_compiler.model.names import writer_hook
 from verify.circuit import Circuit, Edge, node_kind
+from verify.features import cached_runs
 from verify.truth import ground_truth
 
 __all__ = ["DeadEdges", "dead_edges"]
@@ -62,27 +62,21 @@ def dead_edges(model: Any, max_inputs: int = 20_000, output: str | None = None) 
     inputs = _inputs(model, max_inputs)
     if inputs is None:
         return DeadEdges({}, False, 0)
-    engine = Engine(model, threads=1)
-    bos = model.codec.bos
-    peak: dict[str, float] = {}
-    by_length: dict[int, list[list[Any]]] = {}
-    for x in inputs:
-        by_length.setdefault(len(x), []).append(x)
     edges = [Edge.parse(e) if isinstance(e, str) else e for e in truth.items("edge")]
-    hooks = sorted({writer_hook(e.writer)[0] for e in edges})
-    for group in by_length.values():
-        ids = np.array([model.codec.encode([bos, *x]) for x in group], dtype=np.int64)
-        _, cache = engine.run_with_cache(ids, names=hooks)
+    if not edges:
+        return DeadEdges({}, True, len(inputs))
+    reads = {e: _read_matrix(model, e.reader, e.input) for e in edges}  # once, not per length
+    peak: dict[str, float] = {}
+    for _, cache in cached_runs(model, inputs, sorted({writer_hook(e.writer)[0] for e in edges})):
         for e in edges:
             hook, head = writer_hook(e.writer)
             out = np.asarray(cache[hook])  # every position: BOS is a key and a value heads read
             if head is not None:
                 out = out[:, :, head]
-            read = _read_matrix(model, e.reader, e.input)
+            read = reads[e]
             signal = float(np.abs(out @ read).max(initial=0.0))
             scale = float(np.abs(read).max(initial=0.0)) * max(float(np.abs(out).max(initial=0.0)), 1.0)
-            key = str(e)
-            peak[key] = max(peak.get(key, 0.0), signal / scale if scale else 0.0)
+            peak[str(e)] = max(peak.get(str(e), 0.0), signal / scale if scale else 0.0)
     dead = {
         e: (f"dead: the writer's output read through the reader's weights is zero on all {len(inputs):,} "
             "inputs (the weights connect them; the values never do)")

@@ -20,7 +20,7 @@ merged latents (one latent on several features), and unmatched latents.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "DictionaryScore",
     "FeatureDictionary",
     "ProbeResult",
+    "cached_runs",
     "feature_dictionary",
     "probe_accuracy",
     "residual_sites",
@@ -68,6 +69,22 @@ class FeatureDictionary:
 
     def reconstruct(self, coefficients: Any) -> np.ndarray:
         return np.asarray(coefficients) @ self.vectors
+
+
+def cached_runs(
+    model: Any, inputs: Sequence[Sequence[Any]], names: Sequence[str]
+) -> Iterator[tuple[list[list[Any]], dict[str, Any]]]:
+    """The engine's runs of `inputs` (BOS prepended), one batch per input length: each group of inputs
+    with its cache of the hooks `names`."""
+    from rasp_compiler.engine import Engine
+
+    engine = Engine(model, threads=1)
+    by_length: dict[int, list[list[Any]]] = {}
+    for x in inputs:
+        by_length.setdefault(len(x), []).append(list(x))
+    for group in by_length.values():
+        ids = np.array([model.codec.encode([model.codec.bos, *x]) for x in group], dtype=np.int64)
+        yield group, engine.run_with_cache(ids, names=list(names))[1]
 
 
 def residual_sites(model: Any) -> list[str]:
@@ -239,20 +256,13 @@ def probe_accuracy(model: Any, program: Any, site: str, inputs: Sequence[Sequenc
     from sklearn.linear_model import LogisticRegression
 
     from rasp_compiler import rasp
-    from rasp_compiler.engine import Engine
     from verify.causal.program import ProgramRunner
 
     truth = feature_dictionary(model, site)
     written = {d.variable for d in truth.directions if d.value is not None}
     runner = ProgramRunner(program)
-    engine = Engine(model, threads=1)
-    by_length: dict[int, list[list[Any]]] = {}
-    for x in inputs:
-        by_length.setdefault(len(x), []).append(list(x))
     acts, values = [], []
-    for group in by_length.values():
-        ids = np.array([model.codec.encode([model.codec.bos, *x]) for x in group], dtype=np.int64)
-        _, cache = engine.run_with_cache(ids, names=[site])
+    for group, cache in cached_runs(model, inputs, [site]):
         acts.append(np.asarray(cache[site])[:, 1:].reshape(-1, int(model.config.d_model)))
         values += [runner.values(x) for x in group]
     X = np.concatenate(acts)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler.compiler.preconditions import all_inputs, count_inputs
-from rasp_compiler.engine import Engine
 from rasp_compiler.model.values import sort_values
+from verify.features import cached_runs
 
 __all__ = ["site_activations", "train_sae"]
 
@@ -26,22 +26,15 @@ def site_activations(model: Any, site: str, max_inputs: int = 20_000, seed: int 
     """`[n, d_model]` activations at `site` over every input position but BOS, on every input of every
     length when there are at most `max_inputs` inputs, else on `max_inputs` random ones."""
     vocab, n = sort_values(model.codec.vocab), int(model.config.max_seq_len)
-    by_length: dict[int, list[list[Any]]] = {}
     if count_inputs(len(vocab), n) <= max_inputs:
-        for x in all_inputs(vocab, n):
-            by_length.setdefault(len(x), []).append(x)
+        inputs = list(all_inputs(vocab, n))
     else:
         rng = np.random.default_rng(seed)
-        for _ in range(max_inputs):
-            length = int(rng.integers(1, n + 1))
-            by_length.setdefault(length, []).append([vocab[i] for i in rng.integers(0, len(vocab), length)])
-    engine = Engine(model, threads=1)
-    out = []
-    for group in by_length.values():
-        ids = np.array([model.codec.encode([model.codec.bos, *x]) for x in group], dtype=np.int64)
-        _, cache = engine.run_with_cache(ids, names=[site])
-        out.append(np.asarray(cache[site])[:, 1:].reshape(-1, int(model.config.d_model)))
-    return np.concatenate(out)
+        lengths = rng.integers(1, n + 1, max_inputs)
+        inputs = [[vocab[i] for i in rng.integers(0, len(vocab), int(k))] for k in lengths]
+    d_model = int(model.config.d_model)
+    return np.concatenate([np.asarray(cache[site])[:, 1:].reshape(-1, d_model)
+                           for _, cache in cached_runs(model, inputs, [site])])
 
 
 def train_sae(
