@@ -70,7 +70,8 @@ inline py::array_t<int32_t> check_tokens(const py::handle& obj, const std::strin
   return t;
 }
 
-// The dims dict Python passes (keys as in the contract; pad_token_id optional, -1 when absent/None).
+// The dims dict Python passes (keys as in the contract; pad_token_id optional, -1 when absent/None;
+// causal optional, false when absent).
 inline ModelDims read_dims(const py::dict& dims) {
   auto get = [&](const char* k) { return dims[k].cast<int>(); };
   ModelDims d;
@@ -83,6 +84,7 @@ inline ModelDims read_dims(const py::dict& dims) {
   d.d_vocab = get("d_vocab");
   d.d_vocab_out = get("d_vocab_out");
   d.pad_token_id = dims.contains("pad_token_id") && !dims["pad_token_id"].is_none() ? get("pad_token_id") : -1;
+  d.causal = dims.contains("causal") && dims["causal"].cast<bool>();
   return d;
 }
 

@@ -65,7 +65,7 @@ def make_dataset(
     if distinct and length > len(vocab):
         raise CausalError(f"make_dataset: {length} distinct tokens from a vocab of {len(vocab)}")
     rng = np.random.default_rng(seed)
-    ev = rasp.Evaluator()
+    ev = rasp.Evaluator(causal=model.config.causal)
 
     def draw() -> tuple[list[Any], list[Any]]:
         for _ in range(max_tries):
@@ -95,7 +95,7 @@ def dataset_from_inputs(
     lengths = {len(x) for x in [*clean, *corrupt]}
     if len(lengths) != 1:
         raise CausalError(f"dataset: every input must have one length, got lengths {sorted(lengths)}")
-    ev = rasp.Evaluator()
+    ev = rasp.Evaluator(causal=model.config.causal)
     exp = [ev.evaluate(program, list(x)) for x in clean]
     cexp = [ev.evaluate(program, list(x)) for x in corrupt]
     enc = model.codec.encode

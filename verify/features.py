@@ -260,7 +260,7 @@ def probe_accuracy(model: Any, program: Any, site: str, inputs: Sequence[Sequenc
 
     truth = feature_dictionary(model, site)
     written = {d.variable for d in truth.directions if d.value is not None}
-    runner = ProgramRunner(program)
+    runner = ProgramRunner(program, causal=model.config.causal)
     acts, values = [], []
     for group, cache in cached_runs(model, inputs, [site]):
         acts.append(np.asarray(cache[site])[:, 1:].reshape(-1, int(model.config.d_model)))

@@ -116,8 +116,9 @@ __device__ void copy_block(const Grp& g, float* dst, const float* src, int n) {
 }
 
 // Softmax attention of every (active) head: qkv [T, 3HE] -> z [T, HE], scores/probabilities in P [H, T, T].
+// PAD keys, and keys after the query when causal, get -inf scores.
 __device__ void attention(const Grp& g, const float* qkv, int T, int H, int E, const int32_t* tok, int pad,
-                          const unsigned char* __restrict__ active, bool all_heads, float* P, float* z,
+                          int causal, const unsigned char* __restrict__ active, bool all_heads, float* P, float* z,
                           float* rec_scores, float* rec_pattern) {
   const int ld = 3 * H * E, HE = H * E, TT = T * T;
   const float neg_inf = -INFINITY;
@@ -125,7 +126,7 @@ __device__ void attention(const Grp& g, const float* qkv, int T, int H, int E, c
     const int h = idx / TT, r = idx - h * TT, i = r / T, j = r - i * T;
     if (!all_heads && !active[h]) continue;
     float s;
-    if (pad >= 0 && tok[j] == pad) {
+    if ((causal && j > i) || (pad >= 0 && tok[j] == pad)) {
       s = neg_inf;
     } else {
       const float* qi = qkv + i * ld + h * E;

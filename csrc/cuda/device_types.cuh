@@ -60,7 +60,7 @@ struct LayerDev {
 };
 
 struct ModelDev {
-  int L, D, H, E, M, V, Vin, n_ctx, pad;
+  int L, D, H, E, M, V, Vin, n_ctx, pad, causal;
   const float *w_e, *w_pos, *w_u, *b_u;
   const int* u_rows;
   int n_u_rows;

@@ -400,6 +400,7 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
   md.Vin = d.d_vocab;
   md.n_ctx = d.n_ctx;
   md.pad = d.pad_token_id;
+  md.causal = d.causal ? 1 : 0;
   md.w_e = fw + o_we;
   md.w_pos = fw + o_wpos;
   md.w_u = fw + o_wu;

@@ -53,17 +53,17 @@ struct Scratch {
   float* slot(int w, size_t TD) { return writers.data() + static_cast<size_t>(w) * TD; }
 };
 
-// Softmax attention of one head over one sequence: q, k, v [T, E] -> z [T, E]. Keys that are PAD get
-// -inf scores. Optionally records the scores and the pattern as [T, T].
+// Softmax attention of one head over one sequence: q, k, v [T, E] -> z [T, E]. Keys that are PAD, and
+// keys after the query when causal, get -inf scores. Optionally records the scores and the pattern as [T, T].
 void head_attention(const float* q, const float* k, const float* v, int T, int E, const int32_t* tok, int pad,
-                    float* srow, float* z, float* scores_out, float* pattern_out) {
+                    bool causal, float* srow, float* z, float* scores_out, float* pattern_out) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < T; ++i) {
     const float* qi = q + static_cast<size_t>(i) * E;
     float mx = neg_inf;
     for (int j = 0; j < T; ++j) {
       float s;
-      if (pad >= 0 && tok[j] == pad) {
+      if ((causal && j > i) || (pad >= 0 && tok[j] == pad)) {
         s = neg_inf;
       } else {
         const float* kj = k + static_cast<size_t>(j) * E;
@@ -175,7 +175,7 @@ void forward_one(const Model& m, const int32_t* tok, int T, int b, Scratch& s, f
       split_head(s.qkv.data(), T, H, E, h, s.q.data(), s.k.data(), s.v.data());
       float* sc = (r && r->scores) ? r->scores + (static_cast<size_t>(b) * H + h) * T * T : nullptr;
       float* pt = (r && r->pattern) ? r->pattern + (static_cast<size_t>(b) * H + h) * T * T : nullptr;
-      head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, s.srow.data(), s.z.data(), sc,
+      head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, d.causal, s.srow.data(), s.z.data(), sc,
                      pt);
       affine_rows(L.wo[h], nullptr, s.z.data(), res, T);
       if (r) {
@@ -356,7 +356,7 @@ const float* patched_one(const Model& m, const int32_t* tok, int T, int b, const
           float* dsts[3] = {s.q.data(), s.k.data(), s.v.data()};
           for (int i = 0; i < 3; ++i)
             if (has_delta[i]) add_n(dsts[i], dprod[i], TE);
-          head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, s.srow.data(), s.z.data(),
+          head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, d.causal, s.srow.data(), s.z.data(),
                          nullptr, nullptr);
           float* slot = s.slot(w, TD);
           affine_rows(L.wo[h], nullptr, s.z.data(), slot, T);

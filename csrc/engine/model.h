@@ -13,6 +13,7 @@ struct ModelDims {
   int n_layers = 0, d_model = 0, n_heads = 0, d_head = 0, d_mlp = 0;
   int n_ctx = 0, d_vocab = 0, d_vocab_out = 0;
   int pad_token_id = -1;  // -1: the model has no pad token
+  bool causal = false;    // every head masked to keys at or before the query
 
   // Component numbering shared by patches, caches and backends.
   //   writers: 0 embed, 1 pos_embed, then per layer l: heads 2 + l*(H+1) + h, MLP 2 + l*(H+1) + H

@@ -181,6 +181,7 @@ def assemble(
         residual_labels=list(res.labels),
         pad_token_id=codec.pad_id,
         bos_token_id=codec.bos_id,
+        causal=options.causal,
     )
     ops = _op_annotations(graph, values, res, assumptions or {})
     return Assembled(config, weights, codec, Annotation(out_label, ops, tuple(ann_blocks)))

@@ -17,6 +17,7 @@ from rasp_compiler.compiler.graph import ProgramGraph, build_graph
 from rasp_compiler.compiler.layout import allocate_layers
 from rasp_compiler.compiler.options import CompileError, CompilerOptions, UnsupportedProgramError
 from rasp_compiler.compiler.preconditions import check_preconditions
+from rasp_compiler.compiler.prefixes import check_prefix_consistency
 from rasp_compiler.compiler.spaces import Residual, build_residual
 from rasp_compiler.compiler.validate import validate
 from rasp_compiler.compiler.values import ValueSets, infer_values
@@ -52,6 +53,7 @@ def compile_graph(graph: ProgramGraph, options: CompilerOptions) -> CompiledGrap
     validate(graph, options)
     values = infer_values(graph, options)
     assumed = check_preconditions(graph, values, options)
+    check_prefix_consistency(graph, values, options)
     fusion = plan_fusion(graph, values, options)
     residual = build_residual(graph, values, fusion, options)
     blocks = build_blocks(graph, values, residual, fusion, options)
@@ -95,9 +97,8 @@ def compile_rasp_to_model(
     mlp_exactness: float = 100,
     **kwargs: Any,
 ) -> CompiledModel:
-    """tracr's signature. Extra keyword arguments go to CompilerOptions (`causal` is not supported)."""
-    if kwargs.pop("causal", False):
-        raise CompileError("causal compilation is not supported")
+    """tracr's signature (`causal=True` for a decoder-only model). Extra keyword arguments go to
+    CompilerOptions."""
     options = tracr_options(vocab, max_seq_len, compiler_bos, compiler_pad, mlp_exactness, **kwargs)
     return compile(program, options)
 

@@ -41,6 +41,9 @@ class CompilerOptions:
     fuse_maps: compute `Map(f, C)` and an elementwise C read only by it in one MLP (one layer less
       per fused pair; C then has no residual directions; the annotation lists both ops on the MLP).
     fold_embeddings: compute SOps that depend only on tokens (or only on indices) in the embeddings.
+    causal: a decoder-only model (every head masked to keys at or before the query), exact against the
+      prefix evaluation `rasp.evaluate_prefixes`; programs that read a value across positions which
+      appending tokens can change are refused (see compiler.prefixes).
     """
 
     vocab: frozenset[Any]
@@ -58,6 +61,7 @@ class CompilerOptions:
     none_as_zero: bool = False
     fuse_maps: bool = False
     fold_embeddings: bool = False
+    causal: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.vocab, (str, bytes)) or not hasattr(self.vocab, "__iter__"):
@@ -75,6 +79,9 @@ class CompilerOptions:
             or self.max_seq_len < 1
         ):
             raise CompileError(f"max_seq_len must be a positive int, got {self.max_seq_len!r}")
+        for flag in ("none_as_zero", "fuse_maps", "fold_embeddings", "causal"):
+            if not isinstance(getattr(self, flag), bool):
+                raise CompileError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if None in self.vocab:
             raise CompileError("the vocab contains None, which is no token: None is what an op yields where "
                                "it has no value (an Aggregate that selects nothing)")

@@ -109,6 +109,7 @@ class Engine:
             for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "d_vocab_out")
         }
         dims["pad_token_id"] = None if self.pad_token_id is None else int(self.pad_token_id)
+        dims["causal"] = bool(getattr(config, "causal", False))
         core_class = _engine.CudaEngineCore if device == "cuda" else _engine.EngineCore
         self._core = core_class(dims, arrays)
         self._patches = PatchEncoder(self.n_layers, self.n_heads, self.d_model, self.residual_labels)

@@ -259,15 +259,27 @@ def _check_codec(config: ModelConfig, codec: Codec) -> None:
                          f"{config.d_vocab_out}")
 
 
-def _softmax_masked(scores: np.ndarray, key_mask: np.ndarray | None) -> np.ndarray:
-    """Softmax over the last axis; keys where key_mask is True get -inf (contract: PAD keys)."""
-    if key_mask is not None:
-        scores = np.where(key_mask[:, None, None, :], -np.inf, scores)
+def _softmax_masked(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Softmax over the last axis; entries where `mask` (broadcast to the scores) is True get -inf."""
+    if mask is not None:
+        scores = np.where(mask, -np.inf, scores)
     m = scores.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     e = np.exp(scores - m)
     s = e.sum(axis=-1, keepdims=True)
     return (e / np.where(s == 0, 1.0, s)).astype(np.float32)
+
+
+def attention_mask(config: ModelConfig, toks: np.ndarray) -> np.ndarray | None:
+    """[B, 1, T, T] True where a query may not attend to a key: PAD keys, and keys after the query in a
+    causal model (None when nothing is masked)."""
+    B, T = toks.shape
+    mask = np.zeros((B, 1, T, T), dtype=bool)
+    if config.pad_token_id is not None:
+        mask |= (toks == config.pad_token_id)[:, None, None, :]
+    if config.causal:
+        mask |= np.triu(np.ones((T, T), dtype=bool), k=1)[None, None]
+    return mask if mask.any() else None
 
 
 def _forward(config: ModelConfig, w: dict[str, np.ndarray], toks: np.ndarray, keep: bool
@@ -280,14 +292,14 @@ def _forward(config: ModelConfig, w: dict[str, np.ndarray], toks: np.ndarray, ke
     if keep:
         cache["hook_embed"] = embed
         cache["hook_pos_embed"] = np.array(pos)
-    key_mask = (toks == config.pad_token_id) if config.pad_token_id is not None else None
+    mask = attention_mask(config, toks)
     for layer in range(config.n_layers):
         a = f"blocks.{layer}.attn."
         q = np.einsum("btm,hmd->bthd", x, w[a + "W_Q"]) + w[a + "b_Q"]
         k = np.einsum("btm,hmd->bthd", x, w[a + "W_K"]) + w[a + "b_K"]
         v = np.einsum("btm,hmd->bthd", x, w[a + "W_V"]) + w[a + "b_V"]
         scores = np.einsum("bqhd,bkhd->bhqk", q, k)
-        pattern = _softmax_masked(scores, key_mask)
+        pattern = _softmax_masked(scores, mask)
         z = np.einsum("bhqk,bkhd->bqhd", pattern, v)
         result = np.einsum("bthd,hdm->bthm", z, w[a + "W_O"])
         attn_out = result.sum(axis=2) + w[a + "b_O"]
@@ -295,8 +307,7 @@ def _forward(config: ModelConfig, w: dict[str, np.ndarray], toks: np.ndarray, ke
             p = f"blocks.{layer}."
             cache[p + "hook_resid_pre"] = x
             cache[a + "hook_q"], cache[a + "hook_k"], cache[a + "hook_v"] = q, k, v
-            cache[a + "hook_attn_scores"] = (np.where(key_mask[:, None, None, :], -np.inf, scores)
-                                             if key_mask is not None else scores)
+            cache[a + "hook_attn_scores"] = np.where(mask, -np.inf, scores) if mask is not None else scores
             cache[a + "hook_pattern"], cache[a + "hook_z"], cache[a + "hook_result"] = pattern, z, result
             cache[p + "hook_attn_out"] = attn_out
         x = x + attn_out

@@ -33,6 +33,7 @@ class ModelConfig:
     act_fn: str = "relu"
     pad_token_id: int | None = None
     bos_token_id: int = 0
+    causal: bool = False  # every head masked to keys at or before the query (a decoder-only model)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads_per_layer", [int(h) for h in self.heads_per_layer])
@@ -80,6 +81,8 @@ class ModelConfig:
         if len(set(self.residual_labels)) != len(self.residual_labels):
             dup = sorted({s for s in self.residual_labels if self.residual_labels.count(s) > 1})
             raise ModelError(f"ModelConfig.residual_labels has duplicates: {dup[:5]}")
+        if not isinstance(self.causal, bool):
+            raise ModelError(f"ModelConfig.causal must be true or false, got {self.causal!r}")
         if self.act_fn != "relu":
             raise ModelError(f"ModelConfig.act_fn must be 'relu', got {self.act_fn!r}")
         if not 0 <= self.bos_token_id < self.d_vocab:

@@ -1,12 +1,13 @@
 """Export a compiled model to TransformerLens (`pip install rasp-compiler[tl]`, transformer-lens 2.x/3.x).
 
 `to_hooked_transformer(model)` builds a `transformer_lens.HookedTransformer` computing the same
-function: no layer norm, bidirectional attention, attention scale 1, ReLU MLPs, our weights copied
-under the same names (`W_E` -> `embed.W_E`, `W_pos` -> `pos_embed.W_pos`, `W_U`/`b_U` -> `unembed.*`,
-`blocks.*` unchanged). `use_attn_result`, `use_split_qkv_input` and `use_hook_mlp_in` are on, so
-`blocks.{l}.attn.hook_result`, per-head `hook_{q,k,v}_input` and `hook_mlp_in` exist for edge patching
-(auto-circuit's `patchable_model(..., separate_qkv=True)` needs them). Works with TransformerLens 2.x
-and 3.x (`HookedTransformer`).
+function: no layer norm, bidirectional attention (TL's default causal attention for a model compiled
+with causal=True), attention scale 1, ReLU MLPs, our weights copied under the same names (`W_E` ->
+`embed.W_E`, `W_pos` -> `pos_embed.W_pos`, `W_U`/`b_U` -> `unembed.*`, `blocks.*` unchanged).
+`use_attn_result`, `use_split_qkv_input` and `use_hook_mlp_in` are on, so `blocks.{l}.attn.hook_result`,
+per-head `hook_{q,k,v}_input` and `hook_mlp_in` exist for edge patching (auto-circuit's
+`patchable_model(..., separate_qkv=True)` needs them). Works with TransformerLens 2.x and 3.x
+(`HookedTransformer`).
 
 PAD masking: TransformerLens applies its `attention_mask` only in causal attention, so for a model
 compiled with a PAD token the export adds *permanent* hooks (they survive `reset_hooks()`): a
@@ -85,7 +86,7 @@ def hooked_transformer_config(model: CompiledModel, device: str = "cpu") -> Any:
         d_vocab_out=c.d_vocab_out,
         act_fn="relu",
         normalization_type=None,
-        attention_dir="bidirectional",
+        attention_dir="causal" if c.causal else "bidirectional",
         use_attn_scale=False,
         positional_embedding_type="standard",
         use_attn_result=True,
@@ -185,7 +186,7 @@ def to_transformer_bridge(model: CompiledModel, device: str = "cpu") -> Any:
         d_vocab_out=c.d_vocab_out,
         act_fn="relu",
         normalization_type=None,
-        attention_dir="bidirectional",
+        attention_dir="causal" if c.causal else "bidirectional",
         positional_embedding_type="standard",
         architecture="TransformerLensNative",
         default_prepend_bos=False,

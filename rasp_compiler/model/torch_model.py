@@ -75,7 +75,8 @@ def _param(shape: Sequence[int]) -> nn.Parameter:
 
 
 class Attention(nn.Module):
-    """All heads of one layer: bidirectional softmax attention, no 1/sqrt(d_head) scaling."""
+    """All heads of one layer: softmax attention (bidirectional, or causal when the config says so), no
+    1/sqrt(d_head) scaling."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -87,13 +88,13 @@ class Attention(nn.Module):
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_z, self.hook_result = HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor, key_is_pad: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q = self.hook_q(torch.einsum("btm,hmd->bthd", x, self.W_Q) + self.b_Q)
         k = self.hook_k(torch.einsum("btm,hmd->bthd", x, self.W_K) + self.b_K)
         v = self.hook_v(torch.einsum("btm,hmd->bthd", x, self.W_V) + self.b_V)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k)
-        if key_is_pad is not None:
-            scores = scores.masked_fill(key_is_pad[:, None, None, :], float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
         scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
@@ -126,9 +127,9 @@ class TransformerBlock(nn.Module):
         self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint(), HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor, key_is_pad: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x, key_is_pad)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x, mask)))
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(x)))
 
 
@@ -199,16 +200,27 @@ class HookedCompiledTransformer(nn.Module):
         return tokens.to(device=self.W_E.device, dtype=torch.long)
 
     def forward(self, tokens: Any) -> torch.Tensor:
-        """Token ids `[B, T]` (or `[T]`, read as B = 1) -> `[B, T, d_vocab_out]`. PAD keys are masked."""
+        """Token ids `[B, T]` (or `[T]`, read as B = 1) -> `[B, T, d_vocab_out]`. PAD keys are masked, and
+        keys after the query in a causal model."""
         tokens = self._check_tokens(tokens)
         T = tokens.shape[1]
         embed = self.hook_embed(self.W_E[tokens])
         pos = self.hook_pos_embed(self.W_pos[:T].unsqueeze(0).expand(tokens.shape[0], T, -1))
-        key_is_pad = (tokens == self.cfg.pad_token_id) if self.cfg.pad_token_id is not None else None
+        mask = self._attention_mask(tokens)
         x = embed + pos
         for block in self.blocks:
-            x = block(x, key_is_pad)
+            x = block(x, mask)
         return x @ self.W_U + self.b_U
+
+    def _attention_mask(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """[B, 1, T, T] True where a query may not attend to a key (as model.compiled.attention_mask)."""
+        T = tokens.shape[1]
+        mask = torch.zeros((tokens.shape[0], 1, T, T), dtype=torch.bool, device=tokens.device)
+        if self.cfg.pad_token_id is not None:
+            mask |= (tokens == self.cfg.pad_token_id)[:, None, None, :]
+        if self.cfg.causal:
+            mask |= torch.ones((T, T), dtype=torch.bool, device=tokens.device).triu(1)
+        return mask if bool(mask.any()) else None
 
     # -- hooks, TransformerLens style
 

@@ -80,6 +80,7 @@ __all__ = [
     "Evaluator",
     "DefaultRASPEvaluator",
     "evaluate",
+    "evaluate_prefixes",
     "topological_order",
     "distinct_labels",
     "restart_ids",
@@ -945,11 +946,16 @@ class Evaluator(RASPEvaluator):
 
     `max_seq_len` bounds the input length; `evaluate(..., interventions=...)` replaces an SOp's values
     (all positions via a list, some via {position: value}) as it is computed, so consumers see them.
+    `causal=True` is what a decoder-only model computes: every selector selects no key after its query
+    and `length` at position i is i + 1 (see `evaluate_prefixes` for the reference it is checked against).
     Interventions are keyed by label (an SOp key stands for its label): every expression with that label
     is replaced. The replaced expression itself is still computed (its errors still surface).
     """
 
-    def __init__(self, max_seq_len: int | None = None) -> None:
+    def __init__(self, max_seq_len: int | None = None, causal: bool = False) -> None:
+        if not isinstance(causal, bool):
+            raise RASPTypeError(f"causal must be a bool, got {_describe(causal)}")
+        self.causal = causal
         if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 0):
             raise RASPTypeError(
                 f"max_seq_len must be a non-negative int or None, got {_describe(max_seq_len)}"
@@ -987,13 +993,28 @@ class Evaluator(RASPEvaluator):
         patches = self._resolve_interventions(order, interventions, len(xs))
         values: dict[int, Any] = {}
         for node in order:
-            value = self._handler(node)(node, values, xs)
+            value = self.step(node, values, xs)
             patch = patches.get(id(node))
             if patch is not None:
                 value = _apply_intervention(node, value, patch)
             values[id(node)] = value
         out = values[id(expr)]
         return [list(row) for row in out] if isinstance(expr, Selector) else list(out)
+
+    def step(self, node: RASPExpr, values: dict[int, Any], xs: list[Value]) -> Any:
+        """One expression's value from its children's (in `values`, by id), as `evaluate` computes it."""
+        return self.restrict(node, self._handler(node)(node, values, xs))
+
+    def restrict(self, node: RASPExpr, value: Any) -> Any:
+        """What a causal evaluation keeps of an expression's value: a selector selects no key after its
+        query and `length` at position i is i + 1. The value itself when not causal."""
+        if not self.causal:
+            return value
+        if isinstance(node, Selector):
+            return [[bool(b) and k <= q for k, b in enumerate(row)] for q, row in enumerate(value)]
+        if isinstance(node, LengthType):
+            return list(range(1, len(value) + 1))
+        return value
 
     def _check_input(self, xs: Any) -> list[Value]:
         if not isinstance(xs, (list, tuple)):
@@ -1285,10 +1306,25 @@ def evaluate(
     *,
     max_seq_len: int | None = None,
     interventions: Mapping[RASPExpr | str, Intervention] | None = None,
+    causal: bool = False,
 ) -> Any:
     """Evaluates `program` on `inputs` (no BOS): one value per position, or a `[query][key]` bool matrix.
 
     `interventions={sop_or_label: [v0, v1, ...] | {position: value}}` replaces that SOp's values as it is
-    computed, so everything downstream sees the replacement.
+    computed, so everything downstream sees the replacement. `causal=True`: a decoder-only model's
+    semantics (no selector selects a key after its query; `length` at position i is i + 1).
     """
-    return Evaluator(max_seq_len=max_seq_len).evaluate(program, inputs, interventions=interventions)
+    evaluator = Evaluator(max_seq_len=max_seq_len, causal=causal)
+    return evaluator.evaluate(program, inputs, interventions=interventions)
+
+
+def evaluate_prefixes(
+    program: SOp, inputs: Sequence[Value], *, max_seq_len: int | None = None
+) -> list[Value]:
+    """The reference for a decoder-only model: position i's value is `evaluate(program, inputs[:i+1])[i]`,
+    what the program says at i having seen only tokens 0..i. A causal compile is exact when its output
+    equals this on every input (`evaluate(..., causal=True)` does whenever the compiler accepts)."""
+    _check_expr("evaluate_prefixes", "program", program, SOp)
+    evaluator = Evaluator(max_seq_len=max_seq_len)
+    xs = evaluator._check_input(inputs)
+    return [evaluator.evaluate(program, xs[: i + 1])[i] for i in range(len(xs))]

@@ -79,6 +79,7 @@ class Failure:
     got: list | None = None
     backend: str | None = None
     message: str = ""
+    causal: bool = False  # compiled with causal=True, checked against rasp.evaluate_prefixes
 
     def signature(self) -> str:
         """What makes two failures 'the same bug' while shrinking."""
@@ -88,7 +89,7 @@ class Failure:
 
     def describe(self) -> str:
         head = f"[{self.kind}{'/' + self.backend if self.backend else ''}] vocab={list(self.vocab)} " \
-               f"max_seq_len={self.max_seq_len}"
+               f"max_seq_len={self.max_seq_len}" + (" causal" if self.causal else "")
         lines = [head]
         if self.message:
             lines.append(f"  {_first_line(self.message)}")
@@ -181,9 +182,8 @@ def available_backends() -> tuple[str, ...]:
     return tuple(out)
 
 
-def _compile(program: Any, vocab: Sequence, max_seq_len: int) -> Any:
-
-    return compiling.compile_rasp_to_model(program, set(vocab), max_seq_len)
+def _compile(program: Any, vocab: Sequence, max_seq_len: int, causal: bool = False) -> Any:
+    return compiling.compile_rasp_to_model(program, set(vocab), max_seq_len, causal=causal)
 
 
 class _Runner:
@@ -228,8 +228,10 @@ class _Runner:
 
 
 def check_program(program: Any, vocab: Sequence, max_seq_len: int, inputs: Sequence[Sequence[Any]],
-                  backends: Sequence[str] = ("numpy",), *, model: Any = None) -> tuple[list[Failure], Any]:
-    """Compile `program` (unless `model` is given) and compare every backend with the evaluator.
+                  backends: Sequence[str] = ("numpy",), *, model: Any = None, causal: bool = False
+                  ) -> tuple[list[Failure], Any]:
+    """Compile `program` (unless `model` is given) and compare every backend with the evaluator
+    (`causal`: compile a decoder-only model and compare with the prefix evaluation).
 
     Returns (failures, model). A compile error or backend crash is one failure; each mismatching
     (input, backend) is one failure.
@@ -237,15 +239,16 @@ def check_program(program: Any, vocab: Sequence, max_seq_len: int, inputs: Seque
     vocab = tuple(vocab)
 
     def fail(kind: str, **kw: Any) -> Failure:
-        return Failure(kind, program, vocab, max_seq_len, **kw)
+        return Failure(kind, program, vocab, max_seq_len, causal=causal, **kw)
 
     if model is None:
         try:
-            model = _compile(program, vocab, max_seq_len)
+            model = _compile(program, vocab, max_seq_len, causal)
         except Exception as e:  # noqa: BLE001 - every compiler failure on a valid program is a finding
             return [fail("compile_error", message=f"{type(e).__name__}: {e}")], None
     numerical = rasp.is_numerical(program)
-    expected = [rasp.evaluate(program, list(xs)) for xs in inputs]
+    reference = rasp.evaluate_prefixes if causal else rasp.evaluate
+    expected = [reference(program, list(xs)) for xs in inputs]
     out: list[Failure] = []
     for backend in backends:
         try:
@@ -268,7 +271,7 @@ def _fails_alike(f: Failure, program: Any, vocab: tuple, max_seq_len: int, xs: l
     backends = (f.backend,) if f.backend else ("numpy",)
     inputs = [xs] if xs is not None else []
     try:
-        found, _ = check_program(program, vocab, max_seq_len, inputs, backends)
+        found, _ = check_program(program, vocab, max_seq_len, inputs, backends, causal=f.causal)
     except Exception:  # noqa: BLE001 - e.g. the evaluator rejects a candidate input: not alike
         return None
     for g in found:
@@ -362,6 +365,7 @@ def save_regression(f: Failure, directory: str | Path, *, found_by: str = "", st
         "source": src,
         "vocab": _jsonable(list(f.vocab)),
         "max_seq_len": f.max_seq_len,
+        **({"causal": True} if f.causal else {}),
         "inputs": [] if f.input is None else [_jsonable(f.input)],
         "expected": None if f.expected is None else _jsonable(f.expected),
         "got": None if f.got is None else _jsonable(f.got),
@@ -405,7 +409,7 @@ def replay_regression(path: str | Path, backends: Sequence[str] | None = None, n
     gp = generate.GeneratedProgram(data["program"], vocab, data["max_seq_len"])
     inputs = [list(x) for x in data["inputs"]] + generate.sample_inputs(gp, n_random, 0)
     failures, _ = check_program(data["program"], vocab, data["max_seq_len"], inputs,
-                                backends or available_backends())
+                                backends or available_backends(), causal=data.get("causal", False) is True)
     return failures
 
 
@@ -455,10 +459,11 @@ def run_compiler_item(item: CompilerItem) -> dict[str, Any]:
     rng = random.Random(item_seed(item.seed, item.index, "inputs"))
     inputs = _inputs_for(gp, item.inputs_per_program, rng)
     try:
-        failures, model = check_program(gp.program, gp.vocab, gp.max_seq_len, inputs, item.backends)
+        failures, model = check_program(gp.program, gp.vocab, gp.max_seq_len, inputs, item.backends,
+                                        causal=gp.causal)
     except Exception as e:  # noqa: BLE001 - e.g. the evaluator itself fails: a finding, not a dead worker
         failures, model = [Failure("crash", gp.program, gp.vocab, gp.max_seq_len, input=None,
-                                   message=f"{type(e).__name__}: {e}")], None
+                                   message=f"{type(e).__name__}: {e}", causal=gp.causal)], None
     records = [
         {"kind": f.kind, "backend": f.backend, "input": f.input, "expected": f.expected, "got": f.got,
          "message": f.message, "signature": f.signature()}
@@ -558,7 +563,8 @@ def run_compiler_campaign(
     for sig, (i, rec) in list(first_of_kind.items())[:max_shrunk]:
         gp = program_for(seed, i, limits)
         f = Failure(rec["kind"], gp.program, gp.vocab, gp.max_seq_len, input=rec["input"],
-                    expected=rec["expected"], got=rec["got"], backend=rec["backend"], message=rec["message"])
+                    expected=rec["expected"], got=rec["got"], backend=rec["backend"], message=rec["message"],
+                    causal=gp.causal)
         small = shrink_failure(f) if shrink else f
         summary.failures.append(small)
         if save_dir is not None:

@@ -100,6 +100,9 @@ class Limits:
     # the output varies over the inputs and every op can change it (a draw that fails is redrawn);
     # False also yields degenerate programs (constant outputs, ops nothing depends on)
     nondegenerate: bool = True
+    # programs for a causal compile: every selector an op attends with is restricted to keys at or before
+    # the query (SelectorAnd with Select(indices, indices, LEQ)), so every op is prefix-consistent
+    causal: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -108,6 +111,7 @@ class Limits:
             (1 <= self.min_seq_len <= self.max_seq_len, "need 1 <= min_seq_len <= max_seq_len"),
             (self.max_depth >= 1 and self.max_layers >= 1, "max_depth and max_layers must be >= 1"),
             (self.max_values >= 2, "max_values must be >= 2"),
+            (not (self.causal and self.constant_sop), "causal programs cannot hold a ConstantSOp"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -650,7 +654,14 @@ class _Builder:
             return None
         return self._aggregate(sel, sop, numerical=False)
 
+    def _causal(self, sel: _SelInfo) -> _SelInfo:
+        """`sel` itself, or for a causal program `sel` restricted to keys at or before the query."""
+        if not self.lim.causal:
+            return sel
+        return self._and(sel, self._select(self.idx, self.idx, "LEQ"))
+
     def _aggregate(self, sel: _SelInfo, sop: _SOpInfo, numerical: bool) -> _SOpInfo | None:
+        sel = self._causal(sel)
         stage = _next_attn(max(sel.stage, sop.stage))
         depth = max(sel.depth, sop.depth) + 1
         if not self._fits(depth, stage):
@@ -674,6 +685,7 @@ class _Builder:
         sel = self._any_selector()
         if sel is None:
             return None
+        sel = self._causal(sel)
         stage = _next_mlp(_next_attn(sel.stage))
         depth = sel.depth + 1
         if not self._fits(depth, stage):
@@ -691,7 +703,7 @@ class _Builder:
     def _step_length(self) -> _SOpInfo | None:
         """The `length` idiom: SelectorWidth(Select(tokens, tokens, TRUE))."""
         tok = self.tok
-        sel = self._select(tok, tok, "TRUE")
+        sel = self._causal(self._select(tok, tok, "TRUE"))  # causal: i + 1 at position i
         stage = _next_mlp(_next_attn(sel.stage))
         if not self._fits(1, stage):
             return None
@@ -740,6 +752,7 @@ class GeneratedProgram:
     vocab: tuple
     max_seq_len: int
     input_length: int | None = None  # set when a ConstantSOp pins the input length
+    causal: bool = False  # made for a causal compile (Limits.causal)
 
     @property
     def lengths(self) -> tuple[int, ...]:
@@ -773,7 +786,8 @@ def is_nondegenerate(gp: GeneratedProgram) -> bool:
         group = by_length.setdefault(len(xs), [])
         if xs not in group:
             group.append(xs)
-    outs = {tuple(xs): rasp.evaluate(gp.program, xs) for group in by_length.values() for xs in group}
+    outs = {tuple(xs): rasp.evaluate(gp.program, xs, causal=gp.causal)
+            for group in by_length.values() for xs in group}
     pairs = [(a, b) for group in by_length.values() for a, b in zip(group, group[1:], strict=False)]
     if not any(not outputs_equal(outs[tuple(a)], outs[tuple(b)], numerical) for a, b in pairs):
         return False
@@ -781,20 +795,23 @@ def is_nondegenerate(gp: GeneratedProgram) -> bool:
     for op in rasp.topological_order(gp.program):
         if isinstance(op, fixed) or op is gp.program:
             continue
-        if not any(_op_changes_output(gp.program, op, a, b, outs[tuple(a)], numerical) for a, b in pairs):
+        if not any(_op_changes_output(gp.program, op, a, b, outs[tuple(a)], numerical, gp.causal)
+                   for a, b in pairs):
             return False
     return True
 
 
-def _op_changes_output(program: Any, op: Any, a: list, b: list, out_a: list, numerical: bool) -> bool:
+def _op_changes_output(
+    program: Any, op: Any, a: list, b: list, out_a: list, numerical: bool, causal: bool
+) -> bool:
     from rasp_compiler.model.outputs import outputs_equal
 
-    own = rasp.evaluate(op, a)
-    for values in (rasp.evaluate(op, b), own[1:] + own[:1]):
+    own = rasp.evaluate(op, a, causal=causal)
+    for values in (rasp.evaluate(op, b, causal=causal), own[1:] + own[:1]):
         if values == own:
             continue
         try:
-            patched = rasp.evaluate(program, a, interventions={op: values})
+            patched = rasp.evaluate(program, a, interventions={op: values}, causal=causal)
         except rasp.RASPEvaluationError:
             return True  # the replaced values break a later op: the op matters
         if not outputs_equal(out_a, patched, numerical):
@@ -830,7 +847,7 @@ def _build_once(c: _Chooser, limits: Limits) -> GeneratedProgram:
         out = b.output()
     fixed = b.fixed_length if any(isinstance(e, rasp.ConstantSOp) for e in rasp.topological_order(out.expr)) \
         else None
-    return GeneratedProgram(out.expr, tuple(vocab), max_seq_len, fixed)
+    return GeneratedProgram(out.expr, tuple(vocab), max_seq_len, fixed, limits.causal)
 
 
 def programs(**limits: Any):

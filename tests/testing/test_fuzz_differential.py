@@ -85,10 +85,10 @@ def test_shrinks_a_planted_compile_error_and_round_trips_it(monkeypatch: pytest.
     """A compiler that rejects SelectorNot: the campaign finds it and shrinks to a few ops."""
     real = fuzz._compile
 
-    def picky(program, vocab, max_seq_len):  # noqa: ANN001, ANN202
+    def picky(program, vocab, max_seq_len, causal=False):  # noqa: ANN001, ANN202
         if any(isinstance(e, rasp.SelectorNot) for e in rasp.topological_order(program)):
             raise RuntimeError("planted: SelectorNot unsupported")
-        return real(program, vocab, max_seq_len)
+        return real(program, vocab, max_seq_len, causal)
 
     monkeypatch.setattr(fuzz, "_compile", picky)
     s = fuzz.run_compiler_campaign(60, 3, backends=("numpy",), save_dir=tmp_path, progress=False)

@@ -123,7 +123,7 @@ def interchange_accuracy(
         raise CausalError(
             f"interchange_accuracy: inputs must share one length, got lengths {sorted(lengths)}"
         )
-    prog = ProgramRunner(program)
+    prog = ProgramRunner(program, causal=model.config.causal)
     targets = prog.exprs(alignment.variable)
     if not isinstance(targets[0], rasp.SOp):
         raise CausalError(f"interchange_accuracy: {alignment.variable!r} is not an SOp")
@@ -158,13 +158,18 @@ def interchange_accuracy(
 
 
 def counterfactuals(
-    alignment: Alignment, base: Sequence[Sequence[Any]], source: Sequence[Sequence[Any]], program: Any
+    alignment: Alignment,
+    base: Sequence[Sequence[Any]],
+    source: Sequence[Sequence[Any]],
+    program: Any,
+    causal: bool = False,
 ) -> list[tuple[list[Any] | None, bool]]:
     """Per (base, source) pair: the program's output on base with `alignment.variable` taking its source
     values at the alignment's positions (None where the program is then undefined), and whether the swap
-    changed nothing (the variable has the same values there)."""
+    changed nothing (the variable has the same values there). `causal`: as a decoder-only model computes
+    it (the model's `config.causal`)."""
     base, source = _as_inputs(base), _as_inputs(source)
-    prog = ProgramRunner(program)
+    prog = ProgramRunner(program, causal=causal)
     targets = prog.exprs(alignment.variable)
     n = len(base[0])
     positions = list(range(n)) if alignment.positions is None else list(alignment.positions)
@@ -203,7 +208,8 @@ def iia_of_outputs(
     agree: list[bool] = []
     undefined = 0
     vacuous = 0
-    for got, (want, same) in zip(decoded, counterfactuals(alignment, base, source, program), strict=True):
+    wanted = counterfactuals(alignment, base, source, program, model.config.causal)
+    for got, (want, same) in zip(decoded, wanted, strict=True):
         if want is None:
             undefined += 1
             continue

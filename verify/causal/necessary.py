@@ -167,7 +167,7 @@ def necessary_edges(
             undetermined[str(e)] = float(np.mean(~decided))
     engine_set = {s for s, f in changed_fraction.items() if f > 0}
 
-    prog = ProgramRunner(inputs.program)
+    prog = ProgramRunner(inputs.program, causal=model.config.causal)
     pieces_of = _edge_parts(mg, truth)
     clean_vals = [prog.values(x) for x in inputs.clean]
     corrupt_vals = [prog.values(x) for x in inputs.corrupt]

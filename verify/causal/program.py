@@ -12,14 +12,14 @@ from verify.dataset import CausalError
 class ProgramRunner:
     """A program's expressions indexed by the compiler's op labels (`rasp.distinct_labels`)."""
 
-    def __init__(self, program: Any) -> None:
+    def __init__(self, program: Any, causal: bool = False) -> None:
         self.program = program
         self.order = rasp.topological_order(program)
         # the compiler's names (`rasp.distinct_labels`: a later op reusing a label is `label#2`, ...)
         self.by_label: dict[str, list[Any]] = {
             label: [e] for e, label in zip(self.order, rasp.distinct_labels(self.order), strict=True)
         }
-        self.ev = rasp.Evaluator()
+        self.ev = rasp.Evaluator(causal=causal)  # causal: what a decoder-only model computes
 
     def exprs(self, label: str) -> list[Any]:
         if label not in self.by_label:
@@ -30,7 +30,7 @@ class ProgramRunner:
         """Every expression's value (by id) on `xs`."""
         vals: dict[int, Any] = {}
         for node in self.order:
-            vals[id(node)] = self.ev._handler(node)(node, vals, xs)
+            vals[id(node)] = self.ev.step(node, vals, xs)
         return vals
 
     def _selector(
@@ -41,12 +41,12 @@ class ProgramRunner:
         if isinstance(sel, rasp.Select):
             keys = k_ov.get(id(sel.keys), vals[id(sel.keys)])
             queries = q_ov.get(id(sel.queries), vals[id(sel.queries)])
-            return [[bool(sel.predicate(k, q)) for k in keys] for q in queries]
+            return self.ev.restrict(sel, [[bool(sel.predicate(k, q)) for k in keys] for q in queries])
         if kind in ("SelectorAnd", "SelectorOr", "SelectorNot"):
             local = dict(vals)
             for child in sel.children:
                 local[id(child)] = self._selector(child, vals, xs, q_ov, k_ov)
-            return self.ev._handler(sel)(sel, local, xs)
+            return self.ev.step(sel, local, xs)
         return vals[id(sel)]
 
     def run(
@@ -64,7 +64,7 @@ class ProgramRunner:
         for node in self.order:
             ov = reader_ov.get(id(node))
             if ov is None:
-                value = self.ev._handler(node)(node, vals, xs)
+                value = self.ev.step(node, vals, xs)
             else:
                 local = dict(vals)
                 for child_id, v in ov.get("in", {}).items():
@@ -75,7 +75,7 @@ class ProgramRunner:
                     )
                     for child_id, v in ov.get("v", {}).items():
                         local[child_id] = v
-                value = self.ev._handler(node)(node, local, xs)
+                value = self.ev.step(node, local, xs)
             if id(node) in global_ov:
                 value = list(global_ov[id(node)])
             vals[id(node)] = value

@@ -141,7 +141,7 @@ def das_alignment(
     config = pv.IntervenableConfig(representations=reps, intervention_types=rotated)
     intervenable = pv.IntervenableModel(config, pyvene_model(model))
     columns = {repr(v): i for i, v in enumerate(model.codec.output_values)}
-    pairs = counterfactuals(alignment, train.clean, train.corrupt, train.program)
+    pairs = counterfactuals(alignment, train.clean, train.corrupt, train.program, model.config.causal)
     keep = [i for i, (want, _) in enumerate(pairs) if want is not None]
     targets = torch.tensor([[columns[repr(v)] for v in pairs[i][0]] for i in keep])
     base_all = torch.as_tensor(np.asarray(train.clean_ids))[keep]
