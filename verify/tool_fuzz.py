@@ -374,6 +374,7 @@ class _Settings:
     n_inputs: int
     seed: int
     as_hooked_transformer: bool
+    causal: bool = False  # the programs are compiled as decoder-only models (generator Limits.causal)
 
 
 def truth_with_reasons(
@@ -471,9 +472,9 @@ def _score_case(
 ) -> ToolCase | str:
     """Compile, build the dataset and the truth, run the tool, score. A string: why it was skipped."""
 
-    gp = generate.GeneratedProgram(program, vocab, max_seq_len, input_length)
+    gp = generate.GeneratedProgram(program, vocab, max_seq_len, input_length, s.causal)
     try:
-        model = compile_rasp_to_model(program, set(vocab), max_seq_len)
+        model = compile_rasp_to_model(program, set(vocab), max_seq_len, causal=s.causal)
     except Exception as e:  # noqa: BLE001 - a compiler failure is not the tool's: skip, counted by reason
         return f"compile error ({type(e).__name__})"
     try:
@@ -588,7 +589,7 @@ def _shrink(tool: Tool, case: ToolCase, s: _Settings, max_rounds: int = 40) -> T
     cur = case
     for _ in range(max_rounds):
         nxt = None
-        gp = generate.GeneratedProgram(cur.program, cur.vocab, cur.max_seq_len, cur.input_length)
+        gp = generate.GeneratedProgram(cur.program, cur.vocab, cur.max_seq_len, cur.input_length, s.causal)
         probe = generate.sample_inputs(gp, 12, 0)
         size = program_size(cur.program)
         for cand in smaller_programs(cur.program):
@@ -702,6 +703,8 @@ def fuzz_tool(
         n_programs = len(gps)
         if use_ray or workers > 1:
             raise ToolFuzzError("workers/ray apply to sampled programs (programs=N); given programs run here")
+        if len({g.causal for g in gps}) > 1:
+            raise ToolFuzzError("programs mix causal and bidirectional ones; fuzz them in separate runs")
     s = _Settings(
         truth,
         ablation,
@@ -713,6 +716,7 @@ def fuzz_tool(
         int(n_inputs),
         int(seed),
         bool(as_hooked_transformer),
+        bool(dict(limits or {}).get("causal", False)) if sampled else any(g.causal for g in gps),
     )
     summary = ToolFuzzSummary(
         name or _tool_name(tool),

@@ -172,7 +172,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     program, vocab, max_seq_len, name = load_program(args.target, args.vocab, args.max_seq_len)
     try:
         model = compiling.compile_rasp_to_model(
-            program, vocab, max_seq_len, compiler_pad=args.pad if args.pad else None
+            program, vocab, max_seq_len, compiler_pad=args.pad if args.pad else None, causal=args.causal
         )
     except (compiling.CompileError, rasp.RASPError) as e:
         raise CLIError(f"cannot compile {name}: {e}") from None
@@ -182,8 +182,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     (out / "circuit.json").write_text(json.dumps(formats.to_json(truth), indent=1, sort_keys=True) + "\n")
     cfg = model.config
     print(
-        f"compiled {name}: {cfg.n_layers} layers, d_model {cfg.d_model}, heads per layer "
-        f"{cfg.heads_per_layer}, MLP widths {cfg.mlp_width_per_layer}, {model.n_params} parameters"
+        f"compiled {name}{' (causal)' if cfg.causal else ''}: {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"heads per layer {cfg.heads_per_layer}, MLP widths {cfg.mlp_width_per_layer}, {model.n_params} "
+        "parameters"
     )
     print(
         f"ground truth: {len(truth.node_names())} components, {len(truth.edges)} edges "
@@ -483,6 +484,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
             rotate=args.rotate,
             compress=args.compress,
             compress_method=args.compress_method,
+            causal=args.causal,
         )
         summary = suite.generate_suite(
             args.n,
@@ -506,6 +508,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     use_ray, ray_address = _ray_choice(args)
     try:
         limits = fuzz.parse_limits(args.limit) | ({"max_ops": args.max_ops} if args.max_ops else {})
+        limits |= {"causal": True} if args.causal else {}
     except ValueError as e:
         raise CLIError(str(e)) from None
     spread = {
@@ -600,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--max-seq-len", type=int, help="longest input (default: the library's, or MAX_SEQ_LEN)")
     c.add_argument("--pad", help="add a padding token with this name")
+    c.add_argument(
+        "--causal",
+        action="store_true",
+        help="a decoder-only model: position i attends to positions 0..i and answers as the program does "
+        "on the first i+1 tokens (refused, naming the op, where the program cannot be computed that way)",
+    )
     c.set_defaults(func=cmd_compile)
 
     c = sub.add_parser(
@@ -688,6 +697,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="pca",
         help="projection for --compress (default pca)",
     )
+    g.add_argument(
+        "--causal",
+        action="store_true",
+        help="decoder-only models: each position attends to itself and earlier ones (checked against "
+        "the prefix evaluation; library programs a causal compile refuses are left out)",
+    )
     c.set_defaults(func=cmd_suite)
 
     c = sub.add_parser(
@@ -769,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("--max-ops", type=int, help="generator steps per program")
         f.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                        help="any generator Limits field, e.g. --limit constant_sop=true --limit max_vocab=6")
+        f.add_argument("--causal", action="store_true",
+                       help="causal programs compiled as decoder-only models (same as --limit causal=true)")
         f.add_argument("--no-shrink", action="store_true", help="do not shrink failing programs")
         f.add_argument(
             "--workers", type=int, help="processes scoring programs (default 1); results do not depend on it"

@@ -109,7 +109,8 @@ class SuiteVariants:
     directions nobody reads; `cancel_pairs`: cancelling head pairs and neuron pairs; `weight_noise`:
     relative noise on nonzero weights (kept only where outputs stay exact); `rotate`: a random
     orthogonal residual basis; `compress`: residual width as a fraction of d_model (None = off),
-    through `compress_method`.
+    through `compress_method`; `causal`: decoder-only models (the library programs a causal compile
+    accepts, generated programs made for it), checked against the prefix evaluation.
     """
 
     multi: int = 1
@@ -120,6 +121,7 @@ class SuiteVariants:
     rotate: bool = False
     compress: float | None = None
     compress_method: str = "pca"
+    causal: bool = False
 
     def __post_init__(self) -> None:
 
@@ -133,6 +135,8 @@ class SuiteVariants:
             raise SuiteError(f"--weight-noise must be in [0, 1], got {self.weight_noise!r}")
         if self.compress is not None and not 0 < self.compress < 1:
             raise SuiteError(f"--compress takes a fraction of d_model in (0, 1), got {self.compress!r}")
+        if not isinstance(self.causal, bool):
+            raise SuiteError(f"causal must be true or false, got {self.causal!r}")
         if self.compress_method not in COMPRESS_METHODS:
             raise SuiteError(
                 f"--compress-method must be one of {COMPRESS_METHODS}, got {self.compress_method!r}"
@@ -209,15 +213,26 @@ def plan(n: int, seed: int, pairs: int = 32, variants: SuiteVariants | None = No
         raise SuiteError(f"--n must be at least 1, got {n}")
     if pairs < 1:
         raise SuiteError(f"pairs must be at least 1, got {pairs}")
-    names = sorted(LIBRARY)
+    v = variants or SuiteVariants()
+    names = [n for n in sorted(LIBRARY) if not v.causal or _compiles_causally(n)]
     n_lib = min(len(names), max(1, n // 2))
     chosen = names if n_lib == len(names) else random.Random(f"suite-library:{seed}").sample(names, n_lib)
-    v = variants or SuiteVariants()
     items = [WorkItem(i, f"{i:04d}-{name}", "library", name, seed, pairs, v) for i, name in enumerate(chosen)]
     items += [
         WorkItem(i, f"{i:04d}-generated", "generated", "generated", seed, pairs, v) for i in range(n_lib, n)
     ]
     return items
+
+
+def _compiles_causally(name: str) -> bool:
+    """Whether a causal compile accepts the library program (the others read across positions a value
+    that later tokens change; `compiler.prefixes`)."""
+    e = LIBRARY[name]
+    try:
+        compiling.compile_rasp_to_model(e.builder(), e.vocab, e.max_seq_len, causal=True)
+    except compiling.CompileError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- one item
@@ -251,13 +266,16 @@ def make_pairs(
     *,
     distinct: bool = False,
     others: dict[str, Any] | None = None,
+    causal: bool = False,
 ) -> list[dict[str, Any]]:
-    """`n` clean/corrupted input pairs of equal length, each with the evaluator's outputs.
+    """`n` clean/corrupted input pairs of equal length, each with the evaluator's outputs (`causal`: the
+    prefix evaluation, `rasp.evaluate_prefixes`, the reference of a decoder-only model).
 
     Corrupted inputs differ from clean ones where possible (resample-ablation datasets); inputs on which
     the evaluator raises (a program undefined there) are redrawn. `others` ({name: program}, the other
     outputs of a multi-output model) adds `outputs_expected: {name: {clean, corrupted}}` to each pair.
     """
+    evaluate = rasp.evaluate_prefixes if causal else rasp.evaluate
 
     vocab = list(vocab)
     lengths = [k for k in lengths if not distinct or k <= len(vocab)]
@@ -279,10 +297,10 @@ def make_pairs(
                 break
             corrupted = draw(k)
         try:
-            ce = rasp.evaluate(program, clean)
-            xe = rasp.evaluate(program, corrupted)
+            ce = evaluate(program, clean)
+            xe = evaluate(program, corrupted)
             extra = {
-                name: {"clean": rasp.evaluate(p, clean), "corrupted": rasp.evaluate(p, corrupted)}
+                name: {"clean": evaluate(p, clean), "corrupted": evaluate(p, corrupted)}
                 for name, p in (others or {}).items()
             }
         except rasp.RASPError:
@@ -359,6 +377,8 @@ def _partners(item: WorkItem, vocab: tuple, distinct: bool, k: int) -> dict[str,
     ]
     random.Random(_item_seed(item, "partners")).shuffle(same)
     pool = same + [n for n in _ANY_VOCAB_PARTNERS if n != item.name and n not in same]
+    if item.variants.causal:
+        pool = [n for n in pool if _compiles_causally(n)]
     return {n: LIBRARY[n].builder() for n in pool[:k]}
 
 
@@ -377,7 +397,8 @@ def _draft(item: WorkItem, attempt: int) -> tuple[Any, tuple, int, tuple[int, ..
             e.summary,
         )
     size = _SIZES[item.index % len(_SIZES)]
-    gp = generate.sample_programs(1, _item_seed(item, "program", attempt), **GENERATED_LIMITS[size])[0]
+    limits = GENERATED_LIMITS[size] | ({"causal": True} if item.variants.causal else {})
+    gp = generate.sample_programs(1, _item_seed(item, "program", attempt), **limits)[0]
     return gp.program, tuple(gp.vocab), gp.max_seq_len, gp.lengths, False, f"generated program ({size})"
 
 
@@ -453,9 +474,9 @@ def build_item(item: WorkItem) -> dict[str, Any]:
             programs = {item.name: program}
             if v.multi > 1:
                 programs.update(_partners(item, vocab, distinct, v.multi - 1))
-                model = multi.compile_programs(programs, vocab, max_seq_len)
+                model = multi.compile_programs(programs, vocab, max_seq_len, causal=v.causal)
             else:
-                model = compiling.compile_rasp_to_model(program, vocab, max_seq_len)
+                model = compiling.compile_rasp_to_model(program, vocab, max_seq_len, causal=v.causal)
         except (compiling.CompileError, rasp.RASPError, multi.MultiOutputError) as e:
             rejected["compile_error"] += 1
             last_error = f"compile error: {_first_line(e)}"
@@ -467,7 +488,9 @@ def build_item(item: WorkItem) -> dict[str, Any]:
         rng = random.Random(_item_seed(item, "data", attempt))
         others = {n: p for n, p in programs.items() if n != item.name}
         try:
-            pairs = make_pairs(program, vocab, lengths, item.pairs, rng, distinct=distinct, others=others)
+            pairs = make_pairs(
+                program, vocab, lengths, item.pairs, rng, distinct=distinct, others=others, causal=v.causal
+            )
         except SuiteError as e:
             rejected["evaluator_error"] += 1
             last_error = str(e)

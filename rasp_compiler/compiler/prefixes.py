@@ -13,19 +13,24 @@ the later stages prove about the full evaluation on all inputs holds for the cau
 
 Consistency is proven from the structure: tokens, indices and constants are; Maps and SequenceMaps of
 consistent SOps are; an Aggregate or SelectorWidth is when its selector selects no key after the query
-(a conjunct over indices x indices, `compiler.selectors.only_selects_earlier`) and everything it reads
-is consistent. `length` is not (it is n at every position of an input of length n, but k + 1 in the
-prefix that ends at k). Where no rule settles it and the input space has at most
-`options.max_exhaustive_inputs` inputs, the SOp is evaluated on every input and on the input one token
-shorter (enough by induction on the length) and the program refused at the first difference, naming
-the op, the input and the position; otherwise it is refused as unprovable. Fixed-length constants
-(ConstantSOp, ConstantSelector) are refused: the prefix evaluation evaluates the program on shorter
-inputs, where they have no value.
+and everything it reads is consistent. A selector selects no later key when some conjunct does: a
+Select over indices x indices (`compiler.selectors.only_selects_earlier`), or a Select whose keys and
+queries reveal their position (values of indices, or of Maps and SequenceMaps of indices whose value
+determines the index, such as `(token, index)` pairs) and whose predicate, over every pair of values,
+holds only where the key's position is at or before the query's. `length` is not consistent (it is n
+at every position of an input of length n, but k + 1 in the prefix that ends at k). Where no rule
+settles it, the SOp is evaluated on every input up to the longest length whose input space fits
+`options.max_exhaustive_inputs`, and on the input one token shorter (enough, by induction on the
+length); the program is refused at the first difference, naming the op, the input and the position.
+When nothing differs there and the lengths cover max_seq_len the op is accepted; otherwise it is
+refused as unprovable. Fixed-length constants (ConstantSOp, ConstantSelector) are refused: the prefix
+evaluation evaluates the program on shorter inputs, where they have no value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from rasp_compiler import rasp
 from rasp_compiler.compiler.graph import ProgramGraph
@@ -42,7 +47,8 @@ _POINTWISE = frozenset({"map", "sequence_map", "linear_sequence_map"})
 def check_prefix_consistency(graph: ProgramGraph, values: ValueSets, options: CompilerOptions) -> None:
     """Nothing for a bidirectional compile; for `options.causal`, refuse (naming the op and an input
     where appending a token changes it, or the missing proof) a program that reads a value across
-    positions which later tokens can change."""
+    positions which later tokens can change. Where the whole input space is too large, the inputs up to
+    the longest length that fits `max_exhaustive_inputs` are still searched for such a witness."""
     if not options.causal:
         return
     for label in graph.order:
@@ -59,24 +65,15 @@ def check_prefix_consistency(graph: ProgramGraph, values: ValueSets, options: Co
     }
     if not unproven:
         return
-    n_inputs = count_inputs(len(options.vocab), options.max_seq_len)
-    first, reader = next(iter(unproven.items()))
-    if n_inputs > options.max_exhaustive_inputs or not isinstance(graph.nodes[first].expr, rasp.RASPExpr):
-        why = (
-            f"the input space ({n_inputs:,} inputs) is larger than max_exhaustive_inputs "
-            f"({options.max_exhaustive_inputs:,})"
-            if isinstance(graph.nodes[first].expr, rasp.RASPExpr)
-            else "the program is not built with rasp_compiler.rasp, so it cannot be evaluated exhaustively"
-        )
-        raise UnsupportedProgramError(
-            f"{first}: {reader} reads it at other positions, so a causal model needs its value at a "
-            "position never to change when tokens are appended; the program's structure does not prove "
-            f"that (it depends on `length`, or on an Aggregate that may select later keys) and {why}. "
-            "Restrict the selectors it depends on to earlier keys (SelectorAnd with "
-            "Select(indices, indices, LEQ)) or compile without causal=True"
-        )
+    searchable = all(isinstance(graph.nodes[sop].expr, rasp.RASPExpr) for sop in unproven)
+    # the longest inputs whose space fits the budget: all of it when it fits, else a search for a witness
+    max_len = max(
+        (n for n in range(1, options.max_seq_len + 1)
+         if count_inputs(len(options.vocab), n) <= options.max_exhaustive_inputs),
+        default=0,
+    ) if searchable else 0
     for sop, reader in unproven.items():
-        found = _first_change(graph.nodes[sop].expr, options)
+        found = _first_change(graph.nodes[sop].expr, options.vocab, max_len)
         if found is not None:
             shorter, longer, k = found
             raise UnsupportedProgramError(
@@ -86,6 +83,23 @@ def check_prefix_consistency(graph: ProgramGraph, values: ValueSets, options: Co
                 "cannot agree with the prefix evaluation; restrict the selectors it depends on to earlier "
                 "keys (SelectorAnd with Select(indices, indices, LEQ)) or compile without causal=True"
             )
+    if max_len == options.max_seq_len:
+        return  # every input checked: no op changes
+    first, reader = next(iter(unproven.items()))
+    n_inputs = count_inputs(len(options.vocab), options.max_seq_len)
+    why = (
+        f"the input space ({n_inputs:,} inputs) is larger than max_exhaustive_inputs "
+        f"({options.max_exhaustive_inputs:,}; no change on inputs up to length {max_len})"
+        if searchable
+        else "the program is not built with rasp_compiler.rasp, so it cannot be evaluated exhaustively"
+    )
+    raise UnsupportedProgramError(
+        f"{first}: {reader} reads it at other positions, so a causal model needs its value at a "
+        "position never to change when tokens are appended; the program's structure does not prove "
+        f"that (it depends on `length`, or on an Aggregate that may select later keys) and {why}. "
+        "Restrict the selectors it depends on to earlier keys (SelectorAnd with "
+        "Select(indices, indices, LEQ)) or compile without causal=True"
+    )
 
 
 def cross_position_reads(graph: ProgramGraph) -> Iterator[tuple[str, str]]:
@@ -126,7 +140,7 @@ def _consistent(
         sel = node.children[0]
         read = [c for s in _selects_under(graph, sel) for c in graph.nodes[s].children]
         read += node.children[1:]
-        ok = only_selects_earlier(graph, values, sel) and all(
+        ok = _earlier_only(graph, values, options, sel) and all(
             _consistent(graph, values, options, c, memo) for c in read
         )
     else:
@@ -135,16 +149,78 @@ def _consistent(
     return ok
 
 
+def _earlier_only(graph: ProgramGraph, values: ValueSets, options: CompilerOptions, sel: str) -> bool:
+    """Proven: the selector never selects a key after the query, on any input."""
+    node = graph.nodes[sel]
+    if node.kind == "selector_and":
+        return any(_earlier_only(graph, values, options, c) for c in node.children)
+    if node.kind == "selector_or":
+        return all(_earlier_only(graph, values, options, c) for c in node.children)
+    if node.kind != "select":
+        return False
+    if only_selects_earlier(graph, values, sel):
+        return True
+    keys, queries = node.children
+    at_key, at_query = _positions(graph, values, options, keys), _positions(graph, values, options, queries)
+    key_values, query_values = values[keys].values, values[queries].values
+    if not at_key or not at_query or key_values is None or query_values is None:
+        return False
+    pred = node.expr.predicate
+    try:
+        return all(
+            not pred(k, q) or (k in at_key and q in at_query and at_key[k] <= at_query[q])
+            for k in key_values
+            for q in query_values
+        )
+    except Exception:  # noqa: BLE001 - a predicate undefined on some value pair proves nothing
+        return False
+
+
+def _positions(graph: ProgramGraph, values: ValueSets, options: CompilerOptions, label: str) -> dict:
+    """{value: the one position that can hold it} for the SOp's values that reveal their position (a Map
+    or SequenceMap of indices whose value determines the index); empty when none does."""
+    node = graph.nodes[label]
+    if node.kind == "indices":
+        return {i: i for i in range(options.max_seq_len)}
+    if node.kind not in _POINTWISE:
+        return {}
+    f = node.expr.f
+    found: dict[Any, set[int]] = {}
+    try:
+        if node.kind == "map":
+            for v, p in _positions(graph, values, options, node.children[0]).items():
+                found.setdefault(f(v), set()).add(p)
+            inner = values[node.children[0]].values
+            for v in inner or ():  # values that reveal no position make their image ambiguous
+                if v not in _positions(graph, values, options, node.children[0]):
+                    found.setdefault(f(v), set()).add(-1)
+        else:
+            a, b = node.children
+            a_vals, b_vals = values[a].values, values[b].values
+            at_a, at_b = _positions(graph, values, options, a), _positions(graph, values, options, b)
+            if a_vals is None or b_vals is None or not (at_a or at_b):
+                return {}
+            for x in a_vals:
+                for y in b_vals:
+                    pos = {at_a.get(x, -1), at_b.get(y, -1)} - {-1}
+                    if len(pos) > 1:
+                        continue  # the two arguments name different positions: no input holds this pair
+                    found.setdefault(f(x, y), set()).add(pos.pop() if pos else -1)
+    except Exception:  # noqa: BLE001 - value inference already refused functions that raise
+        return {}
+    return {v: ps.pop() for v, ps in found.items() if len(ps) == 1 and -1 not in ps}
+
+
 def _first_change(
-    expr: rasp.SOp, options: CompilerOptions
+    expr: rasp.SOp, vocab: Any, max_len: int
 ) -> tuple[tuple[list, list], tuple[list, list], int] | None:
-    """The first input (shortest first) on which appending its last token changes the SOp's value at an
-    earlier position: ((prefix, values), (input, values), position). Inputs the evaluator refuses are
-    skipped (no model is asked to be exact there)."""
+    """The first input up to `max_len` tokens (shortest first) on which appending its last token changes
+    the SOp's value at an earlier position: ((prefix, values), (input, values), position). Inputs the
+    evaluator refuses are skipped (no model is asked to be exact there)."""
     previous: dict[tuple, list] = {}
     current: dict[tuple, list] = {}
     length = 0
-    for tokens in all_inputs(options.vocab, options.max_seq_len):
+    for tokens in all_inputs(vocab, max_len):
         if len(tokens) != length:
             previous, current, length = current, {}, len(tokens)
         try:

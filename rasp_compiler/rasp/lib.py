@@ -474,6 +474,26 @@ def make_induction(sop: rasp.SOp) -> rasp.SOp:
     return rasp.Aggregate(lookup, following).named("induction").annotated(agreeing=True)
 
 
+def make_causal_induction(sop: rasp.SOp) -> rasp.SOp:
+    """`make_induction`'s answers computed the way a decoder-only model can: from positions 0..i only.
+
+    A previous-token head copies each position's (value, occurrence number) pair one position on; the
+    induction head then selects the key k whose previous pair is (sop[i], occurrence - 1), i.e. k is one
+    past the previous occurrence, and copies sop[k]. It compiles with causal=True (make_induction reads
+    the *next* token across positions, which a causal model cannot).
+    Example: ``make_causal_induction(rasp.tokens)("abcab") == [None, None, None, "b", "c"]``.
+    """
+    occ = _occurrence(sop, "cind")
+    at = rasp.SequenceMap(lambda x, o: (x, o), sop, occ).named("cind_at")
+    prev = rasp.Select(rasp.indices, rasp.indices, lambda k, q: k == max(q - 1, 0)).named("cind_prev_select")
+    prev_at = rasp.Aggregate(prev, at).named("cind_prev_at")
+    # position 0 has no previous token: a key no query (a pair) can equal
+    key = rasp.SequenceMap(lambda p, i: p if i > 0 else ("start",), prev_at, rasp.indices).named("cind_key")
+    query = rasp.SequenceMap(lambda x, o: (x, o - 1), sop, occ).named("cind_query")
+    lookup = rasp.Select(key, query, rasp.Comparison.EQ).named("cind_select")
+    return rasp.Aggregate(lookup, sop).named("causal_induction").annotated(agreeing=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------
@@ -687,5 +707,12 @@ LIBRARY: dict[str, LibraryEntry] = {
         6,
         [["a", "b", "c", "a", "b", "a"]],
         summary="token after the previous occurrence of the current token",
+    ),
+    "causal_induction": _entry(
+        lambda: make_causal_induction(rasp.tokens),
+        _ABC,
+        6,
+        [["a", "b", "c", "a", "b", "a"]],
+        summary="induction computed from earlier positions only (compiles causally)",
     ),
 }

@@ -132,6 +132,19 @@ def test_library_program_cuda_equals_cpu(name: str) -> None:
     compare_everything(model, library_batch(name, 6, 0), library_batch(name, 6, 1), 0, name)
 
 
+@pytest.mark.parametrize("name", ["causal_induction", "frac_prevs", "hist", "reverse", "shuffle_dyck2"])
+def test_causal_library_program_cuda_equals_cpu(name: str) -> None:
+    model = compiled(name, causal=True)
+    compare_everything(model, library_batch(name, 6, 0), library_batch(name, 6, 1), 0, f"causal {name}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_causal_random_model_cuda_equals_cpu(seed: int) -> None:
+    model = random_model(seed, sparse=seed % 2 == 1, pad=seed % 3 == 0, causal=True)
+    tokens, source = random_tokens(model, 5, seed), random_tokens(model, 5, seed + 100)
+    compare_everything(model, tokens, source, seed, f"causal random model {seed}")
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_random_model_cuda_equals_cpu(seed: int) -> None:
     model = random_model(seed, sparse=seed % 2 == 1, pad=seed % 3 == 0,

@@ -466,3 +466,27 @@ def test_patches_accept_the_circuit_vocabulary_objects() -> None:
     assert np.any(want > 0)  # some of these edges carry something, so equality below means something
     np.testing.assert_array_equal(engine.sweep(t, s, [[Edge(*e)] for e in edges[:12]], "mse"), want)
     np.testing.assert_array_equal(engine.sweep(t, s, [[str(Edge(*e))] for e in edges[:12]], "mse"), want)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_causal_models_match_reference(seed: int) -> None:
+    """A causal model (every key after the query masked): forward, cache and patched runs against the
+    float64 reference, which masks the same keys; the pattern has nothing above the diagonal."""
+    model = random_model(seed, sparse=seed % 2 == 1, pad=seed % 3 == 0, causal=True)
+    tokens = random_tokens(model, batch=4, seed=seed + 10)
+    source = random_tokens(model, batch=4, seed=seed + 20)
+    engine = Engine(model, threads=2)
+    ref, _, ref_cache = reference_run(model, tokens)
+    out, cache = engine.run_with_cache(tokens)
+    assert_close(out, ref, "causal forward")
+    for name, want in ref_cache.items():
+        assert_close(cache[name], want, f"causal {name}")
+    T = tokens.shape[1]
+    for layer in range(model.config.n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
+        assert not pattern[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]].any()
+    rng = np.random.default_rng(seed)
+    nodes, edges = _random_patches(model, rng, 2, 3, subspace=seed % 2 == 0)
+    want, _, _ = reference_run(model, tokens, source, nodes, edges)
+    got = engine.run_patched(tokens, source, _as_patch_list(model, nodes, edges))
+    assert_close(got, want, "causal patched run")

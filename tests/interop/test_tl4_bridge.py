@@ -36,6 +36,14 @@ def test_every_library_model_runs_identically_as_a_transformer_bridge(facts: dic
         assert f["has_resid_hook"], name  # TL's hook names, for the tools that patch by them
 
 
+def test_causal_models_run_identically_with_causal_bridge_attention(facts: dict) -> None:
+    assert set(facts["causal_models"]) == {"causal_induction", "frac_prevs", "hist", "reverse"}
+    for name, f in facts["causal_models"].items():
+        assert f["attention_dir"] == "causal", (name, f)
+        assert f["max_abs_diff"] < 1e-4 and f["decoded_equal"], (name, f)
+    assert facts["models"]["reverse"]["attention_dir"] == "bidirectional"
+
+
 def test_hooked_transformer_on_tl4_says_what_to_use(facts: dict) -> None:
     assert "removed in 4.0" in facts["hooked_transformer_error"]
     assert "to_transformer_bridge" in facts["hooked_transformer_error"]

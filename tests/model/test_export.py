@@ -58,3 +58,28 @@ def test_pad_mask_by_hand_in_transformer_lens():
     ht = to_hooked_transformer(m)
     toks = torch.tensor([m.encode(["BOS", "a", "b", "a", "PAD", "PAD"])])
     np.testing.assert_allclose(ht(toks)[0, :, 0].detach().numpy(), [0.5] * 6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["causal_induction", "frac_prevs", "hist", "reverse", "shuffle_dyck2"])
+def test_causal_model_matches_with_transformer_lens_default_attention(name):
+    """A causal compile exports with TL's default causal attention and gives the same logits (and the
+    same activations at the shared hooks) on random inputs of every length."""
+    from support.library_models import compiled
+
+    from rasp_compiler.rasp.lib import LIBRARY
+
+    m = compiled(name, causal=True)
+    ht = to_hooked_transformer(m)
+    assert ht.cfg.attention_dir == transformer_lens.HookedTransformerConfig(
+        n_layers=1, d_model=4, n_ctx=4, d_head=2, act_fn="relu").attention_dir == "causal"
+    rng = np.random.default_rng(0)
+    vocab = sorted(LIBRARY[name].vocab, key=repr)
+    for T in range(1, m.config.max_seq_len + 1):
+        toks = np.array([m.encode(["BOS", *(vocab[i] for i in rng.integers(0, len(vocab), T))])
+                         for _ in range(6)])
+        ref, ref_cache = m.forward_numpy(toks, return_cache=True)
+        out, cache = ht.run_with_cache(torch.tensor(toks))
+        np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+        for name_ in SHARED:
+            np.testing.assert_allclose(cache[name_].numpy(), ref_cache[name_], rtol=1e-5, atol=1e-5,
+                                       err_msg=name_)

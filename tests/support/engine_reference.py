@@ -24,6 +24,7 @@ def random_model(
     pad: bool = False,
     n_layers: int | None = None,
     output_encoding: str = "categorical",
+    causal: bool = False,
 ) -> Any:
     """A model object with `.config` (ModelConfig) and `.weights` (contract names, float32)."""
     rng = np.random.default_rng(seed)
@@ -53,6 +54,7 @@ def random_model(
         residual_labels=[f"r{i}" for i in range(D)],
         pad_token_id=(V - 1) if pad else None,
         bos_token_id=0,
+        causal=causal,
     )
 
     def draw(*shape: int) -> np.ndarray:
@@ -182,6 +184,7 @@ def reference_run(
         np.broadcast_to(W["W_pos"][:T], (B, T, D)),
     )
     key_is_pad = (tokens == c.pad_token_id) if c.pad_token_id is not None else np.zeros((B, T), bool)
+    masked = key_is_pad[:, None, :] | (np.arange(T)[None, None, :] > np.arange(T)[None, :, None]) * c.causal
     for layer in range(L):
         a, m = f"blocks.{layer}.attn.", f"blocks.{layer}.mlp."
         resid = reader_input(f"L{layer}.H0", "none")  # no edge has input "none": the clean-sum residual
@@ -193,7 +196,7 @@ def reference_run(
             k = reader_input(r, "k") @ W[a + "W_K"][h] + W[a + "b_K"][h]
             v = reader_input(r, "v") @ W[a + "W_V"][h] + W[a + "b_V"][h]
             s = np.einsum("bqe,bke->bqk", q, k)
-            s = np.where(key_is_pad[:, None, :], -np.inf, s)
+            s = np.where(masked, -np.inf, s)
             p = np.exp(s - s.max(-1, keepdims=True))
             p = p / p.sum(-1, keepdims=True)
             z = p @ v

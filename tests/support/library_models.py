@@ -12,12 +12,36 @@ import numpy as np
 from rasp_compiler.compiler import compiling
 from rasp_compiler.rasp.lib import LIBRARY
 
+# The library programs a causal compile refuses, with the op named: each reads across positions a value
+# that later tokens change (a rank, a maximum flag, the next token, a count over the whole input).
+CAUSAL_REFUSED = {
+    "count_less_freq": "hist",
+    "induction": "shift_by(-1)",
+    "is_palindrome": "pal_same",
+    "majority": "maj_rank",
+    "max": "is_max",
+    "min": "is_min",
+    "most_frequent": "mf_rank",
+    "second_largest": "second_tagged",
+    "sort": "target_pos",
+    "sort_freq": "sequence_map_",
+    "sort_unique": "target_pos",
+}
+CAUSAL_NAMES = sorted(set(LIBRARY) - set(CAUSAL_REFUSED))
+
 
 @functools.cache
-def compiled(name: str) -> Any:
-    """The library program `name` compiled to a model (cached: compiling is the slow part)."""
+def program_and_model(name: str, causal: bool = False) -> tuple[Any, Any]:
+    """The library program `name` and its compiled model (cached: compiling is the slow part). Checks
+    that read the program's ops by label need this program object: a fresh build has other labels."""
     entry = LIBRARY[name]
-    return compiling.compile_rasp_to_model(entry.builder(), entry.vocab, entry.max_seq_len)
+    program = entry.builder()
+    return program, compiling.compile_rasp_to_model(program, entry.vocab, entry.max_seq_len, causal=causal)
+
+
+def compiled(name: str, causal: bool = False) -> Any:
+    """The library program `name` compiled to a model (cached)."""
+    return program_and_model(name, causal)[1]
 
 
 def library_batch(name: str, n: int, seed: int) -> np.ndarray:
