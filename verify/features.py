@@ -1,5 +1,5 @@
-"""The true features of a compiled model's residual stream, and scores for learned dictionaries against
-them (sparse autoencoders, transcoders: anything with one decoder direction per latent).
+"""The true features of a compiled model at every activation site, and scores for learned dictionaries
+against them (sparse autoencoders, transcoders: anything with one decoder direction per latent).
 
 Every residual direction the compiler allocates is a feature with a known meaning: one value of a
 categorical RASP variable (`sort:3`), a numerical variable (`frac`), the constant `one`, or a helper the
@@ -7,6 +7,10 @@ compiler added for a variable. At a residual site (`blocks.{l}.hook_resid_pre`, 
 `..._resid_post`) the features present are those written by the components before it (the annotation
 says which block writes which direction). A feature's vector is its direction in the model's own basis,
 so rotated and compressed variants carry their transformed directions (`transforms.variants`).
+Component sites: a layer's summed head output (`blocks.{l}.hook_attn_out`) and MLP output
+(`blocks.{l}.hook_mlp_out`, where a transcoder's decoder is scored) hold the directions that component
+writes; the MLP's hidden layer (`blocks.{l}.mlp.hook_post`) has one feature per neuron, named by the op
+whose block owns it.
 
 `FeatureDictionary.coefficients(acts)` reads each feature's activation back from site activations (the
 least-squares coefficients on the site's directions; for an exact model they reconstruct the activations
@@ -34,6 +38,7 @@ __all__ = [
     "FeatureDictionary",
     "ProbeResult",
     "cached_runs",
+    "component_sites",
     "feature_dictionary",
     "probe_accuracy",
     "residual_sites",
@@ -47,13 +52,20 @@ MERGED_COSINE = 0.5  # a latent this close to two or more features merges them (
 
 @dataclasses.dataclass(frozen=True)
 class FeatureDictionary:
-    """The true features present at one site: labels, parsed directions, and unit vectors `[n, d_model]`
-    in the model's residual coordinates."""
+    """The true features present at one site: labels, parsed directions, and vectors `[n, width]` in the
+    model's coordinates: unit vectors in plain and rotated models; in compressed ones the compression
+    map's image of each unit direction, so that a categorical feature's coefficient is still 1 where the
+    variable has that value (`units` normalises them, for cosines)."""
 
     site: str
     labels: tuple[str, ...]
     directions: tuple[Direction, ...]
     vectors: np.ndarray
+
+    @property
+    def units(self) -> np.ndarray:
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        return self.vectors / np.where(norms > 0, norms, 1.0)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -94,32 +106,51 @@ def residual_sites(model: Any) -> list[str]:
     return sites + [f"blocks.{n - 1}.hook_resid_post"] if n else sites
 
 
-def _site_position(site: str) -> tuple[int, int]:
-    """(layer, stage) of a residual site: stage 0 before attention, 1 before the MLP, 2 after it."""
-    parts = site.split(".")
-    if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit():
-        raise CircuitError(f"unknown residual site {site!r}; expected blocks.<layer>.hook_resid_pre|mid|post")
-    stage = {"hook_resid_pre": 0, "hook_resid_mid": 1, "hook_resid_post": 2}.get(parts[2])
-    if stage is None:
-        raise CircuitError(f"unknown residual site {site!r}; expected hook_resid_pre, _mid or _post")
-    return int(parts[1]), stage
+def component_sites(model: Any) -> list[str]:
+    """Every component site, in order: per layer the heads' summed output, the MLP's hidden neurons (after
+    the ReLU) and the MLP's output. A transcoder's decoder is scored at `hook_mlp_out`."""
+    return [site for layer in range(int(model.config.n_layers))
+            for site in (f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.mlp.hook_post",
+                         f"blocks.{layer}.hook_mlp_out")]
+
+
+_SITES = {"hook_resid_pre": 0, "hook_resid_mid": 1, "hook_resid_post": 2, "hook_attn_out": "attn",
+          "hook_mlp_out": "mlp", "mlp.hook_post": "neurons"}
+
+
+def _site_position(site: str) -> tuple[int, int | str]:
+    """(layer, stage) of a site: residual stage 0 before attention, 1 before the MLP, 2 after it; or the
+    component whose output it is ("attn", "mlp", "neurons": the MLP's hidden layer)."""
+    parts = site.split(".", 2)
+    expected = f"blocks.<layer>.{{{', '.join(_SITES)}}}"
+    if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] not in _SITES:
+        raise CircuitError(f"unknown site {site!r}; expected {expected}")
+    return int(parts[1]), _SITES[parts[2]]
 
 
 def feature_dictionary(model: Any, site: str) -> FeatureDictionary:
-    """The true features present at `site` (see the module docstring)."""
+    """The true features present at `site` (see the module docstring): at a residual site the directions
+    written before it; at `hook_attn_out` / `hook_mlp_out` the directions that layer's heads / MLP write
+    (in residual coordinates); at `mlp.hook_post` one feature per hidden neuron an op owns (its unit
+    vector in neuron coordinates, labelled `op__neuron<k>`, k counted within the op's block)."""
     layer, stage = _site_position(site)
     if not 0 <= layer < int(model.config.n_layers):
         raise CircuitError(f"site {site!r}: the model has {model.config.n_layers} layers")
     ann = model.annotation
     if ann is None:
         raise CircuitError("feature_dictionary needs a model with an annotation")
+    if stage == "neurons":
+        return _neuron_features(model, site, layer)
     present: set[str] = set()
     for b in ann.blocks:
-        before = (
-            b.component in ("embed", "pos_embed")
-            or (b.layer is not None and b.layer < layer)
-            or (b.layer == layer and (stage >= 2 or (stage == 1 and b.component == "attn")))
-        )
+        if isinstance(stage, str):
+            before = b.layer == layer and b.component == stage
+        else:
+            before = (
+                b.component in ("embed", "pos_embed")
+                or (b.layer is not None and b.layer < layer)
+                or (b.layer == layer and (stage >= 2 or (stage == 1 and b.component == "attn")))
+            )
         if before:
             present |= set(b.writes)
     labels, basis = labelled_basis(model)
@@ -127,9 +158,23 @@ def feature_dictionary(model: Any, site: str) -> FeatureDictionary:
     names = [labels[i] for i in keep]
     variables = label_variables(labels)
     vectors = basis[keep] if keep else np.zeros((0, basis.shape[1]))
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = vectors / np.where(norms > 0, norms, 1.0)
     return FeatureDictionary(site, tuple(names), tuple(Direction.parse(n, variables) for n in names), vectors)
+
+
+def _neuron_features(model: Any, site: str, layer: int) -> FeatureDictionary:
+    width = int(model.config.d_mlp)
+    names, directions, rows = [], [], []
+    for b in model.annotation.blocks:
+        if b.layer != layer or b.component != "mlp" or b.neurons is None:
+            continue
+        start, stop = b.neurons
+        for k, j in enumerate(range(start, stop)):
+            d = Direction(b.op, role=f"neuron{k}")
+            names.append(str(d))
+            directions.append(d)
+            rows.append(np.eye(width)[j])
+    vectors = np.array(rows) if rows else np.zeros((0, width))
+    return FeatureDictionary(site, tuple(names), tuple(directions), vectors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +220,7 @@ def score_dictionary(
         raise CircuitError("decoder holds non-finite values")
     keep = [i for i, lab in enumerate(truth.labels) if lab not in set(ignore)]
     labels = [truth.labels[i] for i in keep]
-    true = truth.vectors[keep]
+    true = truth.units[keep]
     norms = np.linalg.norm(dec, axis=1, keepdims=True)
     unit = dec / np.where(norms > 0, norms, 1.0)
     cos = true @ unit.T  # [n_features, n_latents]
@@ -193,7 +238,7 @@ def score_dictionary(
     used = {int(c) for r, c in zip(rows, cols, strict=True) if cos[r, c] >= MERGED_COSINE}
     ignored = [i for i in range(len(truth)) if i not in keep]
     if ignored:  # a latent on an ignored direction (the constant `one`) is not an unexplained latent
-        on_ignored = (truth.vectors[ignored] @ unit.T).max(axis=0) >= RECOVERED_COSINE
+        on_ignored = (truth.units[ignored] @ unit.T).max(axis=0) >= RECOVERED_COSINE
         used |= {int(c) for c in np.flatnonzero(on_ignored)}
     unmatched = [c for c in range(cos.shape[1]) if c not in used and c not in merged
                  and not any(c in v for v in split.values())]
@@ -205,9 +250,10 @@ FEATURES_FORMAT = "rasp_compiler.features"
 
 
 def save_features(model: Any, directory: Any) -> list[FeatureDictionary]:
-    """Write every residual site's true features beside nothing else of this package's: `features.json`
-    (per site: labels, and each label's variable, value and role) and `features.safetensors` (per site
-    `[n_features, d_model]` float32 vectors, keyed by the site name); both readable without this package."""
+    """Write every site's true features (residual and component sites) beside nothing else of this
+    package's: `features.json` (per site: labels, and each label's variable, value and role; `dims`: the
+    site's width) and `features.safetensors` (per site `[n_features, width]` float32 vectors, keyed by the
+    site name; width d_model, or d_mlp at `mlp.hook_post`); both readable without this package."""
     import json
     from pathlib import Path
 
@@ -215,11 +261,12 @@ def save_features(model: Any, directory: Any) -> list[FeatureDictionary]:
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    dictionaries = [feature_dictionary(model, site) for site in residual_sites(model)]
+    dictionaries = [feature_dictionary(model, site) for site in residual_sites(model) + component_sites(model)]
     doc = {
         "format": FEATURES_FORMAT,
         "version": 1,
         "d_model": int(model.config.d_model),
+        "dims": {d.site: int(d.vectors.shape[1]) for d in dictionaries},
         "sites": {
             d.site: [{"label": lab, "variable": x.variable, "value": x.value, "role": x.role}
                      for lab, x in zip(d.labels, d.directions, strict=True)]

@@ -313,7 +313,7 @@ def _verify_dictionary(model: Any, args: argparse.Namespace) -> int:
     from verify import features
 
     if not args.site:
-        sites = ", ".join(features.residual_sites(model))
+        sites = ", ".join(features.residual_sites(model) + features.component_sites(model))
         raise CLIError(f"scoring a dictionary needs --site (one of: {sites})")
     path = Path(args.circuit)
     try:
@@ -444,7 +444,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         dictionaries = features.save_features(model, out)
     except CircuitError as e:
         raise CLIError(str(e)) from None
-    print(f"true features of {args.model} per residual site (written to {out}/features.json, "
+    print(f"true features of {args.model} per site (written to {out}/features.json, "
           "features.safetensors):")
     for d in dictionaries:
         variables = sorted({x.variable for x in d.directions})

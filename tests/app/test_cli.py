@@ -401,8 +401,12 @@ def test_features_writes_files_readable_without_the_package(reverse_dir: Path, t
     vectors = load_file(str(tmp_path / "f" / "features.safetensors"))
     assert doc["format"] == "rasp_compiler.features" and set(doc["sites"]) == set(vectors)
     for site, feats in doc["sites"].items():
-        assert vectors[site].shape == (len(feats), doc["d_model"])
+        width = doc["d_model"] if not site.endswith("mlp.hook_post") else 30  # reverse's d_mlp
+        assert doc["dims"][site] == width and vectors[site].shape == (len(feats), width)
         np.testing.assert_allclose(np.linalg.norm(vectors[site], axis=1), 1.0, atol=1e-6)
+    assert {"blocks.0.hook_attn_out", "blocks.0.mlp.hook_post", "blocks.3.hook_mlp_out"} <= set(doc["sites"])
+    neurons = doc["sites"]["blocks.0.mlp.hook_post"]
+    assert neurons and all(f["role"].startswith("neuron") and f["value"] is None for f in neurons)
     assert {"label": "reverse:a", "variable": "reverse", "value": "a", "role": None} in doc["sites"][
         "blocks.3.hook_resid_post"]
 
