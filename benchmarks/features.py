@@ -237,8 +237,8 @@ def main() -> None:
     t0 = time.perf_counter()
     names = ["hist", "reverse"] if quick else sorted(LIBRARY)
     comp = compression_table(names, learned=not quick)
-    saes = sae_table(list(SAE_PROGRAMS[:2] if quick else SAE_PROGRAMS), SAE_WIDTHS[:2] if quick else SAE_WIDTHS,
-                     SAE_L1[1:2] if quick else SAE_L1)
+    saes = sae_table(list(SAE_PROGRAMS[:2] if quick else SAE_PROGRAMS),
+                     SAE_WIDTHS[:2] if quick else SAE_WIDTHS, SAE_L1[1:2] if quick else SAE_L1)
     probes = probe_table(list(PROBE_PROGRAMS[:1] if quick else PROBE_PROGRAMS))
     das = das_table(DAS_CASES[:1] if quick else DAS_CASES)
     minutes = (time.perf_counter() - t0) / 60

@@ -261,7 +261,8 @@ def save_features(model: Any, directory: Any) -> list[FeatureDictionary]:
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    dictionaries = [feature_dictionary(model, site) for site in residual_sites(model) + component_sites(model)]
+    sites = residual_sites(model) + component_sites(model)
+    dictionaries = [feature_dictionary(model, site) for site in sites]
     doc = {
         "format": FEATURES_FORMAT,
         "version": 1,

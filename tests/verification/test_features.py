@@ -50,7 +50,8 @@ def test_true_dictionary_reconstructs_every_site_and_fires_with_the_program(name
         model = variants.rotate(plain, seed=1)
     elif variant == "compressed":
         model = _state_exact_compression(plain)
-        assert model.config.d_model < len(features.feature_dictionary(model, features.residual_sites(model)[-1]))
+        final = features.residual_sites(model)[-1]
+        assert model.config.d_model < len(features.feature_dictionary(model, final))
     sites = features.residual_sites(model) + features.component_sites(model)
     _, cache = Engine(model, threads=1).run_with_cache(data.clean_ids, names=sites)
     _, plain_cache = Engine(plain, threads=1).run_with_cache(data.clean_ids, names=sites)
