@@ -24,6 +24,7 @@ a shared 2-core machine are repeatable; nothing here is a timing.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -66,6 +67,11 @@ def compressed_accuracy(model: Any, d: int, method: str, inputs: list) -> float:
     return float(variants.variant_card(c)["accuracy"])
 
 
+def fmt_accuracy(acc: float) -> str:
+    """Four decimals, rounded down: an accuracy below 1 never prints as 1."""
+    return f"{math.floor(acc * 1e4) / 1e4:.4f}"
+
+
 def state_rank(model: Any, inputs: list) -> int:
     """Rank of the residual states (every site, every position of `inputs`): PCA to this width keeps every
     state, so every intermediate value and the whole feature truth, exactly."""
@@ -103,9 +109,9 @@ def compression_table(names: list[str], learned: bool) -> list[list[str]]:
         below = "-"
         below_learned = "-"
         if d > 1:
-            below = f"{compressed_accuracy(model, d - 1, 'pca', inputs):.3f}"
+            below = fmt_accuracy(compressed_accuracy(model, d - 1, "pca", inputs))
             if learned and name in SAE_PROGRAMS:  # learned maps take minutes per program
-                below_learned = f"{compressed_accuracy(model, d - 1, 'learned', inputs[:2000]):.3f}"
+                below_learned = fmt_accuracy(compressed_accuracy(model, d - 1, "learned", inputs[:2000]))
         rows.append([name, str(D), str(n_features), str(rank), f"{n_features / rank:.2f}", str(d),
                      f"{n_features / d:.2f}", f"{len(inputs):,}", below, below_learned])
         print(f"  compression {name}: D {D} -> {d}", file=sys.stderr, flush=True)
@@ -242,6 +248,12 @@ def main() -> None:
     probes = probe_table(list(PROBE_PROGRAMS[:1] if quick else PROBE_PROGRAMS))
     das = das_table(DAS_CASES[:1] if quick else DAS_CASES)
     minutes = (time.perf_counter() - t0) / 60
+    ev_high = [r for r in saes if float(r[8]) >= 0.99]
+    ev_high_lost = [r for r in ev_high if int(r[11].rstrip("%")) <= 10]
+    best = max(int(r[11].rstrip("%")) for r in saes)
+    summary = (f"{len(ev_high)} of the {len(saes)} SAEs explain at least 99% of the variance; "
+               f"{len(ev_high_lost)} of those recover at most 10% of the true features; the best SAE "
+               f"recovers {best}%.")
     text = f"""# Featurisation methods against the true features
 
 Produced by `python benchmarks/features.py{' --quick' if quick else ''}` ({minutes:.0f} minutes, 1 thread);
@@ -273,7 +285,7 @@ lr 3e-3) on every position of every input (or 20,000 random inputs) at the final
 true features are active per position; `cos` is the mean over true features of the best cosine of any
 latent, `recovered` the fraction of true features whose one-to-one matched latent reaches cosine 0.9;
 `split` true features with several latents above 0.9, `merged` latents above 0.5 on several features,
-`unmatched` latents that match no feature.
+`unmatched` latents that match no feature. {summary}
 
 {markdown(["program", "variant", "d_model", "true features", "latents", "L1", "L0", "true L0", "EV",
            "dead", "cos", "recovered", "split", "merged", "unmatched"], saes)}

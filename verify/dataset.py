@@ -11,7 +11,15 @@ import numpy as np
 
 from rasp_compiler import rasp
 
-__all__ = ["ABLATIONS", "CausalError", "Dataset", "dataset_from_inputs", "decode_outputs", "make_dataset"]
+__all__ = [
+    "ABLATIONS",
+    "CausalError",
+    "Dataset",
+    "MixedDataset",
+    "dataset_from_inputs",
+    "decode_outputs",
+    "make_dataset",
+]
 
 
 ABLATIONS = ("resample", "mean", "zero")
@@ -42,6 +50,51 @@ class Dataset:
         return self.clean_ids.shape[1] - 1
 
 
+@dataclasses.dataclass
+class MixedDataset:
+    """Pairs of several input lengths, one `Dataset` per length (a clean input and its corrupted partner
+    share a length: patching replaces activations position by position). The checks that accept it
+    (`necessary_edges`, `interchange_accuracy`) run every group and combine the results; under mean
+    ablation a writer's mean at a position is taken over every input of every length that has that
+    position, so edges that carry `length` are tested for real."""
+
+    groups: tuple[Dataset, ...]
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            raise CausalError("a mixed dataset needs at least one group")
+        lengths = [g.length for g in self.groups]
+        if len(set(lengths)) != len(lengths):
+            raise CausalError(f"a mixed dataset has one group per length, got lengths {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    @property
+    def program(self) -> Any:
+        return self.groups[0].program
+
+    @property
+    def lengths(self) -> list[int]:
+        return [g.length for g in self.groups]
+
+    @property
+    def clean(self) -> list[list[Any]]:
+        return [x for g in self.groups for x in g.clean]
+
+    @property
+    def corrupt(self) -> list[list[Any]]:
+        return [x for g in self.groups for x in g.corrupt]
+
+    @property
+    def expected(self) -> list[list[Any]]:
+        return [x for g in self.groups for x in g.expected]
+
+    @property
+    def corrupt_expected(self) -> list[list[Any]]:
+        return [x for g in self.groups for x in g.corrupt_expected]
+
+
 def make_dataset(
     model: Any,
     program: Any,
@@ -49,13 +102,23 @@ def make_dataset(
     *,
     seed: int = 0,
     length: int | None = None,
+    lengths: Any = None,
     distinct: bool = False,
     max_tries: int = 50,
-) -> Dataset:
+) -> Dataset | MixedDataset:
     """`n` clean inputs of one `length` (default max_seq_len) drawn uniformly from the model's vocab, and
     `n` corrupted ones drawn independently (ACDC's "patch data"). Inputs on which the program raises
     (e.g. a categorical aggregate selecting differing values) are redrawn. `distinct`: no repeated tokens.
+
+    `lengths` (a list of lengths, or "all" for 1..max_seq_len) instead draws each pair's length uniformly
+    from it and returns a `MixedDataset` (a plain `Dataset` when one length remains); lengths too long
+    for `distinct` tokens are left out. The default stays one length: every resample pair shares its
+    length anyway, and existing results keep their meaning.
     """
+    if lengths is not None:
+        if length is not None:
+            raise CausalError("make_dataset: give `length` or `lengths`, not both")
+        return _mixed(model, program, n, seed, lengths, distinct, max_tries)
     vocab = list(model.codec.vocab)
     length = int(model.config.max_seq_len if length is None else length)
     if n < 1:
@@ -82,6 +145,45 @@ def make_dataset(
     clean = [draw()[0] for _ in range(n)]
     corrupt = [draw()[0] for _ in range(n)]
     return dataset_from_inputs(model, program, clean, corrupt, seed=seed)
+
+
+def one_length(dataset: Any, who: str) -> Any:
+    """`dataset` itself, or a clear error for a MixedDataset handed to a method that patches one batch."""
+    if isinstance(dataset, MixedDataset):
+        raise CausalError(
+            f"{who} runs on inputs of one length; this dataset has lengths {dataset.lengths}: run it on "
+            "each of `dataset.groups` (necessary_edges and interchange_accuracy take the mixed dataset)"
+        )
+    return dataset
+
+
+def _mixed(
+    model: Any, program: Any, n: int, seed: int, lengths: Any, distinct: bool, max_tries: int
+) -> Dataset | MixedDataset:
+    n_max = int(model.config.max_seq_len)
+    if isinstance(lengths, str):
+        if lengths != "all":
+            raise CausalError(f"make_dataset: lengths must be a list of ints or 'all', got {lengths!r}")
+        lengths = range(1, n_max + 1)
+    try:
+        wanted = sorted({int(k) for k in lengths})
+    except (TypeError, ValueError):
+        raise CausalError(f"make_dataset: lengths must be a list of ints or 'all', got {lengths!r}") from None
+    bad = [k for k in wanted if not 1 <= k <= n_max]
+    if bad or not wanted:
+        raise CausalError(f"make_dataset: lengths {bad or wanted} outside 1..max_seq_len={n_max}")
+    if distinct:
+        wanted = [k for k in wanted if k <= len(model.codec.vocab)]
+    if n < len(wanted):
+        raise CausalError(f"make_dataset: {n} pairs cannot cover {len(wanted)} lengths")
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(rng.integers(0, len(wanted), size=n - len(wanted)), minlength=len(wanted)) + 1
+    groups = tuple(
+        make_dataset(model, program, int(c), seed=seed * 1009 + k, length=k, distinct=distinct,
+                     max_tries=max_tries)
+        for k, c in zip(wanted, counts, strict=True)
+    )
+    return groups[0] if len(groups) == 1 else MixedDataset(groups)
 
 
 def dataset_from_inputs(

@@ -11,6 +11,11 @@
   averaged, with M the log-probability of the clean answer (numerical outputs: the output value).
 * `eap_ig`: the same with the gradient averaged over `steps` points on the straight line from the clean
   to the ablated input embeddings (EAP-IG, Hanna et al. 2024).
+* `subnetwork_probing`: node level, as the ACDC paper adapted it (Cao et al. 2021; Conmy et al. 2023):
+  one hard-concrete gate per node, its output mixed between clean (gate 1) and ablated (gate 0), trained
+  through the PyTorch module to keep the output (divergence as above) under an L0 penalty `lam`, for a
+  sweep of penalties; a node's score is its deterministic gate averaged over the sweep (1: kept at every
+  penalty). Gradients need PyTorch, so SP (like EAP) does not run on the engine.
 
 Ablations as in `verify.causal`: resample, mean, zero. Methods that patch (activation patching, ACDC)
 run on the C++ engine (`backend="engine"`) or on PyTorch hooks (`backend="torch"`), with identical
@@ -29,9 +34,9 @@ import torch
 from rasp_compiler.model.names import writers
 from rasp_compiler.model.patching import HookPatcher, PatchValue, ablation_values
 from verify.causal import Patcher
-from verify.causal.metrics import divergence
+from verify.causal.metrics import divergence, l2_to_clean
 from verify.circuit import OUTPUT, Edge, legal_edges, node_sort_key
-from verify.dataset import Dataset
+from verify.dataset import Dataset, one_length
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -41,10 +46,14 @@ __all__ = [
     "eap",
     "eap_ig",
     "run_method",
+    "subnetwork_probing",
 ]
 
 DEFAULT_THRESHOLDS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-METHODS = ("activation_patching", "acdc", "eap", "eap_ig")
+METHODS = ("activation_patching", "acdc", "eap", "eap_ig", "subnetwork_probing")
+SP_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
+# the hard-concrete distribution of Louizos et al. (2018), with the constants SP uses
+_HC_BETA, _HC_GAMMA, _HC_ZETA = 2 / 3, -0.1, 1.1
 
 
 @dataclasses.dataclass
@@ -60,20 +69,22 @@ class DiscoveryResult:
     n_forward: int
     circuits: dict[float, list[str]] = dataclasses.field(
         default_factory=dict
-    )  # ACDC: threshold -> kept edges
+    )  # ACDC: threshold -> kept edges; SP: penalty -> kept nodes
     complete: bool = True  # False: stopped at its time budget (scores/circuits partial; for timing only)
 
 
 def activation_patching(
-    model: Any, dataset: Dataset, ablation: str = "resample", *, backend: str = "auto"
+    model: Any, dataset: Dataset, ablation: str = "resample", *, backend: str = "auto", metric: str = "kl"
 ) -> DiscoveryResult:
-    """Node scores: divergence from the clean output when the node's output is ablated (all in one sweep)."""
+    """Node scores: divergence from the clean output when the node's output is ablated (all in one sweep;
+    `metric` as in `acdc`)."""
     t0 = time.perf_counter()
+    measure = _metric(metric)
     runner = Patcher(model, dataset, ablation, backend)
     nodes = writers(model.config.n_layers, model.config.n_heads)
     outs = runner.outputs([[n] for n in nodes])
     clean = runner.clean()
-    scores = {n: _floor(divergence(model, clean, outs[i])) for i, n in enumerate(nodes)}
+    scores = {n: _floor(measure(model, clean, outs[i])) for i, n in enumerate(nodes)}
     return DiscoveryResult(
         "activation_patching",
         ablation,
@@ -98,6 +109,17 @@ class _OutOfTime(Exception):
     """ACDC ran past its `max_seconds` budget."""
 
 
+ACDC_METRICS = ("kl", "l2")  # kl: `divergence` (MSE for numerical outputs); l2: the paper's tracr metric
+
+
+def _metric(name: str) -> Any:
+    if name == "kl":
+        return divergence
+    if name == "l2":
+        return lambda model, clean, out: l2_to_clean(clean, out)
+    raise ValueError(f"unknown ACDC metric {name!r}; expected one of {ACDC_METRICS}")
+
+
 def _acdc_once(
     model: Any,
     runner: Patcher,
@@ -105,12 +127,13 @@ def _acdc_once(
     edges: list[Edge],
     threshold: float,
     deadline: float = float("inf"),
+    metric: Any = divergence,
 ) -> tuple[set[Edge], dict[Edge, float]]:
-    """One ACDC pass at one threshold; returns the kept edges and each tested edge's divergence increase."""
+    """One ACDC pass at one threshold; returns the kept edges and each tested edge's metric increase."""
     removed: list[Edge] = []
     kept = set(edges)
     deltas: dict[Edge, float] = {}
-    current = divergence(model, clean, runner.outputs([[]])[0])
+    current = metric(model, clean, runner.outputs([[]])[0])
     readers = sorted(
         {(e.reader, e.input) for e in edges},
         key=lambda ri: (node_sort_key(ri[0]), "qkvin".index(ri[1][0])),
@@ -128,7 +151,7 @@ def _acdc_once(
         for e in sorted(into[(reader, inp)], key=lambda x: node_sort_key(x.writer), reverse=True):
             if time.perf_counter() > deadline:
                 raise _OutOfTime
-            trial = divergence(model, clean, runner.outputs([removed + [e]])[0])
+            trial = metric(model, clean, runner.outputs([removed + [e]])[0])
             deltas[e] = trial - current
             if trial - current < threshold:
                 removed.append(e)
@@ -145,13 +168,16 @@ def acdc(
     thresholds: Any = DEFAULT_THRESHOLDS,
     backend: str = "auto",
     max_seconds: float | None = None,
+    metric: str = "kl",
 ) -> DiscoveryResult:
     """ACDC over a sweep of thresholds. Score of an edge: the largest threshold at which it is kept
-    (0 if it is never kept), so ranking by score reproduces the sweep's ROC points.
+    (0 if it is never kept), so ranking by score reproduces the sweep's ROC points. `metric`: "kl"
+    (KL to the clean output; MSE for numerical outputs) or "l2" (the paper's metric on tracr tasks).
 
     `max_seconds`: stop once this much time has passed (benchmarks time slow backends this way); the
     result then has `complete=False`, partial scores, and `runtime_s`/`n_forward` of the part done."""
     t0 = time.perf_counter()
+    measure = _metric(metric)
     deadline = t0 + max_seconds if max_seconds is not None else float("inf")
     runner = Patcher(model, dataset, ablation, backend)
     clean = runner.clean()
@@ -161,7 +187,7 @@ def acdc(
     complete = True
     for t in sorted(float(x) for x in thresholds):
         try:
-            kept, _ = _acdc_once(model, runner, clean, edges, t, deadline)
+            kept, _ = _acdc_once(model, runner, clean, edges, t, deadline, measure)
         except _OutOfTime:
             complete = False
             break
@@ -223,6 +249,7 @@ def _eap_grads(
 def _eap_scores(
     model: Any, dataset: Dataset, ablation: str, steps: int | None
 ) -> tuple[dict[str, float], int]:
+    one_length(dataset, "EAP")
     hp = HookPatcher(model)
     ablated = ablation_values(hp, dataset.clean_ids, dataset.corrupt_ids, ablation)
     clean_writers = hp.writer_outputs(dataset.clean_ids)
@@ -249,18 +276,84 @@ def eap_ig(model: Any, dataset: Dataset, ablation: str = "resample", *, steps: i
     return DiscoveryResult("eap_ig", ablation, "edge", scores, time.perf_counter() - t0, "torch-grad", n)
 
 
+def _divergence_torch(model: Any, clean: torch.Tensor, out: torch.Tensor, metric: str = "kl") -> torch.Tensor:
+    """The `acdc` metrics in torch (differentiable): mean over examples and non-BOS positions of
+    KL(clean || out) of the softmaxed outputs (MSE for numerical outputs), or of the L2 distance."""
+    if metric == "l2":
+        return (out[:, 1:] - clean[:, 1:]).norm(dim=-1).mean()
+    if model.config.output_encoding == "numerical":
+        return ((out[:, 1:] - clean[:, 1:]) ** 2).mean()
+    p = torch.log_softmax(clean[:, 1:], dim=-1)
+    q = torch.log_softmax(out[:, 1:], dim=-1)
+    return (p.exp() * (p - q)).sum(dim=-1).mean()
+
+
+def subnetwork_probing(
+    model: Any,
+    dataset: Dataset,
+    ablation: str = "resample",
+    *,
+    lambdas: tuple[float, ...] = SP_LAMBDAS,
+    steps: int = 200,
+    lr: float = 0.05,
+    seed: int = 0,
+    metric: str = "kl",
+) -> DiscoveryResult:
+    """Subnetwork probing (see the module docstring): node scores in [0, 1], the gate kept on average over
+    the penalties `lambdas`; `circuits` maps each penalty to the nodes whose gate ends above 1/2."""
+    t0 = time.perf_counter()
+    _metric(metric)  # an unknown name fails here
+    one_length(dataset, "subnetwork_probing")
+    hp = HookPatcher(model)
+    ids = hp.tokens(dataset.clean_ids)
+    ablated = ablation_values(hp, dataset.clean_ids, dataset.corrupt_ids, ablation)
+    with torch.no_grad():
+        clean = hp.run(ids)
+    nodes = writers(model.config.n_layers, model.config.n_heads)
+    eye = torch.eye(int(model.config.d_model))
+    floor = float(np.log(-_HC_GAMMA / _HC_ZETA))
+    totals = dict.fromkeys(nodes, 0.0)
+    circuits: dict[float, list[str]] = {}
+    n_forward = 0
+    for lam in lambdas:
+        gen = torch.Generator().manual_seed(seed)
+        log_alpha = torch.full((len(nodes),), 3.0, requires_grad=True)  # every gate starts open
+        opt = torch.optim.Adam([log_alpha], lr=lr)
+        for _ in range(steps):
+            u = torch.rand(len(nodes), generator=gen).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / _HC_BETA)
+            gate = (s * (_HC_ZETA - _HC_GAMMA) + _HC_GAMMA).clamp(0.0, 1.0)
+            patches = {w: PatchValue(ablated[w], (1 - gate[i]) * eye) for i, w in enumerate(nodes)}
+            out = hp.run(ids, nodes=patches, grad=True)
+            l0 = torch.sigmoid(log_alpha - _HC_BETA * floor).sum()
+            loss = _divergence_torch(model, clean, out, metric) + lam * l0
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n_forward += 1
+        with torch.no_grad():
+            final = (torch.sigmoid(log_alpha) * (_HC_ZETA - _HC_GAMMA) + _HC_GAMMA).clamp(0.0, 1.0)
+        circuits[lam] = [w for i, w in enumerate(nodes) if float(final[i]) > 0.5]
+        for i, w in enumerate(nodes):
+            totals[w] += float(final[i]) / len(lambdas)
+    return DiscoveryResult("subnetwork_probing", ablation, "node", totals, time.perf_counter() - t0,
+                           "torch-grad", n_forward, circuits)
+
+
 def run_method(
     name: str, model: Any, dataset: Dataset, ablation: str, *, backend: str = "auto", **kwargs: Any
 ) -> DiscoveryResult:
     """Dispatch by method name (one of METHODS)."""
     if name == "activation_patching":
-        return activation_patching(model, dataset, ablation, backend=backend)
+        return activation_patching(model, dataset, ablation, backend=backend, **kwargs)
     if name == "acdc":
         return acdc(model, dataset, ablation, backend=backend, **kwargs)
     if name == "eap":
         return eap(model, dataset, ablation)
     if name == "eap_ig":
         return eap_ig(model, dataset, ablation, **kwargs)
+    if name == "subnetwork_probing":
+        return subnetwork_probing(model, dataset, ablation, **kwargs)
     raise ValueError(f"unknown discovery method {name!r}; expected one of {METHODS}")
 
 

@@ -65,7 +65,7 @@ __all__ = [
 
 TRUTHS = ("structural", "ablation")
 METRICS = ("auto", "f1", "roc_auc")
-BUILTIN_TOOLS = ("acdc", "activation_patching", "eap", "eap_ig")
+BUILTIN_TOOLS = ("acdc", "activation_patching", "eap", "eap_ig", "subnetwork_probing")
 
 Tool = Callable[[Any, "ToolDataset"], Any]
 

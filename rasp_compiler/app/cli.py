@@ -519,7 +519,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.target == "tool":
         if not args.tool:
             raise CLIError("fuzz tool needs --tool: acdc, activation_patching, eap, eap_ig, "
-                           "package.module:function or path/to/file.py:function")
+                           "subnetwork_probing, package.module:function or path/to/file.py:function")
         try:
             summary = tool_fuzz.run_tool_campaign(
                 args.programs,
@@ -756,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--tool",
         required=True,
-        help="acdc, activation_patching, eap, eap_ig, package.module:function or "
+        help="acdc, activation_patching, eap, eap_ig, subnetwork_probing, package.module:function or "
         "path/to/file.py:function, called as function(model, dataset)",
     )
     c.add_argument("--ablation", choices=("resample", "mean", "zero"), default="resample",
@@ -816,8 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(f, 16)
     f.add_argument(
         "--tool",
-        help="(required) acdc, activation_patching, eap, eap_ig, package.module:function or "
-        "path/to/file.py:function, called as function(model, dataset)",
+        help="(required) acdc, activation_patching, eap, eap_ig, subnetwork_probing, "
+        "package.module:function or path/to/file.py:function, called as function(model, dataset)",
     )
     f.add_argument(
         "--truth",

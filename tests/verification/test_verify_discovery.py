@@ -67,3 +67,16 @@ def test_engine_and_hooks_give_the_same_scores(method: str) -> None:
     assert a.scores.keys() == b.scores.keys()
     for k in a.scores:
         assert a.scores[k] == pytest.approx(b.scores[k], abs=1e-5), k
+
+
+@pytest.mark.parametrize("name", ["reverse", "frac_prevs"])
+def test_subnetwork_probing_keeps_exactly_the_nodes_the_output_needs(name: str) -> None:
+    """Under resample ablation at the smallest penalty, SP's gates stay open on exactly the nodes of the
+    ablation-aware truth (the output aside) and close on the rest; a large penalty closes more."""
+    model, ds = build(name, n=16)
+    r = discovery.subnetwork_probing(model, ds, "resample")
+    truth = causal.necessary_edges(model, ds, "resample").circuit
+    needed = {x for e in truth.edges for x in (e.writer, e.reader)} - {"output"}
+    assert set(r.circuits[1e-3]) == needed
+    assert len(r.circuits[1.0]) < len(r.circuits[1e-3])
+    assert r.backend == "torch-grad" and all(0.0 <= v <= 1.0 for v in r.scores.values())

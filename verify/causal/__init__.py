@@ -31,7 +31,7 @@ from verify.causal.interchange import Alignment, IIAResult, ground_truth_alignme
 from verify.causal.minimal import MinimalCircuit, minimal_circuit
 from verify.causal.necessary import NecessaryEdges, necessary_edges
 from verify.causal.patcher import Patcher
-from verify.dataset import ABLATIONS, CausalError, Dataset, decode_outputs, make_dataset
+from verify.dataset import ABLATIONS, CausalError, Dataset, MixedDataset, decode_outputs, make_dataset
 
 __all__ = [
     "ABLATIONS",
@@ -41,6 +41,7 @@ __all__ = [
     "FaithfulnessResult",
     "IIAResult",
     "MinimalCircuit",
+    "MixedDataset",
     "NecessaryEdges",
     "Patcher",
     "decode_outputs",

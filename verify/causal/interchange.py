@@ -16,7 +16,7 @@ from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
 from rasp_compiler.model.patching import HookPatcher, PatchValue
 from verify.causal.program import ProgramRunner
 from verify.circuit import node_kind
-from verify.dataset import CausalError, Dataset, decode_outputs, is_numerical_output
+from verify.dataset import CausalError, Dataset, MixedDataset, decode_outputs, is_numerical_output
 from verify.truth import annotation_dict
 
 __all__ = [
@@ -98,7 +98,7 @@ def _as_inputs(x: Any) -> list[list[Any]]:
 def interchange_accuracy(
     model: Any,
     alignment: Alignment,
-    base_inputs: Sequence[Sequence[Any]] | Dataset,
+    base_inputs: Sequence[Sequence[Any]] | Dataset | MixedDataset,
     source_inputs: Sequence[Sequence[Any]] | None = None,
     program: Any = None,
     *,
@@ -108,7 +108,15 @@ def interchange_accuracy(
     """Patch `alignment.component`'s output inside `alignment.subspace` (at `positions`) from each source
     run into its base run, intervene `alignment.variable` likewise in the evaluator; fraction of examples
     whose whole decoded output agrees. A Dataset as `base_inputs` supplies program and source (its
-    corrupted inputs). Inputs must share one length (position-wise interchange)."""
+    corrupted inputs). Inputs must share one length (position-wise interchange); a MixedDataset is run
+    length by length and the counts added up."""
+    if isinstance(base_inputs, MixedDataset):
+        parts = [interchange_accuracy(model, alignment, g, program=program, backend=backend, atol=atol)
+                 for g in base_inputs.groups]
+        agree = [a for p in parts for a in p.agree]
+        return IIAResult(alignment, float(np.mean(agree)) if agree else math.nan, sum(p.n for p in parts),
+                         sum(p.n_undefined for p in parts), agree, parts[0].backend,
+                         sum(p.n_vacuous for p in parts))
     if isinstance(base_inputs, Dataset):
         program = base_inputs.program if program is None else program
         source_inputs = base_inputs.corrupt if source_inputs is None else source_inputs

@@ -26,6 +26,13 @@ def mse_to_clean(clean: np.ndarray, patched: np.ndarray) -> float:
     return float(np.mean((clean[:, 1:].astype(np.float64) - patched[:, 1:]) ** 2))
 
 
+def l2_to_clean(clean: np.ndarray, patched: np.ndarray) -> float:
+    """Mean over examples and non-BOS positions of the Euclidean distance between output vectors (the
+    ACDC paper's metric on its tracr tasks)."""
+    diff = clean[:, 1:].astype(np.float64) - patched[:, 1:]
+    return float(np.mean(np.linalg.norm(diff, axis=-1)))
+
+
 def divergence(model: Any, clean: np.ndarray, patched: np.ndarray) -> float:
     """ACDC's metric: KL to the clean output for categorical outputs, MSE for numerical ones."""
     if model.config.output_encoding == "categorical":

@@ -12,13 +12,14 @@ import numpy as np
 from rasp_compiler import rasp
 from rasp_compiler.model.directions import Direction
 from rasp_compiler.model.outputs import OUTPUT_ATOL, positions_equal
-from verify.causal.patcher import Patcher
+from verify.causal.patcher import Patcher, mean_over_lengths
 from verify.causal.program import ProgramRunner
 from verify.circuit import Circuit, Edge, legal_edges
 from verify.dataset import (
     ABLATIONS,
     CausalError,
     Dataset,
+    MixedDataset,
     decided_positions,
     decode_outputs,
     is_numerical_output,
@@ -122,7 +123,7 @@ def _is_internal(labels: Iterable[str], op: str) -> bool:
 
 def necessary_edges(
     model: Any,
-    inputs: Dataset,
+    inputs: Dataset | MixedDataset,
     ablation: str = "resample",
     output: str | None = None,
     *,
@@ -137,7 +138,9 @@ def necessary_edges(
     dataset provably changes nothing (the mean is the value), otherwise the program cannot say (the mean
     of a categorical variable is no value of it); for zero the program never can. Then every legal edge
     is ablated alone on the engine; that is the set returned, and every disagreement with the
-    program-derived prediction is reported in `discrepancies`.
+    program-derived prediction is reported in `discrepancies`. A `MixedDataset` is run length by length
+    (mean ablation with the means over every length, `patcher.mean_over_lengths`), the fractions taken
+    over all its output positions.
     """
     if ablation not in ABLATIONS:
         raise CausalError(f"unknown ablation {ablation!r}; expected one of {ABLATIONS}")
@@ -148,23 +151,30 @@ def necessary_edges(
     out_op = truth.output
     cfg = model.config
     universe = legal_edges(cfg.n_layers, cfg.n_heads)
-    runner = Patcher(model, inputs, ablation, backend)
-    outs = runner.outputs([[e] for e in universe])
-    clean_dec = decode_outputs(model, runner.clean())
-    changed_fraction: dict[str, float] = {}
-    undetermined: dict[str, float] = {}
+    groups = inputs.groups if isinstance(inputs, MixedDataset) else (inputs,)
+    means = mean_over_lengths(model, groups) if ablation == "mean" and len(groups) > 1 else None
+    n_changed = dict.fromkeys(map(str, universe), 0)
+    n_undecided = dict.fromkeys(map(str, universe), 0)
+    n_positions = 0
     numerical = is_numerical_output(model)
-    for e, out in zip(universe, outs, strict=True):
-        got = decode_outputs(model, out)
-        decided = decided_positions(model, out)
-        changed = np.array([[not f for f in positions_equal(a, b, numerical, atol)]
-                            for a, b in zip(got, clean_dec, strict=True)], dtype=bool).reshape(decided.shape)
-        # an output is kept only if the clean answer still wins by more than the margin; within it the
-        # answer is no longer determined (a tie that rounding alone would settle), which counts as changed
-        # on every backend alike
-        changed_fraction[str(e)] = float(np.mean(changed | ~decided))
-        if not decided.all():
-            undetermined[str(e)] = float(np.mean(~decided))
+    for group in groups:
+        runner = Patcher(model, group, ablation, backend, mean_values=means)
+        outs = runner.outputs([[e] for e in universe])
+        clean_dec = decode_outputs(model, runner.clean())
+        for e, out in zip(universe, outs, strict=True):
+            got = decode_outputs(model, out)
+            decided = decided_positions(model, out)
+            changed = np.array([[not f for f in positions_equal(a, b, numerical, atol)]
+                                for a, b in zip(got, clean_dec, strict=True)], dtype=bool)
+            changed = changed.reshape(decided.shape)
+            # an output is kept only if the clean answer still wins by more than the margin; within it the
+            # answer is no longer determined (a tie that rounding alone would settle), which counts as
+            # changed on every backend alike
+            n_changed[str(e)] += int((changed | ~decided).sum())
+            n_undecided[str(e)] += int((~decided).sum())
+        n_positions += decided.size
+    changed_fraction = {e: c / n_positions for e, c in n_changed.items()}
+    undetermined = {e: c / n_positions for e, c in n_undecided.items() if c}
     engine_set = {s for s, f in changed_fraction.items() if f > 0}
 
     prog = ProgramRunner(inputs.program, causal=model.config.causal)
@@ -313,8 +323,9 @@ def _predict_mean(
         if w_op == "one":
             continue
         for x in prog.exprs(w_op):
-            cols = list(zip(*[cv[id(x)] for cv in clean_vals], strict=True))
-            if any(len({repr(v) for v in col}) > 1 for col in cols):
+            width = max(len(cv[id(x)]) for cv in clean_vals)
+            cols = [[cv[id(x)][p] for cv in clean_vals if p < len(cv[id(x)])] for p in range(width)]
+            if any(len({repr(v) for v in col}) > 1 for col in cols):  # per position, over every length
                 varying.append(w_op)
                 break
     if not varying:

@@ -11,9 +11,9 @@ from rasp_compiler.engine import Engine
 from rasp_compiler.model.names import writer_hook, writers
 from rasp_compiler.model.patching import HookPatcher, ablation_values
 from verify.circuit import as_edge, node_kind
-from verify.dataset import ABLATIONS, CausalError, Dataset
+from verify.dataset import ABLATIONS, CausalError, Dataset, one_length
 
-__all__ = ["BACKENDS", "Patcher"]
+__all__ = ["BACKENDS", "Patcher", "mean_over_lengths"]
 
 BACKENDS = ("auto", "engine", "torch", "float64")
 
@@ -24,7 +24,8 @@ class Patcher:
     A patch set is a list of ablated edges (`Edge`, `"w->r<in>"` or tuples) and/or node names. Every
     item receives the writer's ablated value (`ablation`). `backend`: "auto", "engine", "torch", or
     "float64" (the PyTorch module in double precision: the reference that float32 rounding is checked
-    against).
+    against). `mean_values` (per writer `[1, T, d_model]`, e.g. `mean_over_lengths`) replaces the
+    dataset's own means under mean ablation (sliced to the dataset's length).
     """
 
     def __init__(
@@ -34,12 +35,14 @@ class Patcher:
         ablation: str = "resample",
         backend: str = "auto",
         threads: int | None = 1,
+        mean_values: dict[str, np.ndarray] | None = None,
     ) -> None:
         if ablation not in ABLATIONS:
             raise CausalError(f"unknown ablation {ablation!r}; expected one of {ABLATIONS}")
         if backend not in BACKENDS:
             raise CausalError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        self.model, self.dataset, self.ablation = model, dataset, ablation
+        self.model, self.dataset, self.ablation = model, one_length(dataset, "Patcher"), ablation
+        self._mean_values = mean_values if ablation == "mean" else None
         self.n_forward = 0
         self._hook: HookPatcher | None = None
         self._ablated: dict[str, Any] | None = None
@@ -60,6 +63,12 @@ class Patcher:
 
     def ablated_values(self) -> dict[str, Any]:
         """Per writer, the torch tensor an ablated edge delivers."""
+        if self._ablated is None and self._mean_values is not None:
+            import torch
+
+            B, T = np.asarray(self.dataset.clean_ids).shape
+            self._ablated = {w: torch.as_tensor(np.asarray(v)[:, :T]).expand(B, T, -1).contiguous()
+                             for w, v in self._mean_values.items()}
         if self._ablated is None:
             self._ablated = ablation_values(
                 self.hook, self.dataset.clean_ids, self.dataset.corrupt_ids, self.ablation
@@ -92,6 +101,9 @@ class Patcher:
         T, D = clean.shape[1], int(cfg.d_model)
         if self.ablation == "zero":
             return {w: np.zeros((1, T, D), np.float32) for w in ws}
+        if self._mean_values is not None:
+            return {w: np.ascontiguousarray(np.asarray(v)[:, :T], dtype=np.float32)
+                    for w, v in self._mean_values.items()}
         hooks = {w: writer_hook(w) for w in ws}
         _, cache = self._engine.run_with_cache(clean, names=sorted({h for h, _ in hooks.values()}))
         out = {}
@@ -128,3 +140,25 @@ class Patcher:
             )
             return np.asarray(outs)
         return self.hook.run_sets(self.dataset.clean_ids, self.ablated_values(), sets)
+
+
+def mean_over_lengths(model: Any, groups: Sequence[Dataset]) -> dict[str, np.ndarray]:
+    """Per writer, its mean output `[1, T_max, d_model]` at each position over the clean inputs of every
+    group that has that position: mean ablation across input lengths (float64 sums)."""
+    cfg = model.config
+    ws = writers(cfg.n_layers, cfg.n_heads)
+    hooks = {w: writer_hook(w) for w in ws}
+    T_max = max(np.asarray(g.clean_ids).shape[1] for g in groups)
+    D = int(cfg.d_model)
+    sums = {w: np.zeros((T_max, D)) for w in ws}
+    counts = np.zeros(T_max)
+    engine = Engine(model, threads=1)
+    for g in groups:
+        ids = np.asarray(g.clean_ids)
+        _, cache = engine.run_with_cache(ids, names=sorted({h for h, _ in hooks.values()}))
+        T = ids.shape[1]
+        counts[:T] += ids.shape[0]
+        for w, (hook, head) in hooks.items():
+            v = np.asarray(cache[hook]) if head is None else np.asarray(cache[hook])[:, :, head]
+            sums[w][:T] += v.sum(axis=0, dtype=np.float64)
+    return {w: (s / np.maximum(counts, 1)[:, None])[None] for w, s in sums.items()}
