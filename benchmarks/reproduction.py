@@ -140,8 +140,8 @@ def main() -> None:
     text = f"""# The ACDC paper's tracr results, like for like
 
 Produced by `python benchmarks/reproduction.py` ({minutes:.0f} minutes, torch at 1 thread). Edge-level
-ROC-AUC of ACDC, subnetwork probing (SP) and HISP (activation patching of nodes) on the paper's two
-tracr tasks. The first row of each task is the paper's setup rebuilt on our compiled models (the
+ROC-AUC of ACDC, subnetwork probing (SP, on the engine) and HISP (activation patching of nodes) on the
+paper's two tracr tasks. The first row of each task is the paper's setup rebuilt on our compiled models (the
 reference circuit is an ACDC run under zero ablation with the L2 metric, threshold
 {REFERENCE_THRESHOLD:g}; the methods run under resample ablation with the L2 metric; {N_PAIRS} input
 pairs); each later row changes one factor of it, named in the row, so the effect of each difference

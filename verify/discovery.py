@@ -13,9 +13,10 @@
   to the ablated input embeddings (EAP-IG, Hanna et al. 2024).
 * `subnetwork_probing`: node level, as the ACDC paper adapted it (Cao et al. 2021; Conmy et al. 2023):
   one hard-concrete gate per node, its output mixed between clean (gate 1) and ablated (gate 0), trained
-  through the PyTorch module to keep the output (divergence as above) under an L0 penalty `lam`, for a
-  sweep of penalties; a node's score is its deterministic gate averaged over the sweep (1: kept at every
-  penalty). Gradients need PyTorch, so SP (like EAP) does not run on the engine.
+  to keep the output (divergence as above) under an L0 penalty `lam`, for a sweep of penalties; a node's
+  score is its deterministic gate averaged over the sweep (1: kept at every penalty). On the engine
+  (default) every forward pass is an engine sweep and the gates' gradient is taken by finite differences;
+  `backend="torch"` differentiates through the PyTorch module instead (the same circuits on the library).
 
 Ablations as in `verify.causal`: resample, mean, zero. Methods that patch (activation patching, ACDC)
 run on the C++ engine (`backend="engine"`) or on PyTorch hooks (`backend="torch"`), with identical
@@ -298,22 +299,56 @@ def subnetwork_probing(
     lr: float = 0.05,
     seed: int = 0,
     metric: str = "kl",
+    backend: str = "engine",
 ) -> DiscoveryResult:
     """Subnetwork probing (see the module docstring): node scores in [0, 1], the gate kept on average over
-    the penalties `lambdas`; `circuits` maps each penalty to the nodes whose gate ends above 1/2."""
+    the penalties `lambdas`; `circuits` maps each penalty to the nodes whose gate ends above 1/2.
+
+    `backend="torch"` differentiates through the PyTorch module; `backend="engine"` runs every forward
+    pass on the C++ engine (a sweep per step: the sampled gates and each gate nudged by 1e-3) and takes
+    the gates' gradient by those finite differences, then the same chain rule and Adam steps."""
     t0 = time.perf_counter()
-    _metric(metric)  # an unknown name fails here
+    measure = _metric(metric)  # an unknown name fails here
     one_length(dataset, "subnetwork_probing")
+    if backend not in ("torch", "engine"):
+        raise ValueError(f"subnetwork_probing: backend must be 'torch' or 'engine', got {backend!r}")
+    nodes = writers(model.config.n_layers, model.config.n_heads)
+    totals = dict.fromkeys(nodes, 0.0)
+    circuits: dict[float, list[str]] = {}
+    if backend == "engine":
+        runner = Patcher(model, dataset, ablation, "engine")
+        gates = {lam: _sp_engine(model, runner, nodes, lam, steps, lr, seed, measure) for lam in lambdas}
+        n_forward = runner.n_forward
+    else:
+        gates, n_forward = _sp_torch(model, dataset, ablation, nodes, lambdas, steps, lr, seed, metric)
+    for lam in lambdas:
+        circuits[lam] = [w for i, w in enumerate(nodes) if gates[lam][i] > 0.5]
+        for i, w in enumerate(nodes):
+            totals[w] += float(gates[lam][i]) / len(lambdas)
+    return DiscoveryResult("subnetwork_probing", ablation, "node", totals, time.perf_counter() - t0,
+                           "engine" if backend == "engine" else "torch-grad", n_forward, circuits)
+
+
+def _np_sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _final_gates(log_alpha: np.ndarray) -> np.ndarray:
+    return np.clip(_np_sigmoid(log_alpha) * (_HC_ZETA - _HC_GAMMA) + _HC_GAMMA, 0.0, 1.0)
+
+
+def _sp_torch(
+    model: Any, dataset: Dataset, ablation: str, nodes: list[str], lambdas: tuple[float, ...], steps: int,
+    lr: float, seed: int, metric: str,
+) -> tuple[dict[float, np.ndarray], int]:
     hp = HookPatcher(model)
     ids = hp.tokens(dataset.clean_ids)
     ablated = ablation_values(hp, dataset.clean_ids, dataset.corrupt_ids, ablation)
     with torch.no_grad():
         clean = hp.run(ids)
-    nodes = writers(model.config.n_layers, model.config.n_heads)
     eye = torch.eye(int(model.config.d_model))
     floor = float(np.log(-_HC_GAMMA / _HC_ZETA))
-    totals = dict.fromkeys(nodes, 0.0)
-    circuits: dict[float, list[str]] = {}
+    out_gates: dict[float, np.ndarray] = {}
     n_forward = 0
     for lam in lambdas:
         gen = torch.Generator().manual_seed(seed)
@@ -321,7 +356,7 @@ def subnetwork_probing(
         opt = torch.optim.Adam([log_alpha], lr=lr)
         for _ in range(steps):
             u = torch.rand(len(nodes), generator=gen).clamp(1e-6, 1 - 1e-6)
-            s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / _HC_BETA)
+            s = torch.sigmoid((u.log() - (1 - u).log() + log_alpha) / _HC_BETA)  # hard-concrete sample
             gate = (s * (_HC_ZETA - _HC_GAMMA) + _HC_GAMMA).clamp(0.0, 1.0)
             patches = {w: PatchValue(ablated[w], (1 - gate[i]) * eye) for i, w in enumerate(nodes)}
             out = hp.run(ids, nodes=patches, grad=True)
@@ -331,13 +366,46 @@ def subnetwork_probing(
             loss.backward()
             opt.step()
             n_forward += 1
-        with torch.no_grad():
-            final = (torch.sigmoid(log_alpha) * (_HC_ZETA - _HC_GAMMA) + _HC_GAMMA).clamp(0.0, 1.0)
-        circuits[lam] = [w for i, w in enumerate(nodes) if float(final[i]) > 0.5]
-        for i, w in enumerate(nodes):
-            totals[w] += float(final[i]) / len(lambdas)
-    return DiscoveryResult("subnetwork_probing", ablation, "node", totals, time.perf_counter() - t0,
-                           "torch-grad", n_forward, circuits)
+        out_gates[lam] = _final_gates(log_alpha.detach().numpy().astype(np.float64))
+    return out_gates, n_forward
+
+
+FD_STEP = 1e-3  # the engine backend's finite-difference step on a gate
+
+
+def _sp_engine(
+    model: Any, runner: Patcher, nodes: list[str], lam: float, steps: int, lr: float, seed: int, measure: Any
+) -> np.ndarray:
+    """SP's gate training with every forward pass on the engine (gradients by finite differences)."""
+    rng = np.random.default_rng(seed)
+    clean = runner.clean()
+    n = len(nodes)
+    floor = float(np.log(-_HC_GAMMA / _HC_ZETA))
+    log_alpha = np.full(n, 3.0)
+    m, v = np.zeros(n), np.zeros(n)
+    b1, b2, eps = 0.9, 0.999, 1e-8  # Adam, as torch.optim.Adam's defaults
+    for t in range(1, steps + 1):
+        u = rng.uniform(1e-6, 1 - 1e-6, n)
+        s = _np_sigmoid((np.log(u) - np.log(1 - u) + log_alpha) / _HC_BETA)  # hard-concrete sample
+        raw = s * (_HC_ZETA - _HC_GAMMA) + _HC_GAMMA
+        gate = np.clip(raw, 0.0, 1.0)
+        nudge = np.where(gate > FD_STEP, -FD_STEP, FD_STEP)
+        sets = [dict(zip(nodes, gate, strict=True))]
+        for i in range(n):
+            g = gate.copy()
+            g[i] += nudge[i]
+            sets.append(dict(zip(nodes, g, strict=True)))
+        outs = runner.gated_outputs(sets)
+        base = measure(model, clean, outs[0])
+        d_gate = np.array([(measure(model, clean, outs[i + 1]) - base) / nudge[i] for i in range(n)])
+        inside = (raw > 0) & (raw < 1)  # the clamp passes no gradient outside (0, 1)
+        grad = d_gate * inside * (_HC_ZETA - _HC_GAMMA) * s * (1 - s) / _HC_BETA
+        p = _np_sigmoid(log_alpha - _HC_BETA * floor)
+        grad += lam * p * (1 - p)
+        m = b1 * m + (1 - b1) * grad
+        v = b2 * v + (1 - b2) * grad**2
+        log_alpha -= lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    return _final_gates(log_alpha)
 
 
 def run_method(
@@ -353,7 +421,8 @@ def run_method(
     if name == "eap_ig":
         return eap_ig(model, dataset, ablation, **kwargs)
     if name == "subnetwork_probing":
-        return subnetwork_probing(model, dataset, ablation, **kwargs)
+        sp_backend = "torch" if backend == "torch" else "engine"
+        return subnetwork_probing(model, dataset, ablation, backend=sp_backend, **kwargs)
     raise ValueError(f"unknown discovery method {name!r}; expected one of {METHODS}")
 
 

@@ -37,8 +37,10 @@ __all__ = [
     "DictionaryScore",
     "FeatureDictionary",
     "ProbeResult",
+    "all_sites",
     "cached_runs",
     "component_sites",
+    "feature_activations",
     "feature_dictionary",
     "probe_accuracy",
     "residual_sites",
@@ -249,11 +251,43 @@ def score_dictionary(
 FEATURES_FORMAT = "rasp_compiler.features"
 
 
-def save_features(model: Any, directory: Any) -> list[FeatureDictionary]:
+def all_sites(model: Any) -> list[str]:
+    """Every site with a feature truth: the residual sites, then the component sites."""
+    return residual_sites(model) + component_sites(model)
+
+
+def feature_activations(
+    model: Any, inputs: Sequence[Sequence[Any]], sites: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Per site, each true feature's activation `[n_inputs, 1 + max length, n_features]` (BOS first;
+    NaN past an input's end): which inputs and positions fire it. Read back from `model`'s own
+    activations, so pass the model a variant was made from (a compressed model's features are not
+    separable from its activations; its true activations are the original model's)."""
+    sites = list(sites or all_sites(model))
+    truths = {s: feature_dictionary(model, s) for s in sites}
+    T = 1 + max(len(x) for x in inputs)
+    out = {s: np.full((len(inputs), T, len(truths[s])), np.nan) for s in sites}
+    where: dict[int, list[int]] = {}
+    for i, x in enumerate(inputs):
+        where.setdefault(len(x), []).append(i)
+    for group, cache in cached_runs(model, inputs, sites):
+        rows = where[len(group[0])]
+        for s in sites:
+            coef = truths[s].coefficients(np.asarray(cache[s], dtype=np.float64))
+            out[s][rows, : coef.shape[1]] = coef
+    return out
+
+
+def save_features(
+    model: Any, directory: Any, inputs: Sequence[Sequence[Any]] | None = None, reference: Any = None
+) -> list[FeatureDictionary]:
     """Write every site's true features (residual and component sites) beside nothing else of this
     package's: `features.json` (per site: labels, and each label's variable, value and role; `dims`: the
     site's width) and `features.safetensors` (per site `[n_features, width]` float32 vectors, keyed by the
-    site name; width d_model, or d_mlp at `mlp.hook_post`); both readable without this package."""
+    site name; width d_model, or d_mlp at `mlp.hook_post`); both readable without this package. With
+    `inputs`, also `feature_activations.safetensors` (`feature_activations` per site, computed on
+    `reference`, the model a variant was made from, when it has the same features) and the inputs in
+    `features.json`."""
     import json
     from pathlib import Path
 
@@ -261,7 +295,7 @@ def save_features(model: Any, directory: Any) -> list[FeatureDictionary]:
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    sites = residual_sites(model) + component_sites(model)
+    sites = all_sites(model)
     dictionaries = [feature_dictionary(model, site) for site in sites]
     doc = {
         "format": FEATURES_FORMAT,
@@ -274,10 +308,23 @@ def save_features(model: Any, directory: Any) -> list[FeatureDictionary]:
             for d in dictionaries
         },
     }
+    if inputs is not None:
+        source = model
+        if reference is not None and all(feature_dictionary(reference, d.site).labels == d.labels
+                                         for d in dictionaries):
+            source = reference  # the same features (a rotation, a compression): read where they separate
+        acts = feature_activations(source, inputs, sites)
+        doc["activation_inputs"] = [[_jsonable(v) for v in x] for x in inputs]
+        save_file({s: np.ascontiguousarray(a, dtype=np.float32) for s, a in acts.items()},
+                  str(out / "feature_activations.safetensors"))
     (out / "features.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     save_file({d.site: np.ascontiguousarray(d.vectors, dtype=np.float32) for d in dictionaries},
               str(out / "features.safetensors"))
     return dictionaries
+
+
+def _jsonable(v: Any) -> Any:
+    return v if v is None or isinstance(v, bool | int | float | str) else repr(v)
 
 
 @dataclasses.dataclass(frozen=True)

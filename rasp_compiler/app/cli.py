@@ -440,12 +440,20 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model)
     out = Path(args.out) if args.out else Path(args.model) / "features"
+    if args.activations < 0:
+        raise CLIError(f"--activations must be >= 0, got {args.activations}")
+    inputs = None
+    if args.activations:
+        from rasp_compiler.transforms.variants import all_inputs
+
+        inputs = [x[1:] for x in all_inputs(model, max_inputs=args.activations, seed=0)]
     try:
-        dictionaries = features.save_features(model, out)
+        dictionaries = features.save_features(model, out, inputs=inputs)
     except CircuitError as e:
         raise CLIError(str(e)) from None
-    print(f"true features of {args.model} per site (written to {out}/features.json, "
-          "features.safetensors):")
+    written = "features.safetensors" + (f", feature_activations.safetensors on {len(inputs)} inputs"
+                                        if inputs else "")
+    print(f"true features of {args.model} per site (written to {out}/features.json, {written}):")
     for d in dictionaries:
         variables = sorted({x.variable for x in d.directions})
         print(f"  {d.site:<26} {len(d):>4} features  {', '.join(variables)}")
@@ -736,12 +744,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "features",
-        help="the true features at every residual site (for scoring SAEs and probes)",
-        description="Every residual site's true features (one direction per value of each RASP variable, "
-        "in the model's own basis) printed and written as features.json + features.safetensors.",
+        help="the true features at every site (for scoring SAEs, transcoders and probes)",
+        description="Every site's true features (residual stream, head and MLP outputs: one direction per "
+        "value of each RASP variable, in the model's own basis; MLP hidden layers: one per neuron) printed "
+        "and written as features.json + features.safetensors; with --activations, each feature's "
+        "activation on inputs too (feature_activations.safetensors).",
     )
     c.add_argument("model", help="model directory")
     c.add_argument("--out", help="output directory (default MODEL/features)")
+    c.add_argument("--activations", type=int, default=0, metavar="N",
+                   help="also write each feature's activation on every input when there are at most N, "
+                   "else on N random ones (seed 0)")
     c.set_defaults(func=cmd_features)
 
     c = sub.add_parser(

@@ -10,6 +10,8 @@
         circuit.json                       ground truth, verify's JSON form
         circuit.acdc.json, circuit.autocircuit.json, circuit.eapig.json, circuit.tl_hooks.json
         dataset.json                       clean / corrupted input pairs with the evaluator's outputs
+        features.json, features.safetensors     the true features at every site (verify.features)
+        feature_activations.safetensors    each true feature's activation on the dataset's clean inputs
         card.json                          program, sizes, op kinds, layers, circuit size, variant record
         outputs/<name>.circuit.json        multi-output models (--multi K): each output's own circuit
 
@@ -60,7 +62,7 @@ from rasp_compiler.testing.generate import op_kinds
 from rasp_compiler.testing.runner import available_cores, iter_work
 from rasp_compiler.transforms import variants
 from rasp_compiler.transforms.variants import COMPRESS_METHODS
-from verify import formats
+from verify import features, formats
 from verify.circuit import CircuitError
 
 __all__ = [
@@ -504,6 +506,7 @@ def build_item(item: WorkItem) -> dict[str, Any]:
             rejected["mismatch"] += 1
             last_error = bad
             continue
+        compiled_model = model  # the variants' starting point: where a compressed model's features separate
         if v.noisy or v.rotate or v.compress is not None:
             try:
                 model = _apply_variants(model, v, item, attempt, [[model.codec.bos, *x] for x in inputs])
@@ -537,7 +540,9 @@ def build_item(item: WorkItem) -> dict[str, Any]:
         files: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory(prefix="rasp-suite-") as tmp:
             model.save(tmp)
-            for name in ("weights.safetensors", "model.json"):
+            features.save_features(model, tmp, inputs=[p["clean"] for p in pairs], reference=compiled_model)
+            for name in ("weights.safetensors", "model.json", "features.json", "features.safetensors",
+                         "feature_activations.safetensors"):
                 files[name] = (Path(tmp) / name).read_bytes()
         sources: dict[str, str] = {}
         for n, p in programs.items():
@@ -748,6 +753,9 @@ def _write_index(
             "circuit.eapig.json",
             "circuit.tl_hooks.json",
             "dataset.json",
+            "features.json",
+            "features.safetensors",
+            "feature_activations.safetensors",
             "card.json",
         ]
         + (["outputs/<name>.circuit.json"] if variants.multi > 1 else []),

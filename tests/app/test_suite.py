@@ -43,7 +43,7 @@ def suites(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_same_seed_gives_identical_files_for_any_worker_count(suites: tuple[Path, Path]) -> None:
     a, b = suites
     ha, hb = tree_hashes(a), tree_hashes(b)
-    assert len(ha) == 2 + 11 * N  # suite.json, index.json, eleven files per model (manifest.json included)
+    assert len(ha) == 2 + 14 * N  # suite.json, index.json, fourteen files per model (manifest.json included)
     assert ha == hb
 
 

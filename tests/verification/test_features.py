@@ -128,3 +128,33 @@ def test_linear_probes_read_every_variable_exactly_where_the_truth_puts_it() -> 
     first = features.probe_accuracy(model, program, sites[0], inputs)
     assert not first["sort"].present and first["sort"].accuracy < 0.9  # not computed yet: not readable
     assert first["sort"].accuracy > first["sort"].chance  # (though partly guessable from the tokens)
+
+
+def test_feature_activations_say_which_inputs_and_positions_fire_each_feature(tmp_path) -> None:  # noqa: ANN001
+    """Written beside a compressed model (read on the model it was made from): a categorical feature's
+    activation is 1 exactly where the program's variable has that value, NaN past an input's end."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    plain, program, _ = _setup("reverse")
+    compressed = _state_exact_compression(plain)
+    inputs = [["a", "b"], ["c", "a", "b", "b"], ["b"]]
+    features.save_features(compressed, tmp_path, inputs=inputs, reference=plain)
+    doc = json.loads((tmp_path / "features.json").read_text())
+    acts = load_file(str(tmp_path / "feature_activations.safetensors"))
+    assert doc["activation_inputs"] == inputs
+    site = features.residual_sites(compressed)[-1]
+    labels = [f["label"] for f in doc["sites"][site]]
+    a = acts[site]
+    assert a.shape == (3, 5, len(labels))
+    assert np.isnan(a[2, 2:]).all() and not np.isnan(a[1]).any()
+    for i, x in enumerate(inputs):
+        want = rasp.evaluate(program, x)
+        for value in "abc":
+            k = labels.index(f"reverse:{value}")
+            np.testing.assert_allclose(a[i, 1: len(x) + 1, k], [float(w == value) for w in want], atol=1e-4)
+    noisy = variants.add_noise(plain, heads=1, neurons=2, seed=0)
+    features.save_features(noisy, tmp_path / "noisy", inputs=inputs, reference=plain)  # other features
+    noisy_acts = load_file(str(tmp_path / "noisy" / "feature_activations.safetensors"))
+    assert noisy_acts[site].shape[2] == len(features.feature_dictionary(noisy, site))

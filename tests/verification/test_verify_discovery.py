@@ -79,4 +79,6 @@ def test_subnetwork_probing_keeps_exactly_the_nodes_the_output_needs(name: str) 
     needed = {x for e in truth.edges for x in (e.writer, e.reader)} - {"output"}
     assert set(r.circuits[1e-3]) == needed
     assert len(r.circuits[1.0]) < len(r.circuits[1e-3])
-    assert r.backend == "torch-grad" and all(0.0 <= v <= 1.0 for v in r.scores.values())
+    assert r.backend == "engine" and all(0.0 <= v <= 1.0 for v in r.scores.values())
+    by_autograd = discovery.subnetwork_probing(model, ds, "resample", backend="torch")
+    assert by_autograd.backend == "torch-grad" and by_autograd.circuits == r.circuits

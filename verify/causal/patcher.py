@@ -122,6 +122,34 @@ class Patcher:
         except TypeError:  # unhashable: convert (or raise) every time
             return self._item(item)
 
+    def gated_outputs(self, gate_sets: Sequence[dict[str, float]]) -> np.ndarray:
+        """Outputs `[S, B, T, V]`: in set s every node w (a writer name) delivers its clean output mixed
+        with its ablated value, `clean + (1 - gate) * (ablated - clean)` (gate 1: untouched; 0: ablated);
+        subnetwork probing's forward pass."""
+        D = int(self.model.config.d_model)
+        self.n_forward += len(gate_sets)
+        if self._engine is not None:
+            from rasp_compiler.engine import NodePatch
+
+            sets = [[NodePatch(w, (1.0 - float(g)) * np.eye(D, dtype=np.float32)) for w, g in gates.items()]
+                    for gates in gate_sets]
+            kwargs = {}
+            if self.ablation != "resample":
+                if self._engine_sources is None:
+                    self._engine_sources = self._engine_ablation_values()
+                kwargs["source_outputs"] = self._engine_sources
+            _, outs = self._engine.sweep(self.dataset.clean_ids, self.dataset.corrupt_ids, sets, "mse",
+                                         return_outputs=True, **kwargs)
+            return np.asarray(outs)
+        import torch
+
+        from rasp_compiler.model.patching import PatchValue
+
+        ablated, eye = self.ablated_values(), torch.eye(D)
+        return np.stack([self.hook.run(self.dataset.clean_ids, nodes={
+            w: PatchValue(ablated[w], (1.0 - float(g)) * eye) for w, g in gates.items()}).numpy()
+            for gates in gate_sets])
+
     def outputs(self, patch_sets: Sequence[Iterable[Any]]) -> np.ndarray:
         """Outputs `[S, B, T, V]` of the patched runs, one per patch set."""
         sets = [[self._item_cached(i) for i in items] for items in patch_sets]
