@@ -57,12 +57,8 @@ def check_prefix_consistency(graph: ProgramGraph, values: ValueSets, options: Co
                 f"{label}: a fixed-length constant cannot be compiled causally: the reference of a causal "
                 "model evaluates the program on every prefix of the input, where it has no value"
             )
-    proofs: dict[str, bool] = {}
-    unproven = {
-        sop: reader
-        for sop, reader in cross_position_reads(graph)
-        if not _consistent(graph, values, options, sop, proofs)
-    }
+    proven = _proofs(graph, values, options)
+    unproven = {sop: reader for sop, reader in cross_position_reads(graph) if not proven[sop]}
     if not unproven:
         return
     searchable = all(isinstance(graph.nodes[sop].expr, rasp.RASPExpr) for sop in unproven)
@@ -123,45 +119,45 @@ def _selects_under(graph: ProgramGraph, sel: str) -> list[str]:
     return [s for child in node.children for s in _selects_under(graph, child)]
 
 
-def _consistent(
-    graph: ProgramGraph, values: ValueSets, options: CompilerOptions, label: str, memo: dict[str, bool]
-) -> bool:
-    """Proven prefix-consistent from the program's structure (False: not proven, maybe still true)."""
-    if label in memo:
-        return memo[label]
-    node = graph.nodes[label]
-    if node.kind in _ALWAYS:
-        ok = True
-    elif node.kind == "length":
-        ok = options.max_seq_len == 1
-    elif node.kind in _POINTWISE:
-        ok = all(_consistent(graph, values, options, c, memo) for c in node.children)
-    elif node.kind in ("aggregate", "selector_width"):
-        sel = node.children[0]
-        read = [c for s in _selects_under(graph, sel) for c in graph.nodes[s].children]
-        read += node.children[1:]
-        ok = _earlier_only(graph, values, options, sel) and all(
-            _consistent(graph, values, options, c, memo) for c in read
-        )
-    else:
-        ok = False
-    memo[label] = ok
+def _proofs(graph: ProgramGraph, values: ValueSets, options: CompilerOptions) -> dict[str, bool]:
+    """Per SOp, whether the program's structure proves it prefix-consistent (False: not proven, maybe
+    still true). One pass children-first, so deep programs need no recursion."""
+    ok: dict[str, bool] = {}
+    positions: dict[str, dict] = {}
+    for label in graph.order:
+        node = graph.nodes[label]
+        if node.is_selector:
+            continue
+        positions[label] = _positions(node, positions, values, options)
+        if node.kind in _ALWAYS:
+            ok[label] = True
+        elif node.kind == "length":
+            ok[label] = options.max_seq_len == 1
+        elif node.kind in _POINTWISE:
+            ok[label] = all(ok[c] for c in node.children)
+        elif node.kind in ("aggregate", "selector_width"):
+            sel = node.children[0]
+            read = [c for s in _selects_under(graph, sel) for c in graph.nodes[s].children]
+            read += node.children[1:]
+            ok[label] = all(ok[c] for c in read) and _earlier_only(graph, values, positions, sel)
+        else:
+            ok[label] = False
     return ok
 
 
-def _earlier_only(graph: ProgramGraph, values: ValueSets, options: CompilerOptions, sel: str) -> bool:
+def _earlier_only(graph: ProgramGraph, values: ValueSets, positions: dict[str, dict], sel: str) -> bool:
     """Proven: the selector never selects a key after the query, on any input."""
     node = graph.nodes[sel]
     if node.kind == "selector_and":
-        return any(_earlier_only(graph, values, options, c) for c in node.children)
+        return any(_earlier_only(graph, values, positions, c) for c in node.children)
     if node.kind == "selector_or":
-        return all(_earlier_only(graph, values, options, c) for c in node.children)
+        return all(_earlier_only(graph, values, positions, c) for c in node.children)
     if node.kind != "select":
         return False
     if only_selects_earlier(graph, values, sel):
         return True
     keys, queries = node.children
-    at_key, at_query = _positions(graph, values, options, keys), _positions(graph, values, options, queries)
+    at_key, at_query = positions[keys], positions[queries]
     key_values, query_values = values[keys].values, values[queries].values
     if not at_key or not at_query or key_values is None or query_values is None:
         return False
@@ -176,30 +172,27 @@ def _earlier_only(graph: ProgramGraph, values: ValueSets, options: CompilerOptio
         return False
 
 
-def _positions(graph: ProgramGraph, values: ValueSets, options: CompilerOptions, label: str) -> dict:
+def _positions(node: Any, positions: dict[str, dict], values: ValueSets, options: CompilerOptions) -> dict:
     """{value: the one position that can hold it} for the SOp's values that reveal their position (a Map
-    or SequenceMap of indices whose value determines the index); empty when none does."""
-    node = graph.nodes[label]
+    or SequenceMap of indices whose value determines the index; `positions` has the children's);
+    empty when none does."""
     if node.kind == "indices":
         return {i: i for i in range(options.max_seq_len)}
-    if node.kind not in _POINTWISE:
+    if node.kind not in _POINTWISE or not any(positions.get(c) for c in node.children):
         return {}
     f = node.expr.f
     found: dict[Any, set[int]] = {}
     try:
         if node.kind == "map":
-            for v, p in _positions(graph, values, options, node.children[0]).items():
-                found.setdefault(f(v), set()).add(p)
-            inner = values[node.children[0]].values
-            for v in inner or ():  # values that reveal no position make their image ambiguous
-                if v not in _positions(graph, values, options, node.children[0]):
-                    found.setdefault(f(v), set()).add(-1)
+            at = positions[node.children[0]]
+            for v in values[node.children[0]].values or ():
+                found.setdefault(f(v), set()).add(at.get(v, -1))  # -1: a value that reveals nothing
         else:
             a, b = node.children
             a_vals, b_vals = values[a].values, values[b].values
-            at_a, at_b = _positions(graph, values, options, a), _positions(graph, values, options, b)
-            if a_vals is None or b_vals is None or not (at_a or at_b):
+            if a_vals is None or b_vals is None:
                 return {}
+            at_a, at_b = positions[a], positions[b]
             for x in a_vals:
                 for y in b_vals:
                     pos = {at_a.get(x, -1), at_b.get(y, -1)} - {-1}

@@ -245,3 +245,14 @@ def test_causal_flag_is_checked_and_saved(tmp_path) -> None:  # noqa: ANN001
     loaded = load(tmp_path / "m")
     assert loaded.config.causal is True
     assert compiled("hist").config.causal is False
+
+
+def test_deep_programs_are_checked_without_recursion() -> None:
+    """The structural proofs run children-first: a 3,000-op chain read across positions compiles."""
+    x = rasp.tokens
+    for _ in range(3000):
+        x = rasp.Map(lambda v: v, x)
+    same = rasp.Select(x, x, rasp.Comparison.EQ)
+    program = rasp.numerical(rasp.Aggregate(same, rasp.numerical(rasp.Map(lambda v: 1, x)), default=0))
+    model = compiling.compile_rasp_to_model(program, {1, 2}, 3, causal=True)
+    assert _decoded(model, [[1, 2, 1]]) == [[1.0, 1.0, 1.0]]
