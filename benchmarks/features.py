@@ -8,11 +8,12 @@
    (`transforms.variants.compress`, PCA maps fitted on every input) still gives exact outputs on every
    input (or 20,000 of them), the number of true features (labelled directions) they hold, and the
    accuracy just below that width with PCA and with learned maps.
-2. Sparse autoencoders: SAE-Lens's `StandardTrainingSAE` trained by its own `SAETrainer` on the final
-   residual site of library programs, plain, rotated and compressed to the state rank, over dictionary
-   widths and L1 coefficients: the usual proxies (L0, explained variance, dead latents) beside the
-   truth's scores (`verify.features.score_dictionary`: mean max cosine, recovered at cosine 0.9, split,
-   merged, unmatched latents), and the true L0 (how many true features are active per position).
+2. Sparse autoencoders: SAE-Lens's standard (L1), TopK and BatchTopK training SAEs trained by its own
+   `SAETrainer` on the final residual site of library programs, plain, rotated and compressed to the
+   state rank, over dictionary widths and sparsity settings: the usual proxies (L0, explained variance,
+   dead latents) beside the truth's scores (`verify.features.score_dictionary`: mean max cosine,
+   recovered at cosine 0.9, split, merged, unmatched latents), and the true L0 (how many true features
+   are active per position).
 3. Linear probes (scikit-learn) per variable and residual site: accuracy where the truth says the
    variable is written, against chance where it says nothing.
 4. DAS through pyvene: interchange accuracy and principal-angle cosines against the true subspace.
@@ -121,13 +122,16 @@ def compression_table(names: list[str], learned: bool) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------------- 2. SAEs
 
 
-def _sae_row(acts: np.ndarray, truth: features.FeatureDictionary, width: int, l1: float) -> dict:
+def _sae_row(acts: np.ndarray, truth: features.FeatureDictionary, width: int, arch: str, sparsity: float
+             ) -> dict:
     import torch
 
     from verify.interop import saelens
 
     n_true = len([lab for lab in truth.labels if lab != "one"])
-    sae = saelens.train_sae(acts, max(1, width * n_true), l1_coefficient=l1, samples=SAE_SAMPLES, seed=0)
+    kwargs = {"l1_coefficient": sparsity} if arch == "standard" else {"k": int(sparsity)}
+    sae = saelens.train_sae(acts, max(1, width * n_true), architecture=arch, samples=SAE_SAMPLES, seed=0,
+                            **kwargs)
     x = torch.as_tensor(acts, dtype=torch.float32)
     with torch.no_grad():
         f = sae.encode(x)
@@ -166,16 +170,19 @@ def sae_table(names: list[str], widths: tuple, l1s: tuple) -> list[list[str]]:
             models[f"compressed d={d}"] = variants.compress(plain, d, method="pca", seed=0, inputs=inputs)
         site = features.residual_sites(plain)[-1]
         l0_true = true_l0(plain, site, saelens.site_activations(plain, site))
+        k = max(1, round(l0_true))
+        settings = [("standard", l1) for l1 in l1s] + [("topk", k), ("batchtopk", k)]
         for kind, model in models.items():
             acts = saelens.site_activations(model, site)
             truth = features.feature_dictionary(model, site)
             n_true = len([lab for lab in truth.labels if lab != "one"])
             for width in widths:
-                for l1 in l1s:
-                    r = _sae_row(acts, truth, width, l1)
+                for arch, sparsity in settings:
+                    r = _sae_row(acts, truth, width, arch, sparsity)
                     s = r["score"]
+                    label = f"L1 {sparsity:g}" if arch == "standard" else f"{arch} k={sparsity}"
                     rows.append([
-                        name, kind, str(model.config.d_model), str(n_true), f"{r['d_sae']}", f"{l1:g}",
+                        name, kind, str(model.config.d_model), str(n_true), f"{r['d_sae']}", label,
                         f"{r['l0']:.1f}", f"{l0_true:.1f}", f"{r['ev']:.3f}", str(r["dead"]),
                         f"{s.mean_max_cosine:.3f}", f"{s.recovered:.0%}", str(len(s.split)),
                         str(len(s.merged)), str(len(s.unmatched)),
@@ -248,12 +255,14 @@ def main() -> None:
     probes = probe_table(list(PROBE_PROGRAMS[:1] if quick else PROBE_PROGRAMS))
     das = das_table(DAS_CASES[:1] if quick else DAS_CASES)
     minutes = (time.perf_counter() - t0) / 60
+    topk = [r for r in saes if "topk" in r[5]]
     ev_high = [r for r in saes if float(r[8]) >= 0.99]
     ev_high_lost = [r for r in ev_high if int(r[11].rstrip("%")) <= 10]
     best = max(int(r[11].rstrip("%")) for r in saes)
     summary = (f"{len(ev_high)} of the {len(saes)} SAEs explain at least 99% of the variance; "
                f"{len(ev_high_lost)} of those recover at most 10% of the true features; the best SAE "
-               f"recovers {best}%.")
+               f"recovers {best}%; the best TopK or BatchTopK SAE (k = the true L0) "
+               f"{max((int(r[11].rstrip('%')) for r in topk), default=0)}%.")
     text = f"""# Featurisation methods against the true features
 
 Produced by `python benchmarks/features.py{' --quick' if quick else ''}` ({minutes:.0f} minutes, 1 thread);
@@ -279,15 +288,17 @@ output-exact width, per-position accuracy with PCA maps and, for the SAE program
 
 ## Sparse autoencoders (SAE-Lens), proxies beside the truth
 
-SAE-Lens `StandardTrainingSAE`, trained by SAE-Lens's `SAETrainer` ({SAE_SAMPLES:,} samples, batch 512,
-lr 3e-3) on every position of every input (or 20,000 random inputs) at the final residual site.
+SAE-Lens training SAEs, trained by SAE-Lens's `SAETrainer` ({SAE_SAMPLES:,} samples, batch 512, lr 3e-3)
+on every position of every input (or 20,000 random inputs) at the final residual site: the ReLU SAE
+with an L1 penalty (`StandardTrainingSAE`, `L1 x`), and `TopKTrainingSAE` / `BatchTopKTrainingSAE` with
+k the true L0 rounded (`topk k=`, `batchtopk k=`).
 `L0` / `EV` (explained variance) / `dead` are the proxies an SAE paper reports; `true L0` is how many
 true features are active per position; `cos` is the mean over true features of the best cosine of any
 latent, `recovered` the fraction of true features whose one-to-one matched latent reaches cosine 0.9;
 `split` true features with several latents above 0.9, `merged` latents above 0.5 on several features,
 `unmatched` latents that match no feature. {summary}
 
-{markdown(["program", "variant", "d_model", "true features", "latents", "L1", "L0", "true L0", "EV",
+{markdown(["program", "variant", "d_model", "true features", "latents", "SAE", "L0", "true L0", "EV",
            "dead", "cos", "recovered", "split", "merged", "unmatched"], saes)}
 
 ## Linear probes (scikit-learn), per variable and residual site

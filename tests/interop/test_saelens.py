@@ -28,3 +28,20 @@ def test_saelens_sae_on_sort_is_scored_against_the_true_features() -> None:
     assert learned.mean_max_cosine > random.mean_max_cosine + 0.1
     assert not learned.perfect and (learned.missing or learned.merged)  # named failures, not a bare number
     assert "mean max cosine" in learned.describe()
+
+
+def test_topk_saes_train_through_saelens_and_bad_settings_are_named() -> None:
+    import pytest
+
+    entry = LIBRARY["hist"]
+    model = compile_rasp_to_model(entry.builder(), entry.vocab, entry.max_seq_len)
+    site = features.residual_sites(model)[-1]
+    acts = site_activations(model, site)
+    for arch in ("topk", "batchtopk"):
+        sae = train_sae(acts, d_sae=16, architecture=arch, k=4, samples=20_000, seed=0)
+        assert type(sae).__name__ == {"topk": "TopKTrainingSAE", "batchtopk": "BatchTopKTrainingSAE"}[arch]
+        assert sae.W_dec.shape == (16, model.config.d_model)
+    with pytest.raises(ValueError, match="needs k >= 1"):
+        train_sae(acts, d_sae=16, architecture="topk")
+    with pytest.raises(ValueError, match="'standard', 'topk' or 'batchtopk'"):
+        train_sae(acts, d_sae=16, architecture="gated")

@@ -41,28 +41,42 @@ def train_sae(
     activations: np.ndarray,
     d_sae: int,
     *,
+    architecture: str = "standard",
     l1_coefficient: float = 0.5,
+    k: int | None = None,
     samples: int = 200_000,
     batch_size: int = 512,
     lr: float = 3e-3,
     seed: int = 0,
 ) -> Any:
-    """A SAE-Lens `StandardTrainingSAE` trained by SAE-Lens's `SAETrainer` on rows of `activations`
-    (drawn uniformly with `seed`); its decoder is `sae.W_dec` `[d_sae, d_model]`."""
+    """A SAE-Lens training SAE trained by SAE-Lens's `SAETrainer` on rows of `activations` (drawn
+    uniformly with `seed`); its decoder is `sae.W_dec` `[d_sae, d_model]`. `architecture`: "standard"
+    (`StandardTrainingSAE`, ReLU with an L1 penalty `l1_coefficient`) or "topk" / "batchtopk"
+    (`TopKTrainingSAE` / `BatchTopKTrainingSAE`, `k` latents per row)."""
     import warnings
 
     import torch
 
     with warnings.catch_warnings():  # SAE-Lens imports TransformerLens 3's deprecated `utils` module
         warnings.simplefilter("ignore", DeprecationWarning)
-        from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
+        import sae_lens
         from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     acts = torch.as_tensor(np.asarray(activations), dtype=torch.float32)
     torch.manual_seed(seed)
-    sae = StandardTrainingSAE(
-        StandardTrainingSAEConfig(d_in=acts.shape[1], d_sae=d_sae, l1_coefficient=l1_coefficient)
-    )
+    if architecture == "standard":
+        sae = sae_lens.StandardTrainingSAE(
+            sae_lens.StandardTrainingSAEConfig(d_in=acts.shape[1], d_sae=d_sae, l1_coefficient=l1_coefficient)
+        )
+    elif architecture in ("topk", "batchtopk"):
+        if k is None or k < 1:
+            raise ValueError(f"train_sae: architecture {architecture!r} needs k >= 1, got {k!r}")
+        cls, cfg = ((sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig) if architecture == "topk"
+                    else (sae_lens.BatchTopKTrainingSAE, sae_lens.BatchTopKTrainingSAEConfig))
+        sae = cls(cfg(d_in=acts.shape[1], d_sae=d_sae, k=int(k)))
+    else:
+        raise ValueError(f"train_sae: architecture must be 'standard', 'topk' or 'batchtopk', got "
+                         f"{architecture!r}")
 
     def batches() -> Iterator[torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
@@ -78,4 +92,4 @@ def train_sae(
         logger=LoggingConfig(log_to_wandb=False),
         n_batches_for_norm_estimate=10,
     )
-    return SAETrainer(cfg, sae, batches()).fit()
+    return sae_lens.SAETrainer(cfg, sae, batches()).fit()
