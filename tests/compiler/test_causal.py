@@ -256,3 +256,18 @@ def test_deep_programs_are_checked_without_recursion() -> None:
     program = rasp.numerical(rasp.Aggregate(same, rasp.numerical(rasp.Map(lambda v: 1, x)), default=0))
     model = compiling.compile_rasp_to_model(program, {1, 2}, 3, causal=True)
     assert _decoded(model, [[1, 2, 1]]) == [[1.0, 1.0, 1.0]]
+
+
+def test_multi_output_models_compile_causally() -> None:
+    from rasp_compiler.compiler.multi import compile_programs
+    from rasp_compiler.model import output_view
+
+    programs = {"hist": make_hist(), "length": make_length()}
+    model = compile_programs(programs, {"a", "b"}, 4, causal=True)
+    assert model.config.causal
+    for name, program in programs.items():
+        view = output_view(model, name)
+        for x in (["a", "b", "a"], ["b", "b", "a", "b"]):
+            assert view.apply(["BOS", *x]).decoded[1:] == rasp.evaluate_prefixes(program, x)
+    with pytest.raises(UnsupportedProgramError, match="appending a token"):
+        compile_programs({"sort": LIBRARY["sort"].builder()}, {1, 2, 3}, 4, causal=True)
