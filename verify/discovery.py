@@ -34,8 +34,8 @@ import torch
 
 from rasp_compiler.model.names import writers
 from rasp_compiler.model.patching import HookPatcher, PatchValue, ablation_values
-from verify.causal import Patcher
 from verify.causal.metrics import divergence, l2_to_clean
+from verify.causal.patcher import MixedPatcher, Patcher, patcher_for
 from verify.circuit import OUTPUT, Edge, legal_edges, node_sort_key
 from verify.dataset import Dataset, one_length
 
@@ -81,7 +81,7 @@ def activation_patching(
     `metric` as in `acdc`)."""
     t0 = time.perf_counter()
     measure = _metric(metric)
-    runner = Patcher(model, dataset, ablation, backend)
+    runner = patcher_for(model, dataset, ablation, backend)
     nodes = writers(model.config.n_layers, model.config.n_heads)
     outs = runner.outputs([[n] for n in nodes])
     clean = runner.clean()
@@ -123,7 +123,7 @@ def _metric(name: str) -> Any:
 
 def _acdc_once(
     model: Any,
-    runner: Patcher,
+    runner: Patcher | MixedPatcher,
     clean: np.ndarray,
     edges: list[Edge],
     threshold: float,
@@ -180,7 +180,7 @@ def acdc(
     t0 = time.perf_counter()
     measure = _metric(metric)
     deadline = t0 + max_seconds if max_seconds is not None else float("inf")
-    runner = Patcher(model, dataset, ablation, backend)
+    runner = patcher_for(model, dataset, ablation, backend)
     clean = runner.clean()
     edges = legal_edges(model.config.n_layers, model.config.n_heads)
     scores = {str(e): 0.0 for e in edges}
@@ -309,17 +309,17 @@ def subnetwork_probing(
     the gates' gradient by those finite differences, then the same chain rule and Adam steps."""
     t0 = time.perf_counter()
     measure = _metric(metric)  # an unknown name fails here
-    one_length(dataset, "subnetwork_probing")
     if backend not in ("torch", "engine"):
         raise ValueError(f"subnetwork_probing: backend must be 'torch' or 'engine', got {backend!r}")
     nodes = writers(model.config.n_layers, model.config.n_heads)
     totals = dict.fromkeys(nodes, 0.0)
     circuits: dict[float, list[str]] = {}
     if backend == "engine":
-        runner = Patcher(model, dataset, ablation, "engine")
+        runner = patcher_for(model, dataset, ablation, "engine")
         gates = {lam: _sp_engine(model, runner, nodes, lam, steps, lr, seed, measure) for lam in lambdas}
         n_forward = runner.n_forward
     else:
+        one_length(dataset, "subnetwork_probing(backend='torch')")
         gates, n_forward = _sp_torch(model, dataset, ablation, nodes, lambdas, steps, lr, seed, metric)
     for lam in lambdas:
         circuits[lam] = [w for i, w in enumerate(nodes) if gates[lam][i] > 0.5]
@@ -374,7 +374,14 @@ FD_STEP = 1e-3  # the engine backend's finite-difference step on a gate
 
 
 def _sp_engine(
-    model: Any, runner: Patcher, nodes: list[str], lam: float, steps: int, lr: float, seed: int, measure: Any
+    model: Any,
+    runner: Patcher | MixedPatcher,
+    nodes: list[str],
+    lam: float,
+    steps: int,
+    lr: float,
+    seed: int,
+    measure: Any,
 ) -> np.ndarray:
     """SP's gate training with every forward pass on the engine (gradients by finite differences)."""
     rng = np.random.default_rng(seed)

@@ -88,10 +88,26 @@ def test_interchange_over_lengths_counts_vacuous_pairs() -> None:
     assert tokens.iia == 1.0 and tokens.n_vacuous < 20
 
 
+def test_patching_baselines_run_over_every_length() -> None:
+    """Activation patching, ACDC and SP (engine) take a mixed dataset: under mean ablation across lengths
+    the length head of reverse matters (by hand, as above), on one length it does not; ACDC's circuit
+    at a small threshold is exactly the mixed-length ablation-aware truth."""
+    program, model = _setup("reverse")
+    single = causal.make_dataset(model, program, 32, seed=0)
+    mixed = causal.make_dataset(model, program, 40, seed=0, lengths="all")
+    assert discovery.activation_patching(model, single, "mean").scores["L0.H0"] == 0.0
+    assert discovery.activation_patching(model, mixed, "mean").scores["L0.H0"] > 0.05
+    acdc = discovery.acdc(model, mixed, "mean", thresholds=(1e-3,))
+    assert acdc.circuits[1e-3] == sorted(causal.necessary_edges(model, mixed, "mean").edges)
+    sp = discovery.subnetwork_probing(model, mixed, "mean")
+    assert {"L0.H0", "L0.MLP", "L3.H0"} <= set(sp.circuits[1e-3])
+
+
 def test_methods_that_patch_one_batch_say_so() -> None:
     program, model = _setup("frac_prevs")
     mixed = causal.make_dataset(model, program, 8, lengths=[2, 3])
-    for run in (lambda: discovery.acdc(model, mixed, "resample"), lambda: discovery.eap(model, mixed),
-                lambda: discovery.subnetwork_probing(model, mixed), lambda: causal.Patcher(model, mixed)):
+    for run in (lambda: discovery.eap(model, mixed), lambda: causal.Patcher(model, mixed),
+                lambda: discovery.subnetwork_probing(model, mixed, backend="torch"),
+                lambda: causal.minimal_circuit(model, mixed, "resample")):
         with pytest.raises(causal.CausalError, match=r"lengths \[2, 3\]: run it on each of `dataset.groups`"):
             run()

@@ -17,20 +17,21 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def kl_to_clean(clean: np.ndarray, patched: np.ndarray) -> float:
-    """Mean over examples and non-BOS positions of KL(softmax(clean) || softmax(patched))."""
+    """Mean over examples and non-BOS positions of KL(softmax(clean) || softmax(patched)). Positions that
+    are NaN (past an input's end in a mixed-length batch, `MixedPatcher`) are left out here and below."""
     p, q = _softmax(clean[:, 1:].astype(np.float64)), _softmax(patched[:, 1:].astype(np.float64))
-    return float(np.mean(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)), axis=-1)))
+    return float(np.nanmean(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)), axis=-1)))
 
 
 def mse_to_clean(clean: np.ndarray, patched: np.ndarray) -> float:
-    return float(np.mean((clean[:, 1:].astype(np.float64) - patched[:, 1:]) ** 2))
+    return float(np.nanmean((clean[:, 1:].astype(np.float64) - patched[:, 1:]) ** 2))
 
 
 def l2_to_clean(clean: np.ndarray, patched: np.ndarray) -> float:
     """Mean over examples and non-BOS positions of the Euclidean distance between output vectors (the
     ACDC paper's metric on its tracr tasks)."""
     diff = clean[:, 1:].astype(np.float64) - patched[:, 1:]
-    return float(np.mean(np.linalg.norm(diff, axis=-1)))
+    return float(np.nanmean(np.linalg.norm(diff, axis=-1)))
 
 
 def divergence(model: Any, clean: np.ndarray, patched: np.ndarray) -> float:

@@ -11,9 +11,9 @@ from rasp_compiler.engine import Engine
 from rasp_compiler.model.names import writer_hook, writers
 from rasp_compiler.model.patching import HookPatcher, ablation_values
 from verify.circuit import as_edge, node_kind
-from verify.dataset import ABLATIONS, CausalError, Dataset, one_length
+from verify.dataset import ABLATIONS, CausalError, Dataset, MixedDataset, one_length
 
-__all__ = ["BACKENDS", "Patcher", "mean_over_lengths"]
+__all__ = ["BACKENDS", "MixedPatcher", "Patcher", "mean_over_lengths", "patcher_for"]
 
 BACKENDS = ("auto", "engine", "torch", "float64")
 
@@ -190,3 +190,54 @@ def mean_over_lengths(model: Any, groups: Sequence[Dataset]) -> dict[str, np.nda
             v = np.asarray(cache[hook]) if head is None else np.asarray(cache[hook])[:, :, head]
             sums[w][:T] += v.sum(axis=0, dtype=np.float64)
     return {w: (s / np.maximum(counts, 1)[:, None])[None] for w, s in sums.items()}
+
+
+class MixedPatcher:
+    """`Patcher`'s interface over a `MixedDataset`: one Patcher per length (mean ablation with the means
+    over every length). Outputs stack the groups' examples, padded with NaN past each input's end, so
+    the divergences (means over the non-NaN positions) weigh every position of every length alike."""
+
+    def __init__(
+        self, model: Any, dataset: MixedDataset, ablation: str = "resample", backend: str = "auto",
+        threads: int | None = 1,
+    ) -> None:
+        means = mean_over_lengths(model, dataset.groups) if ablation == "mean" else None
+        self.parts = [Patcher(model, g, ablation, backend, threads, mean_values=means)
+                      for g in dataset.groups]
+        self.model, self.dataset, self.ablation = model, dataset, ablation
+        self.backend = self.parts[0].backend
+        self._T = max(np.asarray(g.clean_ids).shape[1] for g in dataset.groups)
+        self._clean: np.ndarray | None = None
+
+    @property
+    def n_forward(self) -> int:
+        return sum(p.n_forward for p in self.parts)
+
+    def _stack(self, arrays: list[np.ndarray], example_axis: int) -> np.ndarray:
+        padded = []
+        for a in arrays:
+            widths = [(0, 0)] * a.ndim
+            widths[example_axis + 1] = (0, self._T - a.shape[example_axis + 1])
+            padded.append(np.pad(a.astype(np.float64), widths, constant_values=np.nan))
+        return np.concatenate(padded, axis=example_axis)
+
+    def clean(self) -> np.ndarray:
+        if self._clean is None:
+            self._clean = self._stack([p.clean() for p in self.parts], 0)
+        return self._clean
+
+    def outputs(self, patch_sets: Sequence[Iterable[Any]]) -> np.ndarray:
+        patch_sets = [list(s) for s in patch_sets]
+        return self._stack([p.outputs(patch_sets) for p in self.parts], 1)
+
+    def gated_outputs(self, gate_sets: Sequence[dict[str, float]]) -> np.ndarray:
+        return self._stack([p.gated_outputs(gate_sets) for p in self.parts], 1)
+
+
+def patcher_for(
+    model: Any, dataset: Dataset | MixedDataset, ablation: str = "resample", backend: str = "auto"
+) -> Patcher | MixedPatcher:
+    """A Patcher, or a MixedPatcher for a dataset of several lengths."""
+    if isinstance(dataset, MixedDataset):
+        return MixedPatcher(model, dataset, ablation, backend)
+    return Patcher(model, dataset, ablation, backend)
