@@ -175,8 +175,8 @@ void forward_one(const Model& m, const int32_t* tok, int T, int b, Scratch& s, f
       split_head(s.qkv.data(), T, H, E, h, s.q.data(), s.k.data(), s.v.data());
       float* sc = (r && r->scores) ? r->scores + (static_cast<size_t>(b) * H + h) * T * T : nullptr;
       float* pt = (r && r->pattern) ? r->pattern + (static_cast<size_t>(b) * H + h) * T * T : nullptr;
-      head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, d.causal, s.srow.data(), s.z.data(), sc,
-                     pt);
+      head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, d.causal, s.srow.data(),
+                     s.z.data(), sc, pt);
       affine_rows(L.wo[h], nullptr, s.z.data(), res, T);
       if (r) {
         auto put_thd = [&](float* dst, const float* src, int width) {
@@ -356,8 +356,8 @@ const float* patched_one(const Model& m, const int32_t* tok, int T, int b, const
           float* dsts[3] = {s.q.data(), s.k.data(), s.v.data()};
           for (int i = 0; i < 3; ++i)
             if (has_delta[i]) add_n(dsts[i], dprod[i], TE);
-          head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, d.causal, s.srow.data(), s.z.data(),
-                         nullptr, nullptr);
+          head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, d.causal,
+                         s.srow.data(), s.z.data(), nullptr, nullptr);
           float* slot = s.slot(w, TD);
           affine_rows(L.wo[h], nullptr, s.z.data(), slot, T);
           s.cur[w] = slot;
