@@ -161,6 +161,7 @@ def necessary_edges(
         runner = Patcher(model, group, ablation, backend, mean_values=means)
         outs = runner.outputs([[e] for e in universe])
         clean_dec = decode_outputs(model, runner.clean())
+        n_positions += decided_positions(model, runner.clean()).size
         for e, out in zip(universe, outs, strict=True):
             got = decode_outputs(model, out)
             decided = decided_positions(model, out)
@@ -172,7 +173,6 @@ def necessary_edges(
             # changed on every backend alike
             n_changed[str(e)] += int((changed | ~decided).sum())
             n_undecided[str(e)] += int((~decided).sum())
-        n_positions += decided.size
     changed_fraction = {e: c / n_positions for e, c in n_changed.items()}
     undetermined = {e: c / n_positions for e, c in n_undecided.items() if c}
     engine_set = {s for s, f in changed_fraction.items() if f > 0}
