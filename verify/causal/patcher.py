@@ -104,13 +104,8 @@ class Patcher:
         if self._mean_values is not None:
             return {w: np.ascontiguousarray(np.asarray(v)[:, :T], dtype=np.float32)
                     for w, v in self._mean_values.items()}
-        hooks = {w: writer_hook(w) for w in ws}
-        _, cache = self._engine.run_with_cache(clean, names=sorted({h for h, _ in hooks.values()}))
-        out = {}
-        for w, (hook, head) in hooks.items():
-            v = np.asarray(cache[hook]) if head is None else np.asarray(cache[hook])[:, :, head]
-            out[w] = v.mean(axis=0, keepdims=True, dtype=np.float32)
-        return out
+        return {w: v.mean(axis=0, keepdims=True, dtype=np.float32)
+                for w, v in _writer_outputs(self._engine, clean, ws).items()}
 
     def _item_cached(self, item: Any) -> Any:
         """`_item`, memoised: ACDC hands the same (growing) list of edges over hundreds of times."""
@@ -133,14 +128,7 @@ class Patcher:
 
             sets = [[NodePatch(w, (1.0 - float(g)) * np.eye(D, dtype=np.float32)) for w, g in gates.items()]
                     for gates in gate_sets]
-            kwargs = {}
-            if self.ablation != "resample":
-                if self._engine_sources is None:
-                    self._engine_sources = self._engine_ablation_values()
-                kwargs["source_outputs"] = self._engine_sources
-            _, outs = self._engine.sweep(self.dataset.clean_ids, self.dataset.corrupt_ids, sets, "mse",
-                                         return_outputs=True, **kwargs)
-            return np.asarray(outs)
+            return self._engine_sweep(sets)
         import torch
 
         from rasp_compiler.model.patching import PatchValue
@@ -157,17 +145,28 @@ class Patcher:
         if not sets:
             return np.zeros((0,) + self.clean().shape, dtype=np.float32)
         if self._engine is not None:
-            kwargs = {}
-            source = self.dataset.corrupt_ids
-            if self.ablation != "resample":
-                if self._engine_sources is None:
-                    self._engine_sources = self._engine_ablation_values()
-                kwargs["source_outputs"] = self._engine_sources
-            _, outs = self._engine.sweep(
-                self.dataset.clean_ids, source, sets, "mse", return_outputs=True, **kwargs
-            )
-            return np.asarray(outs)
+            return self._engine_sweep(sets)
         return self.hook.run_sets(self.dataset.clean_ids, self.ablated_values(), sets)
+
+    def _engine_sweep(self, sets: list) -> np.ndarray:
+        """The engine's outputs of patch sets, each patched item receiving its ablated value."""
+        kwargs = {}
+        if self.ablation != "resample":
+            if self._engine_sources is None:
+                self._engine_sources = self._engine_ablation_values()
+            kwargs["source_outputs"] = self._engine_sources
+        _, outs = self._engine.sweep(
+            self.dataset.clean_ids, self.dataset.corrupt_ids, sets, "mse", return_outputs=True, **kwargs
+        )
+        return np.asarray(outs)
+
+
+def _writer_outputs(engine: Engine, ids: np.ndarray, ws: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each writer's output `[B, T, d_model]` on a clean engine run of `ids`."""
+    hooks = {w: writer_hook(w) for w in ws}
+    _, cache = engine.run_with_cache(ids, names=sorted({h for h, _ in hooks.values()}))
+    return {w: np.asarray(cache[hook]) if head is None else np.asarray(cache[hook])[:, :, head]
+            for w, (hook, head) in hooks.items()}
 
 
 def mean_over_lengths(model: Any, groups: Sequence[Dataset]) -> dict[str, np.ndarray]:
@@ -175,20 +174,15 @@ def mean_over_lengths(model: Any, groups: Sequence[Dataset]) -> dict[str, np.nda
     group that has that position: mean ablation across input lengths (float64 sums)."""
     cfg = model.config
     ws = writers(cfg.n_layers, cfg.n_heads)
-    hooks = {w: writer_hook(w) for w in ws}
     T_max = max(np.asarray(g.clean_ids).shape[1] for g in groups)
-    D = int(cfg.d_model)
-    sums = {w: np.zeros((T_max, D)) for w in ws}
+    sums = {w: np.zeros((T_max, int(cfg.d_model))) for w in ws}
     counts = np.zeros(T_max)
     engine = Engine(model, threads=1)
     for g in groups:
         ids = np.asarray(g.clean_ids)
-        _, cache = engine.run_with_cache(ids, names=sorted({h for h, _ in hooks.values()}))
-        T = ids.shape[1]
-        counts[:T] += ids.shape[0]
-        for w, (hook, head) in hooks.items():
-            v = np.asarray(cache[hook]) if head is None else np.asarray(cache[hook])[:, :, head]
-            sums[w][:T] += v.sum(axis=0, dtype=np.float64)
+        counts[: ids.shape[1]] += ids.shape[0]
+        for w, v in _writer_outputs(engine, ids, ws).items():
+            sums[w][: ids.shape[1]] += v.sum(axis=0, dtype=np.float64)
     return {w: (s / np.maximum(counts, 1)[:, None])[None] for w, s in sums.items()}
 
 
