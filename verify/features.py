@@ -164,19 +164,13 @@ def feature_dictionary(model: Any, site: str) -> FeatureDictionary:
 
 
 def _neuron_features(model: Any, site: str, layer: int) -> FeatureDictionary:
-    width = int(model.config.d_mlp)
-    names, directions, rows = [], [], []
-    for b in model.annotation.blocks:
-        if b.layer != layer or b.component != "mlp" or b.neurons is None:
-            continue
-        start, stop = b.neurons
-        for k, j in enumerate(range(start, stop)):
-            d = Direction(b.op, role=f"neuron{k}")
-            names.append(str(d))
-            directions.append(d)
-            rows.append(np.eye(width)[j])
-    vectors = np.array(rows) if rows else np.zeros((0, width))
-    return FeatureDictionary(site, tuple(names), tuple(directions), vectors)
+    owned = [(b.op, k, j) for b in model.annotation.blocks
+             if b.layer == layer and b.component == "mlp" and b.neurons is not None
+             for k, j in enumerate(range(*b.neurons))]
+    directions = tuple(Direction(op, role=f"neuron{k}") for op, k, _ in owned)
+    vectors = np.zeros((len(owned), int(model.config.d_mlp)))
+    vectors[np.arange(len(owned)), [j for *_, j in owned]] = 1.0
+    return FeatureDictionary(site, tuple(map(str, directions)), directions, vectors)
 
 
 @dataclasses.dataclass(frozen=True)
