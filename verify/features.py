@@ -257,6 +257,8 @@ def feature_activations(
     NaN past an input's end): which inputs and positions fire it. Read back from `model`'s own
     activations, so pass the model a variant was made from (a compressed model's features are not
     separable from its activations; its true activations are the original model's)."""
+    if not inputs:
+        raise CircuitError("feature_activations needs at least one input")
     sites = list(sites or all_sites(model))
     truths = {s: feature_dictionary(model, s) for s in sites}
     T = 1 + max(len(x) for x in inputs)
