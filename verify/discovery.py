@@ -397,16 +397,19 @@ def _sp_engine(
         raw = s * (_HC_ZETA - _HC_GAMMA) + _HC_GAMMA
         gate = np.clip(raw, 0.0, 1.0)
         nudge = np.where(gate > FD_STEP, -FD_STEP, FD_STEP)
+        live = np.flatnonzero((raw > 0) & (raw < 1))  # the clamp passes no gradient outside (0, 1)
         sets = [dict(zip(nodes, gate, strict=True))]
-        for i in range(n):
+        for i in live:
             g = gate.copy()
             g[i] += nudge[i]
             sets.append(dict(zip(nodes, g, strict=True)))
-        outs = runner.gated_outputs(sets)
-        base = measure(model, clean, outs[0])
-        d_gate = np.array([(measure(model, clean, outs[i + 1]) - base) / nudge[i] for i in range(n)])
-        inside = (raw > 0) & (raw < 1)  # the clamp passes no gradient outside (0, 1)
-        grad = d_gate * inside * (_HC_ZETA - _HC_GAMMA) * s * (1 - s) / _HC_BETA
+        d_gate = np.zeros(n)
+        if len(live):
+            outs = runner.gated_outputs(sets)
+            base = measure(model, clean, outs[0])
+            for row, i in enumerate(live, start=1):
+                d_gate[i] = (measure(model, clean, outs[row]) - base) / nudge[i]
+        grad = d_gate * (_HC_ZETA - _HC_GAMMA) * s * (1 - s) / _HC_BETA
         p = _np_sigmoid(log_alpha - _HC_BETA * floor)
         grad += lam * p * (1 - p)
         m = b1 * m + (1 - b1) * grad
