@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from rasp_compiler.model.directions import Direction, label_variables
+from rasp_compiler.model.values import plain_json
 from rasp_compiler.transforms.variants import labelled_basis
 from verify.circuit import CircuitError
 
@@ -310,7 +311,7 @@ def save_features(
                                          for d in dictionaries):
             source = reference  # the same features (a rotation, a compression): read where they separate
         acts = feature_activations(source, inputs, sites)
-        doc["activation_inputs"] = [[_jsonable(v) for v in x] for x in inputs]
+        doc["activation_inputs"] = [plain_json(list(x)) for x in inputs]
         save_file({s: np.ascontiguousarray(a, dtype=np.float32) for s, a in acts.items()},
                   str(out / "feature_activations.safetensors"))
     (out / "features.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -318,9 +319,6 @@ def save_features(
               str(out / "features.safetensors"))
     return dictionaries
 
-
-def _jsonable(v: Any) -> Any:
-    return v if v is None or isinstance(v, bool | int | float | str) else repr(v)
 
 
 @dataclasses.dataclass(frozen=True)

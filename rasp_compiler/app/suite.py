@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -54,7 +53,7 @@ from rasp_compiler import rasp
 from rasp_compiler.compiler import compiling, multi
 from rasp_compiler.model import output_view
 from rasp_compiler.model.outputs import outputs_equal
-from rasp_compiler.model.values import sort_values
+from rasp_compiler.model.values import plain_json, sort_values
 from rasp_compiler.rasp.lib import LIBRARY
 from rasp_compiler.rasp.source import to_source
 from rasp_compiler.testing import generate
@@ -243,16 +242,6 @@ def _compiles_causally(name: str) -> bool:
 def _item_seed(item: WorkItem, what: str, attempt: int = 0) -> int:
     digest = hashlib.sha256(f"suite:{item.seed}:{item.index}:{what}:{attempt}".encode()).hexdigest()
     return int(digest[:15], 16)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, tuple | list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if v is None or isinstance(v, bool | int | float | str):
-        return v
-    return repr(v)
 
 
 def _dump(obj: Any) -> bytes:
@@ -562,7 +551,7 @@ def build_item(item: WorkItem) -> dict[str, Any]:
             "version": 1,
             "output": truth.output,
             "output_encoding": views[item.name].config.output_encoding,
-            "bos": _jsonable(model.codec.bos),
+            "bos": plain_json(model.codec.bos),
             "pairs": _jsonable_pairs(pairs),
         }
         if len(programs) > 1:
@@ -582,7 +571,7 @@ def build_item(item: WorkItem) -> dict[str, Any]:
             "rejected_drafts": dict(sorted(rejected.items())),
             "program_source": source,
             "program_graph": model.program_source,
-            "vocab": _jsonable(list(vocab)),
+            "vocab": plain_json(list(vocab)),
             "max_seq_len": max_seq_len,
             "input_lengths": list(lengths),
             "distinct_tokens": distinct,
@@ -644,7 +633,7 @@ def build_item(item: WorkItem) -> dict[str, Any]:
 
 
 def _jsonable_pairs(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: _jsonable(v) for k, v in p.items()} for p in pairs]
+    return [{k: plain_json(v) for k, v in p.items()} for p in pairs]
 
 
 def _build_safely(item: WorkItem) -> dict[str, Any]:

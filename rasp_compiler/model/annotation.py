@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from rasp_compiler.model.errors import ModelError
-from rasp_compiler.model.values import decode_value, encode_value
+from rasp_compiler.model.values import decode_value, encode_value, plain_json
 
 __all__ = [
     "ANNOTATION_VERSION",
@@ -66,7 +66,7 @@ class OpAnnotation:
             "encoding": self.encoding,
             "children": list(self.children),
             "directions": list(self.directions),
-            "values": None if self.values is None else [_jsonable(v) for v in self.values],
+            "values": None if self.values is None else [plain_json(v) for v in self.values],
         } | ({} if self.assumption is None else {"assumption": self.assumption})
 
     @classmethod
@@ -300,15 +300,3 @@ def _untuple(value: Any) -> Any:
     return tuple(_untuple(v) for v in value) if isinstance(value, list) else value
 
 
-def _jsonable(value: Any) -> Any:
-    """A value as plain JSON: tuples become lists, other non-JSON types their repr."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else repr(value)
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    try:
-        return float(value)  # Fraction, numpy scalars
-    except (TypeError, ValueError):
-        return repr(value)

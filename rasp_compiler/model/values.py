@@ -11,7 +11,15 @@ import numpy as np
 
 from rasp_compiler.model.errors import ModelError
 
-__all__ = ["decode_value", "encode_value", "is_number", "sort_values", "token_key", "value_sort_key"]
+__all__ = [
+    "decode_value",
+    "encode_value",
+    "is_number",
+    "plain_json",
+    "sort_values",
+    "token_key",
+    "value_sort_key",
+]
 
 
 def is_number(value: Any) -> bool:
@@ -108,3 +116,20 @@ def decode_value(data: Any) -> Any:
     if kind == "tuple" and isinstance(payload, list):
         return tuple(decode_value(v) for v in payload)
     raise ModelError(f"malformed saved token value {data!r}")
+
+
+def plain_json(value: Any) -> Any:
+    """A value as plain JSON for people and other tools (lossy; `encode_value` is the lossless form):
+    tuples and lists become lists, numpy scalars Python numbers, Fractions floats, non-finite floats and
+    anything else their repr."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (tuple, list)):
+        return [plain_json(v) for v in value]
+    if isinstance(value, Fraction):
+        return float(value)
+    return repr(value)

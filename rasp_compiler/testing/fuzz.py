@@ -35,6 +35,7 @@ from rasp_compiler import rasp
 from rasp_compiler.compiler import compiling
 from rasp_compiler.engine import Engine
 from rasp_compiler.model.outputs import outputs_equal
+from rasp_compiler.model.values import plain_json
 from rasp_compiler.rasp.source import from_source, to_source
 from rasp_compiler.testing import generate
 from rasp_compiler.testing.runner import map_work
@@ -344,14 +345,6 @@ def generate_sort_key(v: Any) -> tuple:
 # ------------------------------------------------------------------------------------------------ regressions
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def save_regression(f: Failure, directory: str | Path, *, found_by: str = "", status: str = "open") -> Path:
     """Write a failure as `<directory>/<kind>_<hash>.json` (program as source text, never pickle)."""
     directory = Path(directory)
@@ -363,12 +356,12 @@ def save_regression(f: Failure, directory: str | Path, *, found_by: str = "", st
         "status": status,  # "open": the bug is not fixed yet (replayed as xfail); "fixed": must pass
         "backend": f.backend,
         "source": src,
-        "vocab": _jsonable(list(f.vocab)),
+        "vocab": plain_json(list(f.vocab)),
         "max_seq_len": f.max_seq_len,
         **({"causal": True} if f.causal else {}),
-        "inputs": [] if f.input is None else [_jsonable(f.input)],
-        "expected": None if f.expected is None else _jsonable(f.expected),
-        "got": None if f.got is None else _jsonable(f.got),
+        "inputs": [] if f.input is None else [plain_json(f.input)],
+        "expected": None if f.expected is None else plain_json(f.expected),
+        "got": None if f.got is None else plain_json(f.got),
         "message": _first_line(f.message),
         "found_by": found_by,
     }

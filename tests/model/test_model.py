@@ -316,3 +316,15 @@ def test_compiled_reverse_matches_evaluate_numpy_and_torch():
         ids = m.encode(["BOS", *xs])
         out = tm(torch.tensor([ids]))[0].detach().numpy()
         assert m.decode(out) == m.apply(["BOS", *xs]).decoded
+
+
+def test_plain_json_is_the_one_readable_json_form_of_values():
+    import json
+    from fractions import Fraction
+
+    from rasp_compiler.model.values import plain_json
+
+    value = (1, "a", np.int64(3), np.float32(0.5), Fraction(1, 4), float("inf"), None, True, ((2, "b"),))
+    assert plain_json(value) == [1, "a", 3, 0.5, 0.25, "inf", None, True, [[2, "b"]]]
+    assert plain_json(object()).startswith("<object object")
+    json.dumps(plain_json(value), allow_nan=False)  # always serialisable, never NaN or Infinity
