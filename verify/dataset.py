@@ -54,8 +54,8 @@ class Dataset:
 class MixedDataset:
     """Pairs of several input lengths, one `Dataset` per length (a clean input and its corrupted partner
     share a length: patching replaces activations position by position). What accepts it
-    (`necessary_edges`, `interchange_accuracy`, activation patching, ACDC, subnetwork probing on the
-    engine) runs every group and combines the results over all their output positions; under mean
+    (`necessary_edges`, `interchange_accuracy`, activation patching, ACDC, EAP, EAP-IG, subnetwork
+    probing on the engine) runs every group and combines the results over all their examples; under mean
     ablation a writer's mean at a position is taken over every input of every length that has that
     position, so edges that carry `length` are tested for real."""
 
@@ -153,8 +153,8 @@ def one_length(dataset: Any, who: str) -> Any:
     if isinstance(dataset, MixedDataset):
         raise CausalError(
             f"{who} runs on inputs of one length; this dataset has lengths {dataset.lengths}: run it on "
-            "each of `dataset.groups` (necessary_edges, interchange_accuracy, activation patching, ACDC and "
-            "subnetwork probing on the engine take the mixed dataset)"
+            "each of `dataset.groups` (necessary_edges, interchange_accuracy and the discovery baselines "
+            "take the mixed dataset)"
         )
     return dataset
 

@@ -35,9 +35,9 @@ import torch
 from rasp_compiler.model.names import writers
 from rasp_compiler.model.patching import HookPatcher, PatchValue, ablation_values
 from verify.causal.metrics import divergence, l2_to_clean
-from verify.causal.patcher import MixedPatcher, Patcher, patcher_for
+from verify.causal.patcher import MixedPatcher, Patcher, mean_over_lengths, patcher_for
 from verify.circuit import OUTPUT, Edge, legal_edges, node_sort_key
-from verify.dataset import Dataset, one_length
+from verify.dataset import Dataset, MixedDataset, one_length
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -248,29 +248,41 @@ def _eap_grads(
 
 
 def _eap_scores(
-    model: Any, dataset: Dataset, ablation: str, steps: int | None
+    model: Any, dataset: Dataset | MixedDataset, ablation: str, steps: int | None
 ) -> tuple[dict[str, float], int]:
-    one_length(dataset, "EAP")
+    """Per edge, |first-order effect| averaged over every example (of every length: a mixed dataset is
+    run length by length, mean ablation with the means over every length)."""
+    groups = dataset.groups if isinstance(dataset, MixedDataset) else (dataset,)
+    means = mean_over_lengths(model, groups) if ablation == "mean" and len(groups) > 1 else None
     hp = HookPatcher(model)
-    ablated = ablation_values(hp, dataset.clean_ids, dataset.corrupt_ids, ablation)
-    clean_writers = hp.writer_outputs(dataset.clean_ids)
-    grads = _eap_grads(model, hp, dataset, ablated, steps)
-    scores: dict[str, float] = {}
-    for e in legal_edges(model.config.n_layers, model.config.n_heads):
-        diff = ablated[e.writer].expand_as(clean_writers[e.writer]) - clean_writers[e.writer]
-        per_example = (diff * grads[(e.reader, e.input)]).sum(dim=(1, 2))
-        scores[str(e)] = float(per_example.abs().mean())
-    return scores, (1 if steps is None else steps)
+    per_example: dict[str, list[torch.Tensor]] = {}
+    for group in groups:
+        if means is not None:
+            B, T = np.asarray(group.clean_ids).shape
+            ablated = {w: torch.as_tensor(v[:, :T], dtype=torch.float32).expand(B, T, -1)
+                       for w, v in means.items()}
+        else:
+            ablated = ablation_values(hp, group.clean_ids, group.corrupt_ids, ablation)
+        clean_writers = hp.writer_outputs(group.clean_ids)
+        grads = _eap_grads(model, hp, group, ablated, steps)
+        for e in legal_edges(model.config.n_layers, model.config.n_heads):
+            diff = ablated[e.writer].expand_as(clean_writers[e.writer]) - clean_writers[e.writer]
+            effect = (diff * grads[(e.reader, e.input)]).sum(dim=(1, 2))
+            per_example.setdefault(str(e), []).append(effect.abs())
+    scores = {e: float(torch.cat(parts).mean()) for e, parts in per_example.items()}
+    return scores, (1 if steps is None else steps) * len(groups)
 
 
-def eap(model: Any, dataset: Dataset, ablation: str = "resample") -> DiscoveryResult:
+def eap(model: Any, dataset: Dataset | MixedDataset, ablation: str = "resample") -> DiscoveryResult:
     """Edge attribution patching: first-order estimate of each edge's effect (gradients through PyTorch)."""
     t0 = time.perf_counter()
     scores, n = _eap_scores(model, dataset, ablation, None)
     return DiscoveryResult("eap", ablation, "edge", scores, time.perf_counter() - t0, "torch-grad", n)
 
 
-def eap_ig(model: Any, dataset: Dataset, ablation: str = "resample", *, steps: int = 5) -> DiscoveryResult:
+def eap_ig(
+    model: Any, dataset: Dataset | MixedDataset, ablation: str = "resample", *, steps: int = 5
+) -> DiscoveryResult:
     """EAP with integrated gradients over the input embeddings (clean -> ablated), `steps` midpoints."""
     t0 = time.perf_counter()
     scores, n = _eap_scores(model, dataset, ablation, steps)

@@ -103,10 +103,20 @@ def test_patching_baselines_run_over_every_length() -> None:
     assert {"L0.H0", "L0.MLP", "L3.H0"} <= set(sp.circuits[1e-3])
 
 
+def test_eap_over_lengths_averages_every_example() -> None:
+    """EAP over a mixed dataset (resample) is the example-weighted mean of EAP on each length."""
+    program, model = _setup("frac_prevs")
+    mixed = causal.make_dataset(model, program, 12, seed=4, lengths=[2, 3, 5])
+    whole = discovery.eap(model, mixed, "resample").scores
+    parts = [(len(g), discovery.eap(model, g, "resample").scores) for g in mixed.groups]
+    for edge, score in whole.items():
+        assert score == pytest.approx(sum(n * s[edge] for n, s in parts) / len(mixed), rel=1e-5, abs=1e-7)
+
+
 def test_methods_that_patch_one_batch_say_so() -> None:
     program, model = _setup("frac_prevs")
     mixed = causal.make_dataset(model, program, 8, lengths=[2, 3])
-    for run in (lambda: discovery.eap(model, mixed), lambda: causal.Patcher(model, mixed),
+    for run in (lambda: causal.Patcher(model, mixed),
                 lambda: discovery.subnetwork_probing(model, mixed, backend="torch"),
                 lambda: causal.minimal_circuit(model, mixed, "resample")):
         with pytest.raises(causal.CausalError, match=r"lengths \[2, 3\]: run it on each of `dataset.groups`"):
