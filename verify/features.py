@@ -252,25 +252,26 @@ def all_sites(model: Any) -> list[str]:
 
 
 def feature_activations(
-    model: Any, inputs: Sequence[Sequence[Any]], sites: Sequence[str] | None = None
+    model: Any, inputs: Sequence[Sequence[Any]], truths: Sequence[FeatureDictionary] | None = None
 ) -> dict[str, np.ndarray]:
     """Per site, each true feature's activation `[n_inputs, 1 + max length, n_features]` (BOS first;
     NaN past an input's end): which inputs and positions fire it. Read back from `model`'s own
     activations, so pass the model a variant was made from (a compressed model's features are not
-    separable from its activations; its true activations are the original model's)."""
+    separable from its activations; its true activations are the original model's). `truths`: the
+    model's dictionaries of the sites wanted (default every site's)."""
     if not inputs:
         raise CircuitError("feature_activations needs at least one input")
-    sites = list(sites or all_sites(model))
-    truths = {s: feature_dictionary(model, s) for s in sites}
+    by_site = {d.site: d for d in (truths or [feature_dictionary(model, s) for s in all_sites(model)])}
+    sites = list(by_site)
     T = 1 + max(len(x) for x in inputs)
-    out = {s: np.full((len(inputs), T, len(truths[s])), np.nan) for s in sites}
+    out = {s: np.full((len(inputs), T, len(by_site[s])), np.nan) for s in sites}
     where: dict[int, list[int]] = {}
     for i, x in enumerate(inputs):
         where.setdefault(len(x), []).append(i)
     for group, cache in cached_runs(model, inputs, sites):
         rows = where[len(group[0])]
         for s in sites:
-            coef = truths[s].coefficients(np.asarray(cache[s], dtype=np.float64))
+            coef = by_site[s].coefficients(np.asarray(cache[s], dtype=np.float64))
             out[s][rows, : coef.shape[1]] = coef
     return out
 
@@ -306,11 +307,13 @@ def save_features(
         },
     }
     if inputs is not None:
-        source = model
-        if reference is not None and all(feature_dictionary(reference, d.site).labels == d.labels
-                                         for d in dictionaries):
-            source = reference  # the same features (a rotation, a compression): read where they separate
-        acts = feature_activations(source, inputs, sites)
+        source, truths = model, dictionaries
+        if reference is not None:
+            theirs = [feature_dictionary(reference, site) for site in sites]
+            if all(a.labels == b.labels for a, b in zip(theirs, dictionaries, strict=True)):
+                # the same features (a rotation, a compression): read them where they separate
+                source, truths = reference, theirs
+        acts = feature_activations(source, inputs, truths)
         doc["activation_inputs"] = [plain_json(list(x)) for x in inputs]
         save_file({s: np.ascontiguousarray(a, dtype=np.float32) for s, a in acts.items()},
                   str(out / "feature_activations.safetensors"))
