@@ -16,6 +16,7 @@
 #include "bindings_common.h"
 #include "common/parallel.h"
 #include "engine/cpu_forward.h"
+#include "engine/feature_major.h"
 #include "engine/model.h"
 #include "engine/patch.h"
 #ifdef RASP_HAVE_CUDA
@@ -39,6 +40,7 @@ class EngineCore {
     const rasp::ModelWeightViews v = bind::weight_views(weights, d_, "EngineCore", keep);
     try {
       model_ = rasp::build_model(d_, v);
+      packed_ = rasp::pack_model(model_);
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
@@ -52,7 +54,7 @@ class EngineCore {
     float* op = out.mutable_data();
     {
       py::gil_scoped_release release;
-      rasp::forward_cpu(model_, tp, B, T, op, nullptr, nullptr, threads);
+      rasp::forward_feature_major(model_, packed_, tp, B, T, op, threads);
     }
     return out;
   }
@@ -156,6 +158,7 @@ class EngineCore {
   static constexpr size_t kKeepCacheBytes = size_t{64} << 20;
   rasp::ModelDims d_;
   rasp::Model model_;
+  rasp::PackedModel packed_;
   mutable std::mutex mu_;         // guards the reusable caches below
   mutable rasp::RunCache clean_;  // clean-run cache of the last sweep (reused buffers)
   mutable rasp::RunCache src_;    // source-run cache of the last sweep
@@ -200,6 +203,8 @@ PYBIND11_MODULE(_engine, m) {
   m.doc() = "rasp_compiler's C++ engine (private: use rasp_compiler.engine)";
   m.attr("__version__") = RASP_VERSION;
   m.def("build_info", &build_info, "How this extension was built: version, threads backend, CUDA, sanitizers.");
+  m.def("tokens_valid", &bind::tokens_valid, py::arg("tokens"), py::arg("d_vocab"), py::arg("n_ctx"), py::arg("bos"),
+        "One pass over int32/int64 ids [B, T]: in range, T in [1, n_ctx], BOS (if bos >= 0) only at position 0.");
   m.def("cuda_available", &cuda_available, "True when CUDA kernels were built AND a CUDA device is visible.");
   py::class_<EngineCore>(m, "EngineCore", "A compiled model's weights held by the C++ engine (CPU backend).")
       .def(py::init<const py::dict&, const py::list&>(), py::arg("dims"), py::arg("weights"))

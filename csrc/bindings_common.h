@@ -70,6 +70,26 @@ inline py::array_t<int32_t> check_tokens(const py::handle& obj, const std::strin
   return t;
 }
 
+// One pass over a C-contiguous int32/int64 [B, T] id array: every id in [0, d_vocab), T in [1, n_ctx],
+// and BOS (when bos >= 0) at position 0 of every row and nowhere else. False also for any other array:
+// the caller then runs its detailed checks, which name the problem.
+inline bool tokens_valid(const py::array& a, int64_t d_vocab, int64_t n_ctx, int64_t bos) {
+  if (a.ndim() != 2 || !(a.flags() & py::array::c_style) || a.shape(1) < 1 || a.shape(1) > n_ctx) return false;
+  auto scan = [&](auto* p) {
+    const py::ssize_t B = a.shape(0), T = a.shape(1);
+    for (py::ssize_t b = 0; b < B; ++b)
+      for (py::ssize_t t = 0; t < T; ++t) {
+        const int64_t v = p[b * T + t];
+        if (v < 0 || v >= d_vocab) return false;
+        if (bos >= 0 && (v == bos) != (t == 0)) return false;
+      }
+    return true;
+  };
+  if (a.dtype().is(py::dtype::of<int64_t>())) return scan(static_cast<const int64_t*>(a.data()));
+  if (a.dtype().is(py::dtype::of<int32_t>())) return scan(static_cast<const int32_t*>(a.data()));
+  return false;
+}
+
 // The dims dict Python passes (keys as in the contract; pad_token_id optional, -1 when absent/None;
 // causal optional, false when absent).
 inline ModelDims read_dims(const py::dict& dims) {

@@ -101,6 +101,8 @@ class Engine:
         self.d_vocab = int(config.d_vocab)
         self.n_ctx = int(config.n_ctx)
         self.pad_token_id = getattr(config, "pad_token_id", None)
+        bos = getattr(config, "bos_token_id", None)
+        self._bos = -1 if bos is None else int(bos)
         self.output_encoding = getattr(config, "output_encoding", "categorical")
         self.residual_labels = list(getattr(config, "residual_labels", [str(i) for i in range(self.d_model)]))
         arrays = [self._weight(weights, name, shape) for name, shape in self._weight_specs()]
@@ -156,6 +158,8 @@ class Engine:
         if is_torch:
             tokens = tokens.detach().cpu().numpy()
         arr = np.asarray(tokens)
+        if _engine.tokens_valid(arr, self.d_vocab, self.n_ctx, self._bos):  # the common case, in one C++ pass
+            return np.ascontiguousarray(arr, dtype=np.int32), False, is_torch
         if arr.dtype == object or arr.dtype.kind not in "iub":
             if arr.dtype.kind == "f" and arr.size and np.all(arr == np.round(arr)):
                 raise EngineError(f"{what}: token ids must be integers, got dtype {arr.dtype}")

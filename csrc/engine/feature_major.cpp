@@ -1,0 +1,451 @@
+#include "engine/feature_major.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+
+#include "common/parallel.h"
+
+// The vector loops also get an AVX2 version, picked at load time where the CPU has it (no FMA: the
+// products and sums stay the ones the per-sequence path computes).
+#if defined(__GNUC__) && defined(__x86_64__)
+#define RASP_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define RASP_VECTOR_CLONES
+#endif
+
+namespace rasp {
+
+namespace {
+
+// How many multiply-adds the axpy does in the time the scan takes for one (vector width, roughly).
+constexpr int64_t kVectorWidth = 4;
+// Target size of one feature-major buffer, in floats: rows per chunk are chosen to keep buffers in cache.
+constexpr int64_t kChunkFloats = int64_t{1} << 14;
+
+// Packs W (dense [rows, cols] row-major) to the columns `keep` (ascending), renumbering input row i to
+// row_map[i] (dropped when -1); out[c] = out_ids[c]. Rows without a non-zero in a kept column are dropped.
+PackedMat pack(const SparseMat& W, const float* bias, const std::vector<int32_t>& keep,
+               const std::vector<int32_t>& out_ids, const std::vector<int32_t>& row_map) {
+  PackedMat p;
+  p.out = out_ids;
+  p.bias.resize(keep.size());
+  for (size_t c = 0; c < keep.size(); ++c) p.bias[c] = bias ? bias[keep[c]] : 0.0f;
+  p.ptr.push_back(0);
+  for (int32_t i : W.nz_rows) {
+    if (row_map[i] < 0) continue;
+    const float* row = W.dense.data() + static_cast<size_t>(i) * W.cols;
+    const size_t start = p.col.size();
+    for (size_t c = 0; c < keep.size(); ++c) {
+      const float w = row[keep[c]];
+      if (w == 0.0f) continue;
+      p.col.push_back(static_cast<int32_t>(c));
+      p.val.push_back(w);
+    }
+    if (p.col.size() == start) continue;
+    p.in.push_back(row_map[i]);
+    p.ptr.push_back(static_cast<int32_t>(p.col.size()));
+  }
+  // Cost per activation row: the axpy multiplies every weight (vectorised); the scan looks at every input
+  // feature and, if the inputs are one-hot (one of n_in non-zero), multiplies one row of weights.
+  const int64_t nnz = static_cast<int64_t>(p.col.size()), n_in = static_cast<int64_t>(p.in.size());
+  p.scan = n_in > 0 && kVectorWidth * (n_in + nnz / n_in) < nnz;
+  return p;
+}
+
+std::vector<int32_t> iota(int n) {
+  std::vector<int32_t> v(n);
+  for (int i = 0; i < n; ++i) v[i] = i;
+  return v;
+}
+
+// Columns of W (or of its bias) holding a non-zero.
+std::vector<uint8_t> live_columns(const SparseMat& W, const float* bias) {
+  std::vector<uint8_t> live(W.cols, 0);
+  for (int64_t k = 0; k < W.nnz; ++k) live[W.col[k]] = 1;
+  if (bias)
+    for (int j = 0; j < W.cols; ++j) live[j] |= bias[j] != 0.0f;
+  return live;
+}
+
+std::vector<int32_t> where(const std::vector<uint8_t>& flags) {
+  std::vector<int32_t> v;
+  for (size_t i = 0; i < flags.size(); ++i)
+    if (flags[i]) v.push_back(static_cast<int32_t>(i));
+  return v;
+}
+
+PackedModel::Rows nonzero_rows(const float* w, int rows, int cols) {
+  PackedModel::Rows out;
+  out.ptr.push_back(0);
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < cols; ++j) {
+      const float v = w[static_cast<size_t>(i) * cols + j];
+      if (v == 0.0f) continue;
+      out.col.push_back(j);
+      out.val.push_back(v);
+    }
+    out.ptr.push_back(static_cast<int32_t>(out.col.size()));
+  }
+  return out;
+}
+
+// Y[c][r] = bias[c] + sum_i X[in[i]][r] * w, feature-major with row count n.
+RASP_VECTOR_CLONES void apply(const PackedMat& P, const float* X, int n, float* Y) {
+  for (int c = 0; c < P.n_out(); ++c) std::fill(Y + static_cast<size_t>(c) * n, Y + static_cast<size_t>(c + 1) * n, P.bias[c]);
+  for (int i = 0; i < P.n_in(); ++i) {
+    const float* xi = X + static_cast<size_t>(P.in[i]) * n;
+    const int32_t k0 = P.ptr[i], k1 = P.ptr[i + 1];
+    if (P.scan) {
+      for (int r = 0; r < n; ++r) {
+        const float a = xi[r];
+        if (a == 0.0f) continue;
+        for (int32_t k = k0; k < k1; ++k) Y[static_cast<size_t>(P.col[k]) * n + r] += a * P.val[k];
+      }
+    } else {
+      for (int32_t k = k0; k < k1; ++k) {
+        const float w = P.val[k];
+        float* y = Y + static_cast<size_t>(P.col[k]) * n;
+        for (int r = 0; r < n; ++r) y[r] += w * xi[r];
+      }
+    }
+  }
+}
+
+// exp(x) (x = score - max) as std::exp computes it, without calling it where its value is known exactly: 1 at the
+// maximum and 0 far below it (expf rounds to 0 below -104), which is where compiled scores sit.
+inline float softmax_term(float x) {
+  if (x == 0.0f) return 1.0f;
+  if (!(x >= -104.0f)) return 0.0f;  // also -inf (masked keys)
+  return std::exp(x);
+}
+
+// Scratch memory left uninitialised (every buffer is written before it is read): zero-filling the
+// buffers of every call cost as much as a small model's forward pass.
+template <class T>
+struct Scratch {
+  std::unique_ptr<T[]> p;
+  void resize(size_t n) { p.reset(new T[std::max<size_t>(n, 1)]); }
+  T* data() { return p.get(); }
+  T& operator[](size_t i) { return p[i]; }
+};
+
+struct Buffers {
+  Scratch<float> x, q, k, v, z, o, acc, hidden, mlp, unembed, scores, weights, mx, inv;
+  Scratch<int32_t> tok, keys, n_keys;
+};
+
+// Rows of a chunk are position-major (row t * n_seq + s is position t of sequence s), so every
+// position's activations across the chunk's sequences are contiguous.
+
+// Attention with every (query, key) pair computed across all sequences at once (vectorised over
+// sequences): the choice for heads with few q/k features.
+RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, const int32_t* tok, int pad, bool causal, Buffers& b) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int ns = n_seq, n = n_seq * T, nqk = h.q.n_out(), nvo = h.v.n_out();
+  float* S = b.scores.data();  // [T][ns]: scores, then weights, of one query against every key
+  float* mx = b.mx.data();
+  float* inv = b.inv.data();
+  for (int i = 0; i < T; ++i) {
+    const int keys = causal ? i + 1 : T;
+    std::fill(S, S + static_cast<size_t>(keys) * ns, 0.0f);
+    for (int c = 0; c < nqk; ++c) {
+      const float* qi = b.q.data() + static_cast<size_t>(c) * n + static_cast<size_t>(i) * ns;
+      for (int j = 0; j < keys; ++j) {
+        const float* kj = b.k.data() + static_cast<size_t>(c) * n + static_cast<size_t>(j) * ns;
+        float* Sj = S + static_cast<size_t>(j) * ns;
+        for (int s = 0; s < ns; ++s) Sj[s] += qi[s] * kj[s];
+      }
+    }
+    if (pad >= 0)
+      for (int j = 0; j < keys; ++j)
+        for (int s = 0; s < ns; ++s)
+          if (tok[static_cast<size_t>(j) * ns + s] == pad) S[static_cast<size_t>(j) * ns + s] = neg_inf;
+    std::fill(mx, mx + ns, neg_inf);
+    for (int j = 0; j < keys; ++j)
+      for (int s = 0; s < ns; ++s) mx[s] = std::max(mx[s], S[static_cast<size_t>(j) * ns + s]);
+    std::fill(inv, inv + ns, 0.0f);  // the sums, then their inverses
+    for (int j = 0; j < keys; ++j) {
+      float* Sj = S + static_cast<size_t>(j) * ns;
+      for (int s = 0; s < ns; ++s) Sj[s] -= mx[s];
+      // A key's offsets from the maximum take few values across sequences (0 where attended, one
+      // value elsewhere): then one exp serves the whole row and the rest is a vectorised select.
+      float other = 0.0f;
+      for (int s = 0; s < ns && other == 0.0f; ++s) other = Sj[s];
+      int novel = 0;
+      for (int s = 0; s < ns; ++s) novel |= (Sj[s] != 0.0f) & (Sj[s] != other);
+      if (!novel) {
+        const float p = softmax_term(other);
+        for (int s = 0; s < ns; ++s) Sj[s] = Sj[s] == 0.0f ? 1.0f : p;
+      } else {
+        float last_x = 0.0f, last_p = 1.0f;
+        for (int s = 0; s < ns; ++s) {
+          if (Sj[s] != last_x) {
+            last_x = Sj[s];
+            last_p = softmax_term(last_x);
+          }
+          Sj[s] = last_p;
+        }
+      }
+      for (int s = 0; s < ns; ++s) inv[s] += Sj[s];
+    }
+    for (int s = 0; s < ns; ++s) inv[s] = mx[s] == neg_inf ? 0.0f : 1.0f / inv[s];  // all masked: z = 0
+    for (int j = 0; j < keys; ++j)
+      for (int s = 0; s < ns; ++s) S[static_cast<size_t>(j) * ns + s] *= inv[s];
+    for (int c = 0; c < nvo; ++c) {
+      float* zi = b.z.data() + static_cast<size_t>(c) * n + static_cast<size_t>(i) * ns;
+      std::fill(zi, zi + ns, 0.0f);
+      for (int j = 0; j < keys; ++j) {
+        const float* vj = b.v.data() + static_cast<size_t>(c) * n + static_cast<size_t>(j) * ns;
+        const float* Pj = S + static_cast<size_t>(j) * ns;
+        for (int s = 0; s < ns; ++s) zi[s] += Pj[s] * vj[s];
+      }
+    }
+  }
+}
+
+// Attention one sequence at a time, skipping zero q entries and unattended keys: the choice for heads
+// with many q/k features read through a one-hot variable (a comparison table over many values).
+RASP_VECTOR_CLONES void attend_each(const PackedHead& h, int n_seq, int T, const int32_t* tok, int pad, bool causal, Buffers& b) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int ns = n_seq, n = n_seq * T, nqk = h.q.n_out(), nvo = h.v.n_out();
+  float* S = b.scores.data();  // [T][T] of one sequence
+  int32_t* keys = b.keys.data();
+  float* weights = b.weights.data();
+  for (int s = 0; s < ns; ++s) {
+    std::fill(S, S + static_cast<size_t>(T) * T, 0.0f);
+    for (int c = 0; c < nqk; ++c) {
+      const float* qc = b.q.data() + static_cast<size_t>(c) * n + s;
+      const float* kc = b.k.data() + static_cast<size_t>(c) * n + s;
+      for (int i = 0; i < T; ++i) {
+        const float a = qc[static_cast<size_t>(i) * ns];
+        if (a == 0.0f) continue;
+        float* Si = S + static_cast<size_t>(i) * T;
+        for (int j = 0; j < T; ++j) Si[j] += a * kc[static_cast<size_t>(j) * ns];
+      }
+    }
+    for (int i = 0; i < T; ++i) {
+      float* Si = S + static_cast<size_t>(i) * T;
+      float mx = neg_inf;
+      for (int j = 0; j < T; ++j) {
+        if ((causal && j > i) || (pad >= 0 && tok[static_cast<size_t>(j) * ns + s] == pad)) Si[j] = neg_inf;
+        mx = std::max(mx, Si[j]);
+      }
+      int nk = 0;
+      if (mx != neg_inf) {  // else every key is masked and z stays 0
+        float sum = 0.0f;
+        for (int j = 0; j < T; ++j) {
+          const float p = softmax_term(Si[j] - mx);
+          Si[j] = p;
+          sum += p;
+        }
+        const float inv = 1.0f / sum;
+        for (int j = 0; j < T; ++j) {
+          const float p = Si[j] * inv;
+          if (p == 0.0f) continue;
+          keys[i * T + nk] = j;
+          weights[i * T + nk] = p;
+          ++nk;
+        }
+      }
+      b.n_keys[i] = nk;
+    }
+    for (int c = 0; c < nvo; ++c) {
+      const float* vc = b.v.data() + static_cast<size_t>(c) * n + s;
+      float* zc = b.z.data() + static_cast<size_t>(c) * n + s;
+      for (int i = 0; i < T; ++i) {
+        float acc = 0.0f;
+        for (int k = 0; k < b.n_keys[i]; ++k) acc += weights[i * T + k] * vc[static_cast<size_t>(keys[i * T + k]) * ns];
+        zc[static_cast<size_t>(i) * ns] = acc;
+      }
+    }
+  }
+}
+
+// Whether computing every score across sequences (vectorised) beats skipping zero q entries one
+// sequence at a time (which pays per sequence but only for the q features that are set).
+bool scores_across(int nqk, int T) {
+  const int64_t across = static_cast<int64_t>(nqk) * T * T / 4;
+  const int64_t each = static_cast<int64_t>(nqk) * T + 8 * static_cast<int64_t>(T) * T;
+  return across <= each;
+}
+
+RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, const int32_t* tokens, int n_seq, int T, float* out,
+                   Buffers& b) {
+  const ModelDims& d = m.dims;
+  const int ns = n_seq, n = n_seq * T, V = d.d_vocab_out;
+  int32_t* tok = b.tok.data();
+  for (int s = 0; s < ns; ++s)
+    for (int t = 0; t < T; ++t) tok[static_cast<size_t>(t) * ns + s] = tokens[static_cast<size_t>(s) * T + t];
+  float* X = b.x.data();
+  std::fill(X, X + static_cast<size_t>(d.d_model) * n, 0.0f);
+  const PackedModel::Rows& E = p.embed;
+  for (int r = 0; r < n; ++r)
+    for (int32_t k = E.ptr[tok[r]]; k < E.ptr[tok[r] + 1]; ++k) X[static_cast<size_t>(E.col[k]) * n + r] += E.val[k];
+  for (int t = 0; t < T; ++t)  // (e + p, as the per-sequence path adds them: two terms, either order)
+    for (int32_t k = p.pos.ptr[t]; k < p.pos.ptr[t + 1]; ++k) {
+      float* x = X + static_cast<size_t>(p.pos.col[k]) * n + static_cast<size_t>(t) * ns;
+      for (int s = 0; s < ns; ++s) x[s] += p.pos.val[k];
+    }
+  for (const PackedLayer& L : p.layers) {
+    if (!L.attn_cols.empty()) {  // (b_O is added even without active heads)
+      const int na = static_cast<int>(L.attn_cols.size());
+      for (int u = 0; u < na; ++u)
+        std::fill(b.acc.data() + static_cast<size_t>(u) * n, b.acc.data() + static_cast<size_t>(u + 1) * n, L.b_o[u]);
+      for (const PackedHead& h : L.heads) {
+        apply(h.q, X, n, b.q.data());
+        apply(h.k, X, n, b.k.data());
+        apply(h.v, X, n, b.v.data());
+        if (scores_across(h.q.n_out(), T)) attend_across(h, ns, T, tok, d.pad_token_id, d.causal, b);
+        else attend_each(h, ns, T, tok, d.pad_token_id, d.causal, b);
+        apply(h.o, b.z.data(), n, b.o.data());
+        for (int c = 0; c < h.o.n_out(); ++c) {
+          float* a = b.acc.data() + static_cast<size_t>(h.o.out[c]) * n;
+          const float* y = b.o.data() + static_cast<size_t>(c) * n;
+          for (int r = 0; r < n; ++r) a[r] += y[r];
+        }
+      }
+      for (int u = 0; u < na; ++u) {
+        float* x = X + static_cast<size_t>(L.attn_cols[u]) * n;
+        const float* a = b.acc.data() + static_cast<size_t>(u) * n;
+        for (int r = 0; r < n; ++r) x[r] += a[r];
+      }
+    }
+    if (L.mlp_out.n_out() > 0) {
+      apply(L.mlp_in, X, n, b.hidden.data());
+      for (size_t i = 0, e = static_cast<size_t>(L.mlp_in.n_out()) * n; i < e; ++i)
+        b.hidden[i] = b.hidden[i] > 0.0f ? b.hidden[i] : 0.0f;
+      apply(L.mlp_out, b.hidden.data(), n, b.mlp.data());
+      for (int c = 0; c < L.mlp_out.n_out(); ++c) {
+        float* x = X + static_cast<size_t>(L.mlp_out.out[c]) * n;
+        const float* y = b.mlp.data() + static_cast<size_t>(c) * n;
+        for (int r = 0; r < n; ++r) x[r] += y[r];
+      }
+    }
+  }
+  apply(p.unembed, X, n, b.unembed.data());
+  const float* Y = b.unembed.data();
+  for (int s = 0; s < ns; ++s)  // written in order; the strided reads stay in cache across sequences
+    for (int t = 0; t < T; ++t)
+      for (int c = 0; c < V; ++c)
+        *out++ = Y[static_cast<size_t>(c) * n + static_cast<size_t>(t) * ns + s];
+}
+
+}  // namespace
+
+PackedModel pack_model(const Model& m) {
+  const ModelDims& d = m.dims;
+  const int D = d.d_model, E = d.d_head, M = d.d_mlp, V = d.d_vocab_out;
+  PackedModel p;
+  const std::vector<int32_t> all_rows = iota(std::max({D, E, M}));
+  int widest = std::max(D, V);
+  for (int l = 0; l < d.n_layers; ++l) {
+    const LayerWeights& L = m.layers[l];
+    PackedLayer pl;
+    std::vector<uint8_t> attn_live(D, 0);
+    for (int j = 0; j < D; ++j) attn_live[j] = L.b_o[j] != 0.0f;
+    for (int h = 0; h < d.n_heads; ++h) {
+      if (!L.head_active[h]) continue;
+      for (int64_t k = 0; k < L.wo[h].nnz; ++k) attn_live[L.wo[h].col[k]] = 1;
+    }
+    pl.attn_cols = where(attn_live);
+    for (int32_t j : pl.attn_cols) pl.b_o.push_back(L.b_o[j]);
+    std::vector<int32_t> attn_index(D, -1);
+    for (size_t u = 0; u < pl.attn_cols.size(); ++u) attn_index[pl.attn_cols[u]] = static_cast<int32_t>(u);
+    for (int h = 0; h < d.n_heads; ++h) {
+      if (!L.head_active[h]) continue;
+      const float* bq = L.bqkv.data() + static_cast<size_t>(0 * d.n_heads + h) * E;
+      const float* bk = L.bqkv.data() + static_cast<size_t>(1 * d.n_heads + h) * E;
+      const float* bv = L.bqkv.data() + static_cast<size_t>(2 * d.n_heads + h) * E;
+      const std::vector<uint8_t> q_live = live_columns(L.wq[h], bq), k_live = live_columns(L.wk[h], bk),
+                                 v_live = live_columns(L.wv[h], bv);
+      std::vector<uint8_t> qk(E), vo(E, 0);
+      for (int e = 0; e < E; ++e) qk[e] = q_live[e] && k_live[e];
+      for (int32_t e : L.wo[h].nz_rows) vo[e] = v_live[e];
+      const std::vector<int32_t> qk_cols = where(qk), vo_cols = where(vo);
+      PackedHead ph;
+      ph.head = h;
+      ph.q = pack(L.wq[h], bq, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
+      ph.k = pack(L.wk[h], bk, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
+      ph.v = pack(L.wv[h], bv, vo_cols, iota(static_cast<int>(vo_cols.size())), all_rows);
+      std::vector<int32_t> z_index(E, -1);
+      for (size_t c = 0; c < vo_cols.size(); ++c) z_index[vo_cols[c]] = static_cast<int32_t>(c);
+      const std::vector<uint8_t> o_live = live_columns(L.wo[h], nullptr);
+      const std::vector<int32_t> o_cols = where(o_live);
+      std::vector<int32_t> o_ids;
+      for (int32_t j : o_cols) o_ids.push_back(attn_index[j]);
+      ph.o = pack(L.wo[h], nullptr, o_cols, o_ids, z_index);
+      widest = std::max({widest, ph.q.n_out(), ph.v.n_out(), ph.o.n_out()});
+      pl.heads.push_back(std::move(ph));
+    }
+    widest = std::max(widest, static_cast<int>(pl.attn_cols.size()));
+    {  // (b_out is added even without neurons)
+      std::vector<int32_t> neurons(L.w_out.nz_rows.begin(), L.w_out.nz_rows.end());
+      std::vector<int32_t> hidden_index(M, -1);
+      for (size_t c = 0; c < neurons.size(); ++c) hidden_index[neurons[c]] = static_cast<int32_t>(c);
+      pl.mlp_in = pack(L.w_in, L.b_in.data(), neurons, iota(static_cast<int>(neurons.size())), all_rows);
+      const std::vector<int32_t> out_cols = where(live_columns(L.w_out, L.b_out.data()));
+      pl.mlp_out = pack(L.w_out, L.b_out.data(), out_cols, out_cols, hidden_index);
+      widest = std::max({widest, pl.mlp_in.n_out(), pl.mlp_out.n_out()});
+    }
+    p.layers.push_back(std::move(pl));
+  }
+  p.unembed = pack(m.w_u, m.b_u.data(), iota(V), iota(V), all_rows);
+  p.embed = nonzero_rows(m.w_e.data(), d.d_vocab, D);
+  p.pos = nonzero_rows(m.w_pos.data(), d.n_ctx, D);
+  p.widest = widest;
+  return p;
+}
+
+void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* tokens, int B, int T, float* out,
+                           int threads) {
+  if (B <= 0 || T <= 0) return;
+  const int workers = resolve_threads(threads);
+  int64_t per_chunk = std::max<int64_t>(1, kChunkFloats / (static_cast<int64_t>(T) * p.widest));
+  per_chunk = std::min<int64_t>(per_chunk, (B + workers - 1) / workers);
+  const int64_t chunks = (B + per_chunk - 1) / per_chunk;
+  const int nw = worker_count(chunks, threads);
+  std::vector<Buffers> buffers(nw);
+  const size_t cap = static_cast<size_t>(per_chunk) * T;
+  for (Buffers& b : buffers) {
+    const ModelDims& d = m.dims;
+    int nqk = 0, nvo = 0, no = 0, na = 0, nh = 0, nm = 0;
+    for (const PackedLayer& L : p.layers) {
+      for (const PackedHead& h : L.heads) {
+        nqk = std::max(nqk, h.q.n_out());
+        nvo = std::max(nvo, h.v.n_out());
+        no = std::max(no, h.o.n_out());
+      }
+      na = std::max(na, static_cast<int>(L.attn_cols.size()));
+      nh = std::max(nh, L.mlp_in.n_out());
+      nm = std::max(nm, L.mlp_out.n_out());
+    }
+    b.x.resize(static_cast<size_t>(d.d_model) * cap);
+    b.q.resize(nqk * cap);
+    b.k.resize(nqk * cap);
+    b.v.resize(nvo * cap);
+    b.z.resize(nvo * cap);
+    b.o.resize(no * cap);
+    b.acc.resize(na * cap);
+    b.hidden.resize(nh * cap);
+    b.mlp.resize(nm * cap);
+    b.unembed.resize(static_cast<size_t>(d.d_vocab_out) * cap);
+    b.scores.resize(static_cast<size_t>(T) * std::max<int64_t>(T, per_chunk));
+    b.weights.resize(static_cast<size_t>(T) * T);
+    b.keys.resize(static_cast<size_t>(T) * T);
+    b.n_keys.resize(T);
+    b.mx.resize(per_chunk);
+    b.inv.resize(per_chunk);
+    b.tok.resize(cap);
+  }
+  const size_t TV = static_cast<size_t>(T) * m.dims.d_vocab_out;
+  parallel_for_worker(chunks, threads, [&](int64_t c, int w) {
+    const int64_t s0 = c * per_chunk;
+    const int n_seq = static_cast<int>(std::min<int64_t>(per_chunk, B - s0));
+    forward_chunk(m, p, tokens + s0 * T, n_seq, T, out + s0 * TV, buffers[w]);
+  });
+}
+
+}  // namespace rasp

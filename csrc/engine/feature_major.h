@@ -1,0 +1,62 @@
+// Plain forward passes over many sequences at once, with activations stored feature-major ([feature][row],
+// rows = batch x position). Compiled weights are sparse and each component reads and writes a few
+// residual features, so every matrix is packed to the inputs and outputs that carry anything and applied
+// either one non-zero weight at a time over all rows (a vectorised axpy) or, for long rows such as a
+// comparison table read through a one-hot variable, by scanning each input feature for the rows where it
+// is non-zero. Work follows the non-zero weights and the non-zero activations, not d_model.
+//
+// Every sum is taken in the same order as the per-sequence path in cpu_forward.cpp (terms that are
+// exactly zero are skipped), so the outputs equal it bit for bit up to the sign of a zero.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/model.h"
+
+namespace rasp {
+
+// y[out[c]] = bias[c] + sum over packed rows i (ascending input feature in[i]) of x[in[i]] * w.
+struct PackedMat {
+  std::vector<int32_t> in;        // input feature of each packed row
+  std::vector<int32_t> out;       // output feature of each packed column (ascending)
+  std::vector<int32_t> ptr, col;  // CSR over packed rows; col indexes packed columns
+  std::vector<float> val;
+  std::vector<float> bias;        // per packed column
+  bool scan = false;              // long rows: scan each input feature for its non-zero rows
+  int n_in() const { return static_cast<int>(in.size()); }
+  int n_out() const { return static_cast<int>(out.size()); }
+};
+
+// One head with its q/k columns cut to those where both sides can be non-zero and its v columns to
+// those W_O reads; o's columns are indexes into the layer's attention output features.
+struct PackedHead {
+  int head = 0;
+  PackedMat q, k, v, o;
+};
+
+struct PackedLayer {
+  std::vector<PackedHead> heads;   // heads whose W_O is non-zero
+  std::vector<int32_t> attn_cols;  // residual features the attention sublayer can change
+  std::vector<float> b_o;          // b_O at attn_cols
+  PackedMat mlp_in, mlp_out;       // neurons W_out reads; mlp_out.out are residual features
+};
+
+struct PackedModel {
+  std::vector<PackedLayer> layers;
+  PackedMat unembed;  // every output column
+  // Non-zero entries of each W_E and W_pos row (CSR by token id / position).
+  struct Rows {
+    std::vector<int32_t> ptr, col;
+    std::vector<float> val;
+  } embed, pos;
+  int widest = 1;  // largest feature count of any buffer (sizes the row chunks)
+};
+
+PackedModel pack_model(const Model& m);
+
+// tokens [B, T] -> out [B, T, d_vocab_out]; same contract as forward_cpu without records or caches.
+void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* tokens, int B, int T, float* out,
+                           int threads);
+
+}  // namespace rasp
