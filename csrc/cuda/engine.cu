@@ -317,14 +317,14 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
   };
   const size_t o_we = put_f(m.w_e.data(), m.w_e.size());
   const size_t o_wpos = put_f(m.w_pos.data(), m.w_pos.size());
-  const size_t o_wu = put_f(m.w_u.dense.data(), m.w_u.dense.size());
+  const size_t o_wu = put_f(m.w_u.to_dense().data(), static_cast<size_t>(m.w_u.rows) * m.w_u.cols);
   const size_t o_bu = put_f(m.b_u.data(), m.b_u.size());
   const size_t o_urows = put_i(m.w_u.nz_rows);
   std::vector<LayerOff> lo(L);
   for (int l = 0; l < L; ++l) {
     const LayerWeights& W = m.layers[l];
     LayerOff& o = lo[l];
-    o.qkv = put_f(W.qkv.dense.data(), W.qkv.dense.size());
+    o.qkv = put_f(W.qkv.to_dense().data(), static_cast<size_t>(W.qkv.rows) * W.qkv.cols);
     o.bqkv = put_f(W.bqkv.data(), W.bqkv.size());
     // W_O of all heads stacked: [H*E, D]
     std::vector<float> wo(static_cast<size_t>(H) * E * D);
@@ -332,7 +332,8 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     std::vector<int32_t> active;
     int any = 0;
     for (int h = 0; h < H; ++h) {
-      std::copy(W.wo[h].dense.begin(), W.wo[h].dense.end(), wo.begin() + static_cast<size_t>(h) * E * D);
+      const std::vector<float> dense = W.wo[h].to_dense();
+      std::copy(dense.begin(), dense.end(), wo.begin() + static_cast<size_t>(h) * E * D);
       for (int32_t r : W.wo[h].nz_rows) {
         wo_rows.push_back(h * E + r);
         head_rows.push_back(h * E + r);
@@ -343,9 +344,9 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     }
     o.wo = put_f(wo.data(), wo.size());
     o.bo = put_f(W.b_o.data(), W.b_o.size());
-    o.win = put_f(W.w_in.dense.data(), W.w_in.dense.size());
+    o.win = put_f(W.w_in.to_dense().data(), static_cast<size_t>(W.w_in.rows) * W.w_in.cols);
     o.bin = put_f(W.b_in.data(), W.b_in.size());
-    o.wout = put_f(W.w_out.dense.data(), W.w_out.dense.size());
+    o.wout = put_f(W.w_out.to_dense().data(), static_cast<size_t>(W.w_out.rows) * W.w_out.cols);
     o.bout = put_f(W.b_out.data(), W.b_out.size());
     o.qkv_rows = put_i(W.qkv.nz_rows);
     o.wo_rows = put_i(wo_rows);

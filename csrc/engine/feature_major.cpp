@@ -33,16 +33,16 @@ PackedMat pack(const SparseMat& W, const float* bias, const std::vector<int32_t>
   p.out = out_ids;
   p.bias.resize(keep.size());
   for (size_t c = 0; c < keep.size(); ++c) p.bias[c] = bias ? bias[keep[c]] : 0.0f;
+  std::vector<int32_t> packed(W.cols, -1);
+  for (size_t c = 0; c < keep.size(); ++c) packed[keep[c]] = static_cast<int32_t>(c);
   p.ptr.push_back(0);
   for (int32_t i : W.nz_rows) {
     if (row_map[i] < 0) continue;
-    const float* row = W.dense.data() + static_cast<size_t>(i) * W.cols;
     const size_t start = p.col.size();
-    for (size_t c = 0; c < keep.size(); ++c) {
-      const float w = row[keep[c]];
-      if (w == 0.0f) continue;
-      p.col.push_back(static_cast<int32_t>(c));
-      p.val.push_back(w);
+    for (int32_t k = W.row_ptr[i]; k < W.row_ptr[i + 1]; ++k) {  // ascending columns, so ascending c
+      if (packed[W.col[k]] < 0) continue;
+      p.col.push_back(packed[W.col[k]]);
+      p.val.push_back(W.val[k]);
     }
     if (p.col.size() == start) continue;
     p.in.push_back(row_map[i]);

@@ -7,28 +7,32 @@ namespace rasp {
 void SparseMat::init(const float* w, int r, int c, int64_t row_stride, int64_t col_stride) {
   rows = r;
   cols = c;
-  dense.assign(static_cast<size_t>(r) * c, 0.0f);
   row_ptr.assign(static_cast<size_t>(r) + 1, 0);
   col.clear();
   val.clear();
   nz_rows.clear();
   for (int i = 0; i < r; ++i) {
-    bool any = false;
+    const size_t start = col.size();
     for (int j = 0; j < c; ++j) {
       const float v = w[i * row_stride + j * col_stride];
-      dense[static_cast<size_t>(i) * c + j] = v;
-      if (v != 0.0f) {
-        col.push_back(j);
-        val.push_back(v);
-        any = true;
-      }
+      if (v == 0.0f) continue;
+      col.push_back(j);
+      val.push_back(v);
     }
     row_ptr[i + 1] = static_cast<int32_t>(col.size());
-    if (any) nz_rows.push_back(i);
+    if (col.size() > start) nz_rows.push_back(i);
   }
   nnz = static_cast<int64_t>(col.size());
   // CSR wins when rows are short; the dense row loop vectorises and wins above ~1/4 density.
   use_dense = r > 0 && c > 0 && nnz * 4 > static_cast<int64_t>(r) * c;
+  dense = use_dense ? to_dense() : std::vector<float>();
+}
+
+std::vector<float> SparseMat::to_dense() const {
+  std::vector<float> d(static_cast<size_t>(rows) * cols, 0.0f);
+  for (int i = 0; i < rows; ++i)
+    for (int32_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) d[static_cast<size_t>(i) * cols + col[k]] = val[k];
+  return d;
 }
 
 void SparseMat::accumulate(const float* x, float* y) const {

@@ -32,13 +32,14 @@ struct ModelDims {
   bool reader_is_mlp(int r) const { return r != output_reader() && r % (n_heads + 1) == n_heads; }
 };
 
-// W[rows, cols] (row-major) kept dense and as CSR; accumulate() computes y += x @ W, skipping zero
-// entries of x and all-zero rows of W, and picks the dense or CSR loop by the matrix's density.
+// W[rows, cols] (row-major) kept as CSR, and also dense where it is dense enough for the dense loop to
+// win (memory follows the non-zeros: a compiled model's padded matrices are mostly empty); accumulate()
+// computes y += x @ W, skipping zero entries of x and all-zero rows of W.
 struct SparseMat {
   int rows = 0, cols = 0;
   int64_t nnz = 0;
   bool use_dense = true;
-  std::vector<float> dense;         // [rows * cols]
+  std::vector<float> dense;         // [rows * cols] when use_dense, else empty
   std::vector<int32_t> nz_rows;     // rows with at least one nonzero
   std::vector<int32_t> row_ptr;     // CSR [rows + 1]
   std::vector<int32_t> col;         // CSR [nnz]
@@ -48,6 +49,7 @@ struct SparseMat {
   void init(const float* w, int rows, int cols, int64_t row_stride, int64_t col_stride);
   void accumulate(const float* x, float* y) const;
   bool is_zero() const { return nnz == 0; }
+  std::vector<float> to_dense() const;  // [rows * cols], for backends that want the full matrix
 };
 
 struct LayerWeights {

@@ -122,6 +122,7 @@ def assemble(
                     selectors=hb.selectors,
                     writes=hb.writes,
                     reads={"q": hb.q_reads, "k": hb.k_reads, "v": hb.v_reads},
+                    qk_encoding=hb.qk_encoding,
                 )
             )
         W[a + "W_Q"], W[a + "W_K"], W[a + "W_V"], W[a + "W_O"] = WQ, WK, WV, WO

@@ -1,10 +1,10 @@
 """Stage 4: each op -> blocks, as matrices between labelled residual directions.
 
 Invariant every block keeps: at the BOS position every SOp direction is zero. Categorical MLPs
-only fire on one-hot inputs (zero at BOS); MLPs that use a bias are gated off by `tokens:<bos>`;
-attention at the BOS query attends to BOS, whose values are zero. Heads use BOS as the default
-sink: it scores half a unit below a selected key, so it takes all weight only when nothing is
-selected (aggregates), or exactly as much as one selected key (selector width).
+only fire on one-hot inputs (zero at BOS); MLP neurons with a bias that could fire at BOS are gated
+off by `tokens:<bos>`; attention at the BOS query attends to BOS, whose values are zero. Heads use
+BOS as the default sink: it scores half a unit below a selected key, so it takes all weight only
+when nothing is selected (aggregates), or exactly as much as one selected key (selector width).
 
 Every MLP is evaluated in float32 on every input value it can see, at compile time; a block that
 is not exact raises CompileError naming its op.
@@ -59,6 +59,7 @@ class HeadBlock:
     W_K: np.ndarray
     W_V: np.ndarray
     W_O: np.ndarray
+    qk_encoding: tuple[str, ...] = ()  # per selector group: how its predicate table is factored
 
     @property
     def d_qk(self) -> int:
@@ -322,8 +323,9 @@ def _numerical_input_mlp(
 
     `xs` are the input values, `ys` the op's value at each. Each step is two neurons, a ramp over the
     middle of the gap between neighbouring input values (margin set by mlp_exactness), flat (exact)
-    outside it. Only gaps where the output changes get a step. Neurons are gated off at BOS so the
-    output there is zero. Vectorised over the input values: value sets reach 10^6 points.
+    outside it. Only gaps where the output changes get a step. Neurons that would fire at BOS (whose
+    input there is `x_at_bos`) are gated off by `tokens:<bos>`, so the output there is exactly zero.
+    Vectorised over the input values: value sets reach 10^6 points.
     """
     x = np.asarray(xs, dtype=float)
     order = np.argsort(x, kind="stable")
@@ -365,6 +367,15 @@ def _numerical_input_mlp(
     noise = ctx.input_error(in_dir)
     base = G[0].copy()
     b = _MLPBuilder()
+
+    def neuron(w: float, bias: float, out: dict[str, float]) -> None:
+        # gated off at BOS only if it could fire there: a neuron already off at the BOS input (by more
+        # than that input's error bound) writes an exact zero there without reading tokens:<bos>
+        if w * x_at_bos + bias + abs(w) * noise < 0:
+            b.neuron({in_dir: w}, bias, out)
+        else:
+            b.neuron({in_dir: w, bos: -(abs(w) * span + 1.0)}, bias, out)
+
     for k in np.nonzero(np.any(G[1:] != G[:-1], axis=1))[0].tolist():
         x0, x1 = float(x[k]), float(x[k + 1])
         if margin * (x1 - x0) <= 2 * noise:  # inputs must stay off every ramp by their error bound
@@ -377,17 +388,16 @@ def _numerical_input_mlp(
         diff = G[k + 1] - G[k]
         delta = {writes[i]: float(diff[i]) for i in np.nonzero(diff)[0].tolist()}
         s = 1.0 / (hi - lo)
-        gate = -(s * span + 1.0)
         if (lo + hi) / 2 - x_min < x_max - (lo + hi) / 2:
             # [x > c] = 1 - [x < c]; [x < c] = relu(s (hi - x)) - relu(s (lo - x)) is exactly zero above
             # hi and grows only over the short range below c: small pre-activations, little cancellation
             base += diff
             for start, sign in ((hi, -1.0), (lo, 1.0)):
-                b.neuron({in_dir: -s, bos: gate}, s * start, {k2: sign * v for k2, v in delta.items()})
+                neuron(-s, s * start, {k2: sign * v for k2, v in delta.items()})
         else:
             # [x > c] = relu(s (x - lo)) - relu(s (x - hi)): zero below lo
             for start, sign in ((lo, 1.0), (hi, -1.0)):
-                b.neuron({in_dir: s, bos: gate}, -s * start, {k2: sign * v for k2, v in delta.items()})
+                neuron(s, -s * start, {k2: sign * v for k2, v in delta.items()})
     base_vec = {writes[i]: float(base[i]) for i in np.nonzero(np.abs(base) > 1e-12)[0].tolist()}
     if base_vec:
         b.neuron({bos: -2.0}, 1.0, base_vec)
@@ -440,8 +450,9 @@ def _call(f: Any, *args: Any) -> Any:
 
 def _qk(
     ctx: _Ctx, op_label: str, sel: str, bos_score: float, beta: float
-) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...], np.ndarray, tuple[str, ...]]:
-    """Query and key matrices (over labelled residual rows) whose product scores the selector.
+) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...], np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """Query and key matrices (over labelled residual rows) whose product scores the selector, the
+    selectors involved, and the factorisation chosen for each group's predicate table.
 
     score(q, k) = beta * (number of groups whose predicate holds); the BOS key scores
     beta * (G - 1 + bos_score) through the query's `one` direction.
@@ -450,32 +461,84 @@ def _qk(
     q_parts: list[tuple[list[str], np.ndarray]] = []
     k_parts: list[tuple[list[str], np.ndarray]] = []
     selectors: list[str] = []
+    encodings: list[str] = []
     for g in groups:
         selectors += [s for s in g.selectors if s not in selectors]
         qdirs = [ctx.res.dir_of(g.queries, v) for v in ctx.values[g.queries].values]
         kdirs = [ctx.res.dir_of(g.keys, v) for v in ctx.values[g.keys].values]
-        t = g.table
-        rows, cols = _classes(t), _classes(t.T)
-        if len(rows) <= len(cols):
-            reps = [m for m in rows if t[m[0]].any()]
-            wq = np.zeros((len(qdirs), len(reps)))
-            for d, members in enumerate(reps):
-                wq[members, d] = 1.0
-            wk = t[[m[0] for m in reps]].T.astype(float) * beta
-        else:
-            reps = [m for m in cols if t[:, m[0]].any()]
-            wk = np.zeros((len(kdirs), len(reps)))
-            for d, members in enumerate(reps):
-                wk[members, d] = beta
-            wq = t[:, [m[0] for m in reps]].astype(float)
+        name, wq, wk = _factor(g.table, ctx.options.qk_encoding)
+        encodings.append(name)
         q_parts.append((qdirs, wq))
-        k_parts.append((kdirs, wk))
+        k_parts.append((kdirs, wk * beta))
     q_parts.append(([ONE], np.ones((1, 1))))
     k_parts.append(([ctx.res.bos_dir], np.full((1, 1), beta * (len(groups) - 1 + bos_score))))
     dim = sum(w.shape[1] for _, w in q_parts)
     q_labels, W_Q = _stack(q_parts, dim)
     k_labels, W_K = _stack(k_parts, dim)
-    return q_labels, W_Q, k_labels, W_K, tuple(selectors)
+    return q_labels, W_Q, k_labels, W_K, tuple(selectors), tuple(encodings)
+
+
+def _factor(t: np.ndarray, mode: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """A 0/1 factorisation t = wq @ wk.T of a predicate table [query values, key values].
+
+    "tracr" is tracr's (the table in wq, one column per key value). Otherwise the candidate with the
+    fewest non-zero weights: one column per class of identical query rows, or of identical key columns,
+    or, when the rows are nested (an order comparison), aligned blocks of key ranks (`_prefix_blocks`)
+    from either side. Every true pair is covered by exactly one column, so scores are unchanged.
+    """
+    if mode == "tracr":
+        keys = np.nonzero(t.any(axis=0))[0]
+        wk = np.zeros((t.shape[1], len(keys)))
+        wk[keys, np.arange(len(keys))] = 1.0
+        return "tracr", t[:, keys].astype(float), wk
+    candidates: list[tuple[str, np.ndarray, np.ndarray]] = []
+    reps = [m for m in _classes(t) if t[m[0]].any()]
+    wq = np.zeros((t.shape[0], len(reps)))
+    for d, members in enumerate(reps):
+        wq[members, d] = 1.0
+    candidates.append(("query_classes", wq, t[[m[0] for m in reps]].T.astype(float)))
+    reps = [m for m in _classes(t.T) if t[:, m[0]].any()]
+    wk = np.zeros((t.shape[1], len(reps)))
+    for d, members in enumerate(reps):
+        wk[members, d] = 1.0
+    candidates.append(("key_classes", t[:, [m[0] for m in reps]].astype(float), wk))
+    blocks = _prefix_blocks(t)
+    if blocks is not None:
+        candidates.append(("key_rank_blocks", *blocks))
+        wk, wq = _prefix_blocks(t.T)  # nested rows <=> nested columns
+        candidates.append(("query_rank_blocks", wq, wk))
+    return min(candidates, key=lambda c: np.count_nonzero(c[1]) + np.count_nonzero(c[2]))
+
+
+def _prefix_blocks(t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """t = wq @ wk.T for a table whose rows are nested (None otherwise).
+
+    Ranking keys by how many rows hold them, every row holds exactly a prefix of the ranking: ranks
+    [0, c). That prefix is a union of aligned power-of-two blocks of ranks, one per set bit of c. One
+    column per block used: wq marks a row's blocks (at most log2 n), wk the blocks holding a key (one per
+    block size). O(n log n) non-zeros where the table has O(n^2).
+    """
+    counts = t.sum(axis=1).astype(int)
+    order = np.argsort(-t.sum(axis=0), kind="stable")
+    rank = np.empty(t.shape[1], dtype=int)
+    rank[order] = np.arange(t.shape[1])
+    if not np.array_equal(t.astype(bool), rank[None, :] < counts[:, None]):
+        return None
+    columns: dict[tuple[int, int], int] = {}
+    marks: list[tuple[int, int]] = []
+    for q, c in enumerate(counts.tolist()):
+        start = 0
+        for bit in reversed(range(c.bit_length())):
+            if c >> bit & 1:
+                marks.append((q, columns.setdefault((start, 1 << bit), len(columns))))
+                start += 1 << bit
+    wq = np.zeros((t.shape[0], len(columns)))
+    for q, col in marks:
+        wq[q, col] = 1.0
+    wk = np.zeros((t.shape[1], len(columns)))
+    for (start, size), col in columns.items():
+        wk[order[start : start + size], col] = 1.0
+    return wq, wk
 
 
 def _stack(parts: list[tuple[list[str], np.ndarray]], dim: int) -> tuple[tuple[str, ...], np.ndarray]:
@@ -530,10 +593,10 @@ def _head(
     tol = ctx.options.softmax_tolerance
     if width_mode:  # BOS scores like a selected key; unselected keys one unit lower
         beta = _beta(n_max, 1.0, 1.0, tol * 1e-2)
-        q_reads, W_Q, k_reads, W_K, selectors = _qk(ctx, label, sel, 1.0, beta)
+        q_reads, W_Q, k_reads, W_K, selectors, encodings = _qk(ctx, label, sel, 1.0, beta)
     else:  # BOS half a unit below a selected key
         beta = _beta(n_max, max_abs, 0.5, tol)
-        q_reads, W_Q, k_reads, W_K, selectors = _qk(ctx, label, sel, 0.5, beta)
+        q_reads, W_Q, k_reads, W_K, selectors, encodings = _qk(ctx, label, sel, 0.5, beta)
     v_reads, W_V = _matrix(v_map, d_ov)
     writes = tuple(sorted({k for d in o_map.values() for k, v in d.items() if v}))
     wi = {w: i for i, w in enumerate(writes)}
@@ -542,7 +605,7 @@ def _head(
         for k, v in d.items():
             if v:
                 W_O[j, wi[k]] = v
-    return HeadBlock((label,), selectors, q_reads, k_reads, v_reads, writes, W_Q, W_K, W_V, W_O)
+    return HeadBlock((label,), selectors, q_reads, k_reads, v_reads, writes, W_Q, W_K, W_V, W_O, encodings)
 
 
 def _selector_deps(graph: ProgramGraph, sel: str) -> list[str]:

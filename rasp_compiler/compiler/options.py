@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+QK_ENCODINGS = ("smallest", "tracr")
+
 
 class CompileError(ValueError):
     """A program cannot be compiled exactly. The message names the RASP op (by label)."""
@@ -44,6 +46,11 @@ class CompilerOptions:
     causal: a decoder-only model (every head masked to keys at or before the query), exact against the
       prefix evaluation `rasp.evaluate_prefixes`; programs that read a value across positions which
       appending tokens can change are refused (see compiler.prefixes).
+    qk_encoding: how each head's predicate table is factored into W_Q and W_K (the residual layout and
+      every score stay the same). "smallest": the factorisation with the fewest non-zero weights
+      (query classes, key classes, or, for order comparisons, a sum over aligned blocks of key ranks:
+      O(n log n) weights instead of O(n^2)); "tracr": tracr's own (the table in W_Q, one key direction
+      per key value in W_K). The annotation records the choice per head.
     """
 
     vocab: frozenset[Any]
@@ -62,6 +69,7 @@ class CompilerOptions:
     fuse_maps: bool = False
     fold_embeddings: bool = False
     causal: bool = False
+    qk_encoding: str = "smallest"
 
     def __post_init__(self) -> None:
         if isinstance(self.vocab, (str, bytes)) or not hasattr(self.vocab, "__iter__"):
@@ -82,6 +90,10 @@ class CompilerOptions:
         for flag in ("none_as_zero", "fuse_maps", "fold_embeddings", "causal"):
             if not isinstance(getattr(self, flag), bool):
                 raise CompileError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.qk_encoding not in QK_ENCODINGS:
+            raise CompileError(
+                f"qk_encoding must be one of {', '.join(QK_ENCODINGS)}, got {self.qk_encoding!r}"
+            )
         if None in self.vocab:
             raise CompileError("the vocab contains None, which is no token: None is what an op yields where "
                                "it has no value (an Aggregate that selects nothing)")

@@ -104,6 +104,9 @@ class BlockAnnotation:
     selectors: tuple[str, ...] = ()
     ops: tuple[str, ...] = ()
     cancelled_writes: tuple[str, ...] = ()  # a distractor whose write a partner cancels (variants)
+    # heads: per selector group, how the predicate table is factored into W_Q and W_K (query_classes,
+    # key_classes, key_rank_blocks, query_rank_blocks or tracr); the residual reads are the same for all
+    qk_encoding: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.ops:
@@ -124,6 +127,8 @@ class BlockAnnotation:
         out["writes"] = list(self.writes)
         if self.cancelled_writes:
             out["cancelled_writes"] = list(self.cancelled_writes)
+        if self.qk_encoding:
+            out["qk_encoding"] = list(self.qk_encoding)
         if self.ops and tuple(self.ops) != (self.op,):
             out["ops"] = list(self.ops)
         return out
@@ -146,6 +151,7 @@ class BlockAnnotation:
                 selectors=tuple(data.get("selectors", ())),
                 ops=tuple(data.get("ops", (data["op"],))),
                 cancelled_writes=tuple(data.get("cancelled_writes", ())),
+                qk_encoding=tuple(data.get("qk_encoding", ())),
             )
         except (KeyError, TypeError, IndexError) as e:
             raise AnnotationError(f"malformed block annotation {data!r}: {e}") from None
