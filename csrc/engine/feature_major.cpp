@@ -92,6 +92,13 @@ PackedModel::Rows nonzero_rows(const float* w, int rows, int cols) {
   return out;
 }
 
+// Whether p[0..n) are all zero (a vectorised test: no branch per value).
+inline bool all_zero(const float* p, int n) {
+  int any = 0;
+  for (int r = 0; r < n; ++r) any |= p[r] != 0.0f;
+  return any == 0;
+}
+
 // Y[c][r] = bias[c] + sum_i X[in[i]][r] * w, feature-major with row count n.
 RASP_VECTOR_CLONES void apply(const PackedMat& P, const float* X, int n, float* Y) {
   for (int c = 0; c < P.n_out(); ++c) std::fill(Y + static_cast<size_t>(c) * n, Y + static_cast<size_t>(c + 1) * n, P.bias[c]);
@@ -99,6 +106,7 @@ RASP_VECTOR_CLONES void apply(const PackedMat& P, const float* X, int n, float* 
     const float* xi = X + static_cast<size_t>(P.in[i]) * n;
     const int32_t k0 = P.ptr[i], k1 = P.ptr[i + 1];
     if (P.scan) {
+      if (all_zero(xi, n)) continue;  // a one-hot variable's value that no row of the chunk holds
       for (int r = 0; r < n; ++r) {
         const float a = xi[r];
         if (a == 0.0f) continue;
@@ -219,6 +227,7 @@ RASP_VECTOR_CLONES void attend_each(const PackedHead& h, int n_seq, int T, const
     for (int c = 0; c < nqk; ++c) {
       const float* qc = b.q.data() + static_cast<size_t>(c) * n + s;
       const float* kc = b.k.data() + static_cast<size_t>(c) * n + s;
+      if (ns == 1 && all_zero(qc, T)) continue;  // (one sequence per chunk: its q column is contiguous)
       for (int i = 0; i < T; ++i) {
         const float a = qc[static_cast<size_t>(i) * ns];
         if (a == 0.0f) continue;
