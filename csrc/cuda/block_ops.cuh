@@ -116,10 +116,12 @@ __device__ void copy_block(const Grp& g, float* dst, const float* src, int n) {
 }
 
 // Softmax attention of every (active) head: qkv [T, 3HE] -> z [T, HE], scores/probabilities in P [H, T, T].
-// PAD keys, and keys after the query when causal, get -inf scores.
+// PAD keys, and keys after the query when causal, get -inf scores. Scores sum over the head's qk columns
+// only, and z is zero where v's column is (the other terms are exact zeros: the same sums as over all E).
 __device__ void attention(const Grp& g, const float* qkv, int T, int H, int E, const int32_t* tok, int pad,
-                          int causal, const unsigned char* __restrict__ active, bool all_heads, float* P, float* z,
+                          int causal, const LayerDev& Ld, bool all_heads, float* P, float* z,
                           float* rec_scores, float* rec_pattern) {
+  const unsigned char* __restrict__ active = Ld.active;
   const int ld = 3 * H * E, HE = H * E, TT = T * T;
   const float neg_inf = -INFINITY;
   for (int idx = g.tid; idx < H * TT; idx += g.n) {
@@ -132,7 +134,10 @@ __device__ void attention(const Grp& g, const float* qkv, int T, int H, int E, c
       const float* qi = qkv + i * ld + h * E;
       const float* kj = qkv + j * ld + HE + h * E;
       s = 0.0f;
-      for (int e = 0; e < E; ++e) s += qi[e] * kj[e];
+      for (int c = __ldg(Ld.qk_off + h), c1 = __ldg(Ld.qk_off + h + 1); c < c1; ++c) {
+        const int e = __ldg(Ld.qk_cols + c);
+        s += qi[e] * kj[e];
+      }
     }
     P[idx] = s;
     if (rec_scores) rec_scores[idx] = s;
@@ -162,7 +167,7 @@ __device__ void attention(const Grp& g, const float* qkv, int T, int H, int E, c
   g.sync();
   for (int idx = g.tid; idx < T * HE; idx += g.n) {
     const int i = idx / HE, rem = idx - i * HE, h = rem / E, e = rem - h * E;
-    if (!all_heads && !active[h]) {
+    if ((!all_heads && !active[h]) || !Ld.v_live[h * E + e]) {
       z[idx] = 0.0f;
       continue;
     }

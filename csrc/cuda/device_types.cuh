@@ -57,6 +57,9 @@ struct LayerDev {
   const int* wo_head_off;   // [H + 1]
   const unsigned char* active;  // per head: W_O[h] has a nonzero
   int any_active;
+  const int* qk_cols;            // per head: d_head columns where q and k can both be non-zero, concatenated
+  const int* qk_off;             // [H + 1]
+  const unsigned char* v_live;   // [H * E]: v's column can be non-zero (else z is exactly zero there)
 };
 
 struct ModelDev {

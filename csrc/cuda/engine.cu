@@ -312,7 +312,7 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
   };
   struct LayerOff {
     size_t qkv, bqkv, wo, bo, win, bin, wout, bout, qkv_rows, wo_rows, win_rows, wout_rows, head_rows, head_off,
-        active;
+        active, qk_cols, qk_off, v_live;
     int n_qkv, n_wo, n_win, n_wout, any;
   };
   const size_t o_we = put_f(m.w_e.data(), m.w_e.size());
@@ -354,6 +354,30 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     o.wout_rows = put_i(W.w_out.nz_rows);
     o.head_rows = put_i(head_rows);
     o.head_off = put_i(head_off);
+    // Per head: the d_head columns where both q and k can be non-zero (scores sum only over those) and
+    // the columns where v can be (z is exactly zero elsewhere); padded heads have few of either.
+    std::vector<int32_t> qk_cols, qk_off{0};
+    std::vector<int32_t> v_live((static_cast<size_t>(H) * E + 3) / 4 + 1, 0);
+    for (int h = 0; h < H; ++h) {
+      std::vector<uint8_t> live_q(E, 0), live_k(E, 0);
+      for (int64_t k = 0; k < W.wq[h].nnz; ++k) live_q[W.wq[h].col[k]] = 1;
+      for (int64_t k = 0; k < W.wk[h].nnz; ++k) live_k[W.wk[h].col[k]] = 1;
+      std::vector<uint8_t> live_v(E, 0);
+      for (int64_t k = 0; k < W.wv[h].nnz; ++k) live_v[W.wv[h].col[k]] = 1;
+      for (int e = 0; e < E; ++e) {
+        const bool q = live_q[e] || W.bqkv[(0 * H + h) * E + e] != 0.0f;
+        const bool kk = live_k[e] || W.bqkv[(1 * H + h) * E + e] != 0.0f;
+        if (q && kk) qk_cols.push_back(e);
+        if (live_v[e] || W.bqkv[(2 * H + h) * E + e] != 0.0f) {
+          const size_t i = static_cast<size_t>(h) * E + e;
+          v_live[i / 4] |= 1 << (8 * (i % 4));
+        }
+      }
+      qk_off.push_back(static_cast<int32_t>(qk_cols.size()));
+    }
+    o.qk_cols = put_i(qk_cols);
+    o.qk_off = put_i(qk_off);
+    o.v_live = put_i(v_live);
     // active flags as bytes packed into ints (one int per head keeps indexing simple: read as bytes)
     std::vector<int32_t> packed((H + 3) / 4 + 1, 0);
     for (int h = 0; h < H; ++h) packed[h / 4] |= (active[h] ? 1 : 0) << (8 * (h % 4));
@@ -389,6 +413,9 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     x.wo_head_rows = iw + o.head_rows;
     x.wo_head_off = iw + o.head_off;
     x.active = reinterpret_cast<const unsigned char*>(iw + o.active);
+    x.qk_cols = iw + o.qk_cols;
+    x.qk_off = iw + o.qk_off;
+    x.v_live = reinterpret_cast<const unsigned char*>(iw + o.v_live);
     x.any_active = o.any;
   }
   ModelDev& md = st.mdev;

@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
         }
         float* sc = rec(l, kRecScores);
         float* pt = rec(l, kRecPattern);
-        attention(g, qkv, T, H, E, tok, m.pad, m.causal, Ld.active, rec_attn, P, z,
+        attention(g, qkv, T, H, E, tok, m.pad, m.causal, Ld, rec_attn, P, z,
                   sc ? sc + static_cast<size_t>(b) * H * T * T : nullptr,
                   pt ? pt + static_cast<size_t>(b) * H * T * T : nullptr);
         const size_t bTHE = static_cast<size_t>(b) * T * HE;

@@ -55,8 +55,10 @@ struct Scratch {
 
 // Softmax attention of one head over one sequence: q, k, v [T, E] -> z [T, E]. Keys that are PAD, and
 // keys after the query when causal, get -inf scores. Optionally records the scores and the pattern as [T, T].
-void head_attention(const float* q, const float* k, const float* v, int T, int E, const int32_t* tok, int pad,
-                    bool causal, float* srow, float* z, float* scores_out, float* pattern_out) {
+// Scores sum over the head's qk columns and z over its v columns only: the other terms are exact zeros.
+void head_attention(const float* q, const float* k, const float* v, int T, int E, const HeadColumns& cols,
+                    const int32_t* tok, int pad, bool causal, float* srow, float* z, float* scores_out,
+                    float* pattern_out) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < T; ++i) {
     const float* qi = q + static_cast<size_t>(i) * E;
@@ -68,7 +70,7 @@ void head_attention(const float* q, const float* k, const float* v, int T, int E
       } else {
         const float* kj = k + static_cast<size_t>(j) * E;
         s = 0.0f;
-        for (int e = 0; e < E; ++e) s += qi[e] * kj[e];
+        for (int32_t e : cols.qk) s += qi[e] * kj[e];
       }
       srow[j] = s;
       mx = std::max(mx, s);
@@ -93,7 +95,7 @@ void head_attention(const float* q, const float* k, const float* v, int T, int E
       const float p = srow[j];
       if (p == 0.0f) continue;
       const float* vj = v + static_cast<size_t>(j) * E;
-      for (int e = 0; e < E; ++e) zi[e] += p * vj[e];
+      for (int32_t e : cols.v) zi[e] += p * vj[e];
     }
   }
 }
@@ -175,8 +177,8 @@ void forward_one(const Model& m, const int32_t* tok, int T, int b, Scratch& s, f
       split_head(s.qkv.data(), T, H, E, h, s.q.data(), s.k.data(), s.v.data());
       float* sc = (r && r->scores) ? r->scores + (static_cast<size_t>(b) * H + h) * T * T : nullptr;
       float* pt = (r && r->pattern) ? r->pattern + (static_cast<size_t>(b) * H + h) * T * T : nullptr;
-      head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, d.causal, s.srow.data(),
-                     s.z.data(), sc, pt);
+      head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, L.cols[h], tok, d.pad_token_id, d.causal,
+                     s.srow.data(), s.z.data(), sc, pt);
       affine_rows(L.wo[h], nullptr, s.z.data(), res, T);
       if (r) {
         auto put_thd = [&](float* dst, const float* src, int width) {
@@ -356,7 +358,7 @@ const float* patched_one(const Model& m, const int32_t* tok, int T, int b, const
           float* dsts[3] = {s.q.data(), s.k.data(), s.v.data()};
           for (int i = 0; i < 3; ++i)
             if (has_delta[i]) add_n(dsts[i], dprod[i], TE);
-          head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, tok, d.pad_token_id, d.causal,
+          head_attention(s.q.data(), s.k.data(), s.v.data(), T, E, L.cols[h], tok, d.pad_token_id, d.causal,
                          s.srow.data(), s.z.data(), nullptr, nullptr);
           float* slot = s.slot(w, TD);
           affine_rows(L.wo[h], nullptr, s.z.data(), slot, T);

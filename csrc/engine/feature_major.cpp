@@ -101,7 +101,8 @@ inline bool all_zero(const float* p, int n) {
 
 // Y[c][r] = bias[c] + sum_i X[in[i]][r] * w, feature-major with row count n.
 RASP_VECTOR_CLONES void apply(const PackedMat& P, const float* X, int n, float* Y) {
-  for (int c = 0; c < P.n_out(); ++c) std::fill(Y + static_cast<size_t>(c) * n, Y + static_cast<size_t>(c + 1) * n, P.bias[c]);
+  for (int c = 0; c < P.n_out(); ++c)
+    std::fill(Y + static_cast<size_t>(c) * n, Y + static_cast<size_t>(c + 1) * n, P.bias[c]);
   for (int i = 0; i < P.n_in(); ++i) {
     const float* xi = X + static_cast<size_t>(P.in[i]) * n;
     const int32_t k0 = P.ptr[i], k1 = P.ptr[i + 1];
@@ -150,7 +151,8 @@ struct Buffers {
 
 // Attention with every (query, key) pair computed across all sequences at once (vectorised over
 // sequences): the choice for heads with few q/k features.
-RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, const int32_t* tok, int pad, bool causal, Buffers& b) {
+RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, const int32_t* tok, int pad, bool causal,
+                                      Buffers& b) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int ns = n_seq, n = n_seq * T, nqk = h.q.n_out(), nvo = h.v.n_out();
   float* S = b.scores.data();  // [T][ns]: scores, then weights, of one query against every key
@@ -216,7 +218,8 @@ RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, con
 
 // Attention one sequence at a time, skipping zero q entries and unattended keys: the choice for heads
 // with many q/k features read through a one-hot variable (a comparison table over many values).
-RASP_VECTOR_CLONES void attend_each(const PackedHead& h, int n_seq, int T, const int32_t* tok, int pad, bool causal, Buffers& b) {
+RASP_VECTOR_CLONES void attend_each(const PackedHead& h, int n_seq, int T, const int32_t* tok, int pad, bool causal,
+                                    Buffers& b) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int ns = n_seq, n = n_seq * T, nqk = h.q.n_out(), nvo = h.v.n_out();
   float* S = b.scores.data();  // [T][T] of one sequence
@@ -281,8 +284,8 @@ bool scores_across(int nqk, int T) {
   return across <= each;
 }
 
-RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, const int32_t* tokens, int n_seq, int T, float* out,
-                   Buffers& b) {
+RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, const int32_t* tokens, int n_seq, int T,
+                                      float* out, Buffers& b) {
   const ModelDims& d = m.dims;
   const int ns = n_seq, n = n_seq * T, V = d.d_vocab_out;
   int32_t* tok = b.tok.data();

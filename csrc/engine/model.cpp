@@ -97,6 +97,18 @@ Model build_model(const ModelDims& d, const ModelWeightViews& w) {
       L.wo[h].init(v.W_O + static_cast<size_t>(h) * E * D, E, D, D, 1);
       L.head_active[h] = L.wo[h].is_zero() ? 0 : 1;
     }
+    L.cols.resize(H);
+    for (int h = 0; h < H; ++h) {
+      std::vector<uint8_t> q(E, 0), k(E, 0), val(E, 0);
+      for (int64_t i = 0; i < L.wq[h].nnz; ++i) q[L.wq[h].col[i]] = 1;
+      for (int64_t i = 0; i < L.wk[h].nnz; ++i) k[L.wk[h].col[i]] = 1;
+      for (int64_t i = 0; i < L.wv[h].nnz; ++i) val[L.wv[h].col[i]] = 1;
+      for (int e = 0; e < E; ++e) {
+        if ((q[e] || L.bqkv[(0 * H + h) * E + e] != 0.0f) && (k[e] || L.bqkv[(1 * H + h) * E + e] != 0.0f))
+          L.cols[h].qk.push_back(e);
+        if (val[e] || L.bqkv[(2 * H + h) * E + e] != 0.0f) L.cols[h].v.push_back(e);
+      }
+    }
     L.b_o.assign(v.b_O, v.b_O + D);
     L.w_in.init(v.W_in, D, M, M, 1);
     L.b_in.assign(v.b_in, v.b_in + M);

@@ -52,6 +52,12 @@ struct SparseMat {
   std::vector<float> to_dense() const;  // [rows * cols], for backends that want the full matrix
 };
 
+// A head's d_head columns that can matter: qk where q and k can both be non-zero (weights or bias), v where
+// v can be. Padded heads (every head has the model's d_head) use few of them.
+struct HeadColumns {
+  std::vector<int32_t> qk, v;
+};
+
 struct LayerWeights {
   SparseMat qkv;                       // [d_model, 3*H*d_head]: columns (m*H + h)*d_head + e, m in q,k,v
   std::vector<SparseMat> wq, wk, wv;   // per head [d_model, d_head]: used for edge corrections
@@ -59,6 +65,7 @@ struct LayerWeights {
   std::vector<SparseMat> wo;           // per head [d_head, d_model]
   std::vector<float> b_o;              // [d_model]
   std::vector<uint8_t> head_active;    // W_O[h] has a nonzero (else the head's result is exactly 0)
+  std::vector<HeadColumns> cols;       // per head
   SparseMat w_in;                      // [d_model, d_mlp]
   std::vector<float> b_in;             // [d_mlp]
   SparseMat w_out;                     // [d_mlp, d_model]
