@@ -23,7 +23,7 @@ namespace {
 // How many multiply-adds the axpy does in the time the scan takes for one (vector width, roughly).
 constexpr int64_t kVectorWidth = 4;
 // Target size of one feature-major buffer, in floats: rows per chunk are chosen to keep buffers in cache.
-constexpr int64_t kChunkFloats = int64_t{1} << 14;
+constexpr int64_t kChunkFloats = int64_t{1} << 16;
 
 // Packs W (dense [rows, cols] row-major) to the columns `keep` (ascending), renumbering input row i to
 // row_map[i] (dropped when -1); out[c] = out_ids[c]. Rows without a non-zero in a kept column are dropped.
@@ -182,19 +182,27 @@ RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, con
       for (int s = 0; s < ns; ++s) Sj[s] -= mx[s];
       // A key's offsets from the maximum take few values across sequences (0 where attended, one
       // value elsewhere): then one exp serves the whole row and the rest is a vectorised select.
+      int nonzero = 0;  // (a vectorised count first: rows of a key every sequence attends are all zero)
+      for (int s = 0; s < ns; ++s) nonzero += Sj[s] != 0.0f;
       float other = 0.0f;
-      for (int s = 0; s < ns && other == 0.0f; ++s) other = Sj[s];
+      for (int s = 0; s < ns && nonzero && other == 0.0f; ++s) other = Sj[s];
       int novel = 0;
       for (int s = 0; s < ns; ++s) novel |= (Sj[s] != 0.0f) & (Sj[s] != other);
       if (!novel) {
         const float p = softmax_term(other);
         for (int s = 0; s < ns; ++s) Sj[s] = Sj[s] == 0.0f ? 1.0f : p;
       } else {
+        // the two commonest cases vectorised; what is left is still an offset (< 0, or NaN where every
+        // key is masked), while weights are >= 0: one exp per run of equal offsets
+        const float p = softmax_term(other);
+        for (int s = 0; s < ns; ++s) Sj[s] = Sj[s] == 0.0f ? 1.0f : Sj[s] == other ? p : Sj[s];
         float last_x = 0.0f, last_p = 1.0f;
         for (int s = 0; s < ns; ++s) {
-          if (Sj[s] != last_x) {
-            last_x = Sj[s];
-            last_p = softmax_term(last_x);
+          const float x = Sj[s];
+          if (!(x < 0.0f) && x == x) continue;
+          if (x != last_x) {
+            last_x = x;
+            last_p = softmax_term(x);
           }
           Sj[s] = last_p;
         }
