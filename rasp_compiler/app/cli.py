@@ -15,10 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import verify
 from rasp_compiler import __version__, rasp
 from rasp_compiler.app import pictures, report, suite
 from rasp_compiler.compiler import compiling
+from rasp_compiler.compiler.options import QK_ENCODINGS
 from rasp_compiler.model import load
 from rasp_compiler.rasp.lib import LIBRARY
 from rasp_compiler.rasp.loading import ObjectLoadError, is_file_spec, load_object
@@ -172,7 +175,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     program, vocab, max_seq_len, name = load_program(args.target, args.vocab, args.max_seq_len)
     try:
         model = compiling.compile_rasp_to_model(
-            program, vocab, max_seq_len, compiler_pad=args.pad if args.pad else None, causal=args.causal
+            program,
+            vocab,
+            max_seq_len,
+            compiler_pad=args.pad if args.pad else None,
+            causal=args.causal,
+            qk_encoding=args.qk_encoding,
         )
     except (compiling.CompileError, rasp.RASPError) as e:
         raise CLIError(f"cannot compile {name}: {e}") from None
@@ -184,7 +192,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(
         f"compiled {name}{' (causal)' if cfg.causal else ''}: {cfg.n_layers} layers, d_model {cfg.d_model}, "
         f"heads per layer {cfg.heads_per_layer}, MLP widths {cfg.mlp_width_per_layer}, {model.n_params} "
-        "parameters"
+        f"parameters ({sum(int(np.count_nonzero(w)) for w in model.weights.values())} non-zero)"
     )
     print(
         f"ground truth: {len(truth.node_names())} components, {len(truth.edges)} edges "
@@ -616,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a decoder-only model: position i attends to positions 0..i and answers as the program does "
         "on the first i+1 tokens (refused, naming the op, where the program cannot be computed that way)",
+    )
+    c.add_argument(
+        "--qk-encoding",
+        choices=QK_ENCODINGS,
+        default="smallest",
+        help="how each head's predicate table is factored into W_Q and W_K: the fewest non-zero weights "
+        "(default), or tracr's layout; scores, outputs and the residual layout are the same",
     )
     c.set_defaults(func=cmd_compile)
 

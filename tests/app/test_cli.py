@@ -65,6 +65,30 @@ def test_compile_writes_a_loadable_model(reverse_dir: Path) -> None:
     assert doc["format"] == "verify.circuit" and doc["output"] == "reverse"
 
 
+def test_compile_qk_encoding_keeps_answers_and_is_recorded(tmp_path: Path) -> None:
+    """sort compiled both ways: the same answers (a plain sorted() oracle), tracr's layout has more
+    non-zero weights, and each model's annotation names its encoding."""
+    from rasp_compiler.model import load
+
+    models = {}
+    for encoding in ("smallest", "tracr"):
+        d = tmp_path / encoding
+        p = cli("compile", "sort", "--qk-encoding", encoding, "--out", str(d))
+        assert p.returncode == 0, p.stderr
+        assert "non-zero)" in p.stdout
+        models[encoding] = load(d)
+        heads = [b for b in models[encoding].annotation.blocks if b.component == "attn"]
+        assert heads and all(b.qk_encoding for b in heads)
+        assert all(set(b.qk_encoding) == {"tracr"} for b in heads) == (encoding == "tracr")
+    for xs in ([3, 1, 2], [4, 2, 3, 1], [1], [2, 2, 1]):
+        for m in models.values():
+            assert m.apply(["BOS", *xs]).decoded[1:] == sorted(xs)
+    nonzero = {k: sum(int(np.count_nonzero(w)) for w in m.weights.values()) for k, m in models.items()}
+    assert nonzero["smallest"] < nonzero["tracr"]
+    bad = cli("compile", "sort", "--qk-encoding", "dense")
+    assert bad.returncode == 2 and "argument --qk-encoding: invalid choice: 'dense'" in bad.stderr
+
+
 def test_run_inputs_from_argv_and_file(reverse_dir: Path, tmp_path: Path) -> None:
     inputs = [["a", "b", "c"], ["c", "a", "a", "b"], ["b"], ["a", "c", "b", "b", "a"]]
     f = tmp_path / "inputs.txt"
