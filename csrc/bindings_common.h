@@ -63,7 +63,9 @@ inline py::array_t<int32_t> check_tokens(const py::handle& obj, const std::strin
     throw py::value_error(what + ": sequence length " + std::to_string(t.shape(1)) + " exceeds n_ctx " +
                           std::to_string(d.n_ctx));
   const int32_t* p = t.data();
-  for (py::ssize_t i = 0; i < t.size(); ++i)
+  int bad = 0;  // a vectorised test first; the loop that names the id runs only on failure
+  for (py::ssize_t i = 0; i < t.size(); ++i) bad |= (p[i] < 0) | (p[i] >= d.d_vocab);
+  for (py::ssize_t i = 0; bad && i < t.size(); ++i)
     if (p[i] < 0 || p[i] >= d.d_vocab)
       throw py::value_error(what + ": token id " + std::to_string(p[i]) + " outside [0, " +
                             std::to_string(d.d_vocab) + ")");
@@ -75,14 +77,14 @@ inline py::array_t<int32_t> check_tokens(const py::handle& obj, const std::strin
 // the caller then runs its detailed checks, which name the problem.
 inline bool tokens_valid(const py::array& a, int64_t d_vocab, int64_t n_ctx, int64_t bos) {
   if (a.ndim() != 2 || !(a.flags() & py::array::c_style) || a.shape(1) < 1 || a.shape(1) > n_ctx) return false;
-  auto scan = [&](auto* p) {
+  auto scan = [&](auto* p) {  // branch-free per id (vectorised); one verdict per row
     const py::ssize_t B = a.shape(0), T = a.shape(1);
-    for (py::ssize_t b = 0; b < B; ++b)
-      for (py::ssize_t t = 0; t < T; ++t) {
-        const int64_t v = p[b * T + t];
-        if (v < 0 || v >= d_vocab) return false;
-        if (bos >= 0 && (v == bos) != (t == 0)) return false;
-      }
+    for (py::ssize_t b = 0; b < B; ++b) {
+      const auto* row = p + b * T;
+      int bad = bos >= 0 && row[0] != bos;
+      for (py::ssize_t t = 0; t < T; ++t) bad |= (row[t] < 0) | (row[t] >= d_vocab) | (t > 0 && row[t] == bos);
+      if (bad) return false;
+    }
     return true;
   };
   if (a.dtype().is(py::dtype::of<int64_t>())) return scan(static_cast<const int64_t*>(a.data()));

@@ -8,10 +8,10 @@
 
 #include "common/parallel.h"
 
-// The vector loops also get an AVX2 version, picked at load time where the CPU has it (no FMA: the
-// products and sums stay the ones the per-sequence path computes).
+// The vector loops also get AVX-512 and AVX2 versions, picked at load time by what the CPU has (built
+// with -ffp-contract=off: the products and sums stay the ones the per-sequence path computes).
 #if defined(__GNUC__) && defined(__x86_64__)
-#define RASP_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#define RASP_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define RASP_VECTOR_CLONES
 #endif
@@ -300,10 +300,12 @@ RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, cons
   for (int s = 0; s < ns; ++s)
     for (int t = 0; t < T; ++t) tok[static_cast<size_t>(t) * ns + s] = tokens[static_cast<size_t>(s) * T + t];
   float* X = b.x.data();
-  std::fill(X, X + static_cast<size_t>(d.d_model) * n, 0.0f);
-  const PackedModel::Rows& E = p.embed;
-  for (int r = 0; r < n; ++r)
-    for (int32_t k = E.ptr[tok[r]]; k < E.ptr[tok[r] + 1]; ++k) X[static_cast<size_t>(E.col[k]) * n + r] += E.val[k];
+  for (int32_t f : p.zero_features) std::fill(X + static_cast<size_t>(f) * n, X + static_cast<size_t>(f + 1) * n, 0.0f);
+  for (size_t c = 0; c < p.embed_features.size(); ++c) {
+    const float* table = p.embed_table.data() + c * d.d_vocab;
+    float* x = X + static_cast<size_t>(p.embed_features[c]) * n;
+    for (int r = 0; r < n; ++r) x[r] = table[tok[r]];
+  }
   for (int t = 0; t < T; ++t)  // (e + p, as the per-sequence path adds them: two terms, either order)
     for (int32_t k = p.pos.ptr[t]; k < p.pos.ptr[t + 1]; ++k) {
       float* x = X + static_cast<size_t>(p.pos.col[k]) * n + static_cast<size_t>(t) * ns;
@@ -413,7 +415,13 @@ PackedModel pack_model(const Model& m) {
     p.layers.push_back(std::move(pl));
   }
   p.unembed = pack(m.w_u, m.b_u.data(), iota(V), iota(V), all_rows);
-  p.embed = nonzero_rows(m.w_e.data(), d.d_vocab, D);
+  for (int f = 0; f < D; ++f) {
+    bool any = false;
+    for (int t = 0; t < d.d_vocab; ++t) any = any || m.w_e[static_cast<size_t>(t) * D + f] != 0.0f;
+    (any ? p.embed_features : p.zero_features).push_back(f);
+    if (any)
+      for (int t = 0; t < d.d_vocab; ++t) p.embed_table.push_back(m.w_e[static_cast<size_t>(t) * D + f]);
+  }
   p.pos = nonzero_rows(m.w_pos.data(), d.n_ctx, D);
   p.widest = widest;
   return p;

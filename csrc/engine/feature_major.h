@@ -45,11 +45,14 @@ struct PackedLayer {
 struct PackedModel {
   std::vector<PackedLayer> layers;
   PackedMat unembed;  // every output column
-  // Non-zero entries of each W_E and W_pos row (CSR by token id / position).
+  // W_E by feature: the features some token writes, each with its value for every token id (a gather per
+  // row), and the other features (zeroed); W_pos's non-zero entries, CSR by position.
+  std::vector<int32_t> embed_features, zero_features;
+  std::vector<float> embed_table;  // [embed_features][d_vocab]
   struct Rows {
     std::vector<int32_t> ptr, col;
     std::vector<float> val;
-  } embed, pos;
+  } pos;
   int widest = 1;  // largest feature count of any buffer (sizes the row chunks)
 };
 
