@@ -304,7 +304,13 @@ RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, cons
   for (size_t c = 0; c < p.embed_features.size(); ++c) {
     const float* table = p.embed_table.data() + c * d.d_vocab;
     float* x = X + static_cast<size_t>(p.embed_features[c]) * n;
-    for (int r = 0; r < n; ++r) x[r] = table[tok[r]];
+    const int32_t only = p.embed_only[c];
+    if (only >= 0) {  // one token writes this feature (a token's own direction): a vectorised select
+      const float w = table[only];
+      for (int r = 0; r < n; ++r) x[r] = tok[r] == only ? w : 0.0f;
+    } else {
+      for (int r = 0; r < n; ++r) x[r] = table[tok[r]];
+    }
   }
   for (int t = 0; t < T; ++t)  // (e + p, as the per-sequence path adds them: two terms, either order)
     for (int32_t k = p.pos.ptr[t]; k < p.pos.ptr[t + 1]; ++k) {
@@ -419,8 +425,17 @@ PackedModel pack_model(const Model& m) {
     bool any = false;
     for (int t = 0; t < d.d_vocab; ++t) any = any || m.w_e[static_cast<size_t>(t) * D + f] != 0.0f;
     (any ? p.embed_features : p.zero_features).push_back(f);
-    if (any)
-      for (int t = 0; t < d.d_vocab; ++t) p.embed_table.push_back(m.w_e[static_cast<size_t>(t) * D + f]);
+    if (!any) continue;
+    int writers = 0, only = -1;
+    for (int t = 0; t < d.d_vocab; ++t) {
+      const float w = m.w_e[static_cast<size_t>(t) * D + f];
+      p.embed_table.push_back(w);
+      if (w != 0.0f) {
+        ++writers;
+        only = t;
+      }
+    }
+    p.embed_only.push_back(writers == 1 ? only : -1);
   }
   p.pos = nonzero_rows(m.w_pos.data(), d.n_ctx, D);
   p.widest = widest;

@@ -49,6 +49,7 @@ struct PackedModel {
   // row), and the other features (zeroed); W_pos's non-zero entries, CSR by position.
   std::vector<int32_t> embed_features, zero_features;
   std::vector<float> embed_table;  // [embed_features][d_vocab]
+  std::vector<int32_t> embed_only;  // per embed feature: the one token writing it, or -1
   struct Rows {
     std::vector<int32_t> ptr, col;
     std::vector<float> val;
