@@ -354,26 +354,16 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     o.wout_rows = put_i(W.w_out.nz_rows);
     o.head_rows = put_i(head_rows);
     o.head_off = put_i(head_off);
-    // Per head: the d_head columns where both q and k can be non-zero (scores sum only over those) and
-    // the columns where v can be (z is exactly zero elsewhere); padded heads have few of either.
+    // Per head (model.h's HeadColumns): the d_head columns scores sum over, and where z can be non-zero.
     std::vector<int32_t> qk_cols, qk_off{0};
     std::vector<int32_t> v_live((static_cast<size_t>(H) * E + 3) / 4 + 1, 0);
     for (int h = 0; h < H; ++h) {
-      std::vector<uint8_t> live_q(E, 0), live_k(E, 0);
-      for (int64_t k = 0; k < W.wq[h].nnz; ++k) live_q[W.wq[h].col[k]] = 1;
-      for (int64_t k = 0; k < W.wk[h].nnz; ++k) live_k[W.wk[h].col[k]] = 1;
-      std::vector<uint8_t> live_v(E, 0);
-      for (int64_t k = 0; k < W.wv[h].nnz; ++k) live_v[W.wv[h].col[k]] = 1;
-      for (int e = 0; e < E; ++e) {
-        const bool q = live_q[e] || W.bqkv[(0 * H + h) * E + e] != 0.0f;
-        const bool kk = live_k[e] || W.bqkv[(1 * H + h) * E + e] != 0.0f;
-        if (q && kk) qk_cols.push_back(e);
-        if (live_v[e] || W.bqkv[(2 * H + h) * E + e] != 0.0f) {
-          const size_t i = static_cast<size_t>(h) * E + e;
-          v_live[i / 4] |= 1 << (8 * (i % 4));
-        }
-      }
+      qk_cols.insert(qk_cols.end(), W.cols[h].qk.begin(), W.cols[h].qk.end());
       qk_off.push_back(static_cast<int32_t>(qk_cols.size()));
+      for (int32_t e : W.cols[h].v) {
+        const size_t i = static_cast<size_t>(h) * E + e;
+        v_live[i / 4] |= 1 << (8 * (i % 4));
+      }
     }
     o.qk_cols = put_i(qk_cols);
     o.qk_off = put_i(qk_off);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <memory>
 
@@ -387,12 +388,10 @@ PackedModel pack_model(const Model& m) {
       const float* bq = L.bqkv.data() + static_cast<size_t>(0 * d.n_heads + h) * E;
       const float* bk = L.bqkv.data() + static_cast<size_t>(1 * d.n_heads + h) * E;
       const float* bv = L.bqkv.data() + static_cast<size_t>(2 * d.n_heads + h) * E;
-      const std::vector<uint8_t> q_live = live_columns(L.wq[h], bq), k_live = live_columns(L.wk[h], bk),
-                                 v_live = live_columns(L.wv[h], bv);
-      std::vector<uint8_t> qk(E), vo(E, 0);
-      for (int e = 0; e < E; ++e) qk[e] = q_live[e] && k_live[e];
-      for (int32_t e : L.wo[h].nz_rows) vo[e] = v_live[e];
-      const std::vector<int32_t> qk_cols = where(qk), vo_cols = where(vo);
+      const std::vector<int32_t>& qk_cols = L.cols[h].qk;
+      std::vector<int32_t> vo_cols;  // v columns that W_O reads (both lists ascending)
+      std::set_intersection(L.cols[h].v.begin(), L.cols[h].v.end(), L.wo[h].nz_rows.begin(), L.wo[h].nz_rows.end(),
+                            std::back_inserter(vo_cols));
       PackedHead ph;
       ph.head = h;
       ph.q = pack(L.wq[h], bq, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
