@@ -59,6 +59,21 @@ class EngineCore {
     return out;
   }
 
+  // The common case of `forward` in one step: ids [B, T] (int32 or int64) checked (range, BOS) and copied in
+  // one pass, then the batched forward. None when the ids are not valid: the caller's checks say why.
+  py::object forward_ids(const py::array& tokens, int64_t bos, int threads) const {
+    const py::ssize_t B = tokens.ndim() == 2 ? tokens.shape(0) : 0, T = tokens.ndim() == 2 ? tokens.shape(1) : 0;
+    std::vector<int32_t> ids(static_cast<size_t>(B * T));
+    if (!bind::ids_valid(tokens, d_.d_vocab, d_.n_ctx, bos, ids.data())) return py::none();
+    py::array_t<float> out({B, T, static_cast<py::ssize_t>(d_.d_vocab_out)});
+    float* op = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      rasp::forward_feature_major(model_, packed_, ids.data(), static_cast<int>(B), static_cast<int>(T), op, threads);
+    }
+    return std::move(out);
+  }
+
   // hooks: (kind, layer) pairs; returns (out, [arrays in the same order]).
   py::tuple forward_record(const py::handle& tokens_obj, const std::vector<std::pair<std::string, int>>& hooks,
                            int threads) const {
@@ -209,6 +224,7 @@ PYBIND11_MODULE(_engine, m) {
   py::class_<EngineCore>(m, "EngineCore", "A compiled model's weights held by the C++ engine (CPU backend).")
       .def(py::init<const py::dict&, const py::list&>(), py::arg("dims"), py::arg("weights"))
       .def("forward", &EngineCore::forward, py::arg("tokens"), py::arg("threads") = 0)
+      .def("forward_ids", &EngineCore::forward_ids, py::arg("tokens"), py::arg("bos"), py::arg("threads") = 0)
       .def("forward_record", &EngineCore::forward_record, py::arg("tokens"), py::arg("hooks"),
            py::arg("threads") = 0)
       .def("sweep", &EngineCore::sweep, py::arg("tokens"), py::arg("source_tokens"), py::arg("nodes"),

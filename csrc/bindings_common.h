@@ -72,24 +72,41 @@ inline py::array_t<int32_t> check_tokens(const py::handle& obj, const std::strin
   return t;
 }
 
-// One pass over a C-contiguous int32/int64 [B, T] id array: every id in [0, d_vocab), T in [1, n_ctx],
-// and BOS (when bos >= 0) at position 0 of every row and nowhere else. False also for any other array:
-// the caller then runs its detailed checks, which name the problem.
-inline bool tokens_valid(const py::array& a, int64_t d_vocab, int64_t n_ctx, int64_t bos) {
+// One pass over ids [B, T] (any count of rows): every id in [0, d_vocab), and BOS (when bos >= 0) at
+// position 0 of every row and nowhere else; copies them to `out` as int32 when it is non-null.
+// Branch-free per id (vectorised): range and BOS count as reductions, then one look at each row's start.
+template <class Id>
+bool scan_ids(const Id* p, py::ssize_t B, py::ssize_t T, int64_t d_vocab, int64_t bos, int32_t* out) {
+  const py::ssize_t n = B * T;
+  int bad = 0;
+  py::ssize_t n_bos = 0;
+  for (py::ssize_t i = 0; i < n; ++i) {
+    bad |= (p[i] < 0) | (p[i] >= d_vocab);
+    n_bos += p[i] == bos;
+  }
+  if (out)
+    for (py::ssize_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(p[i]);
+  if (bad) return false;
+  if (bos < 0) return true;
+  if (n_bos != B) return false;  // with one at each row's start, that is every one there is
+  for (py::ssize_t b = 0; b < B; ++b)
+    if (p[b * T] != bos) return false;
+  return true;
+}
+
+// scan_ids over a C-contiguous int32/int64 [B, T] array with 1 <= T <= n_ctx; false for any other array
+// (the caller then runs its detailed checks, which name the problem).
+inline bool ids_valid(const py::array& a, int64_t d_vocab, int64_t n_ctx, int64_t bos, int32_t* out = nullptr) {
   if (a.ndim() != 2 || !(a.flags() & py::array::c_style) || a.shape(1) < 1 || a.shape(1) > n_ctx) return false;
-  auto scan = [&](auto* p) {  // branch-free per id (vectorised); one verdict per row
-    const py::ssize_t B = a.shape(0), T = a.shape(1);
-    for (py::ssize_t b = 0; b < B; ++b) {
-      const auto* row = p + b * T;
-      int bad = bos >= 0 && row[0] != bos;
-      for (py::ssize_t t = 0; t < T; ++t) bad |= (row[t] < 0) | (row[t] >= d_vocab) | (t > 0 && row[t] == bos);
-      if (bad) return false;
-    }
-    return true;
-  };
-  if (a.dtype().is(py::dtype::of<int64_t>())) return scan(static_cast<const int64_t*>(a.data()));
-  if (a.dtype().is(py::dtype::of<int32_t>())) return scan(static_cast<const int32_t*>(a.data()));
+  if (a.dtype().is(py::dtype::of<int64_t>()))
+    return scan_ids(static_cast<const int64_t*>(a.data()), a.shape(0), a.shape(1), d_vocab, bos, out);
+  if (a.dtype().is(py::dtype::of<int32_t>()))
+    return scan_ids(static_cast<const int32_t*>(a.data()), a.shape(0), a.shape(1), d_vocab, bos, out);
   return false;
+}
+
+inline bool tokens_valid(const py::array& a, int64_t d_vocab, int64_t n_ctx, int64_t bos) {
+  return ids_valid(a, d_vocab, n_ctx, bos);
 }
 
 // The dims dict Python passes (keys as in the contract; pad_token_id optional, -1 when absent/None;

@@ -220,6 +220,12 @@ class Engine:
             from rasp_compiler.engine.cuda_io import run_cuda_tensor
 
             return run_cuda_tensor(self, tokens)
+        if self.device == "cpu":  # the common case: ids checked and copied in the same C++ pass
+            is_torch = hasattr(tokens, "detach") and hasattr(tokens, "cpu")
+            arr = tokens.detach().cpu().numpy() if is_torch else np.asarray(tokens)
+            out = self._core.forward_ids(arr, self._bos, self.threads)
+            if out is not None:
+                return self._wrap(out, False, is_torch)
         ids, squeeze, is_torch = self._tokens(tokens)
         return self._wrap(self._core.forward(ids, self.threads), squeeze, is_torch)
 
