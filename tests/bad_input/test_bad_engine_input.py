@@ -25,6 +25,21 @@ def test_bos_only_at_position_zero() -> None:
         Engine(model).run(ids)
 
 
+def test_as_many_bos_as_rows_but_misplaced_is_refused() -> None:
+    """The one-pass check counts BOS tokens: a second BOS in one row and none at the start of another
+    keeps the count right, and must still be refused, by every entry point."""
+    model = random_model(0)
+    ids = random_tokens(model, 2, 0)
+    bos = model.config.bos_token_id
+    ids[0, 2], ids[1, 0] = bos, 1
+    engine = Engine(model)
+    for run in (engine.run, lambda x: engine.run_with_cache(x, names=[])):
+        with pytest.raises(EngineError, match="row 1 starts with id 1"):
+            run(ids)
+        with pytest.raises(EngineError, match="row 1 starts with id 1"):
+            run(ids.astype(np.int32))
+
+
 def test_ids_that_would_wrap_when_narrowed_are_refused() -> None:
     model = random_model(0)
     ids = random_tokens(model, 1, 0).astype(np.int64)
