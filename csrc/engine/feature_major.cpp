@@ -180,18 +180,24 @@ RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, con
     std::fill(inv, inv + ns, 0.0f);  // the sums, then their inverses
     for (int j = 0; j < keys; ++j) {
       float* Sj = S + static_cast<size_t>(j) * ns;
-      for (int s = 0; s < ns; ++s) Sj[s] -= mx[s];
       // A key's offsets from the maximum take few values across sequences (0 where attended, one
       // value elsewhere): then one exp serves the whole row and the rest is a vectorised select.
       int nonzero = 0;  // (a vectorised count first: rows of a key every sequence attends are all zero)
-      for (int s = 0; s < ns; ++s) nonzero += Sj[s] != 0.0f;
+      for (int s = 0; s < ns; ++s) {
+        Sj[s] -= mx[s];
+        nonzero += Sj[s] != 0.0f;
+      }
       float other = 0.0f;
       for (int s = 0; s < ns && nonzero && other == 0.0f; ++s) other = Sj[s];
       int novel = 0;
       for (int s = 0; s < ns; ++s) novel |= (Sj[s] != 0.0f) & (Sj[s] != other);
       if (!novel) {
         const float p = softmax_term(other);
-        for (int s = 0; s < ns; ++s) Sj[s] = Sj[s] == 0.0f ? 1.0f : p;
+        for (int s = 0; s < ns; ++s) {
+          Sj[s] = Sj[s] == 0.0f ? 1.0f : p;
+          inv[s] += Sj[s];
+        }
+        continue;
       } else {
         // the two commonest cases vectorised; what is left is still an offset (< 0, or NaN where every
         // key is masked), while weights are >= 0: one exp per run of equal offsets
@@ -211,15 +217,25 @@ RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, con
       for (int s = 0; s < ns; ++s) inv[s] += Sj[s];
     }
     for (int s = 0; s < ns; ++s) inv[s] = mx[s] == neg_inf ? 0.0f : 1.0f / inv[s];  // all masked: z = 0
-    for (int j = 0; j < keys; ++j)
-      for (int s = 0; s < ns; ++s) S[static_cast<size_t>(j) * ns + s] *= inv[s];
+    // z = sum over keys of (weight * inv) * v: the normalised weight is rounded first, as everywhere;
+    // with one v column it is formed inside the mixing loop instead of in a pass of its own
+    if (nvo > 1)
+      for (int j = 0; j < keys; ++j)
+        for (int s = 0; s < ns; ++s) S[static_cast<size_t>(j) * ns + s] *= inv[s];
     for (int c = 0; c < nvo; ++c) {
       float* zi = b.z.data() + static_cast<size_t>(c) * n + static_cast<size_t>(i) * ns;
       std::fill(zi, zi + ns, 0.0f);
       for (int j = 0; j < keys; ++j) {
         const float* vj = b.v.data() + static_cast<size_t>(c) * n + static_cast<size_t>(j) * ns;
         const float* Pj = S + static_cast<size_t>(j) * ns;
-        for (int s = 0; s < ns; ++s) zi[s] += Pj[s] * vj[s];
+        if (nvo > 1) {
+          for (int s = 0; s < ns; ++s) zi[s] += Pj[s] * vj[s];
+        } else {
+          for (int s = 0; s < ns; ++s) {
+            const float p = Pj[s] * inv[s];
+            zi[s] += p * vj[s];
+          }
+        }
       }
     }
   }
