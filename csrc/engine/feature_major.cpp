@@ -53,6 +53,19 @@ PackedMat pack(const SparseMat& W, const float* bias, const std::vector<int32_t>
   // feature and, if the inputs are one-hot (one of n_in non-zero), multiplies one row of weights.
   const int64_t nnz = static_cast<int64_t>(p.col.size()), n_in = static_cast<int64_t>(p.in.size());
   p.scan = n_in > 0 && kVectorWidth * (n_in + nnz / n_in) < nnz;
+  // by column too (rows ascending within each): the axpy fills one output column at a time, which stays
+  // in cache, adding its terms in the same order as the rows would
+  p.col_ptr.assign(p.out.size() + 1, 0);
+  for (int32_t c : p.col) ++p.col_ptr[c + 1];
+  for (size_t c = 0; c < p.out.size(); ++c) p.col_ptr[c + 1] += p.col_ptr[c];
+  p.col_row.resize(p.col.size());
+  p.col_val.resize(p.col.size());
+  std::vector<int32_t> fill(p.col_ptr.begin(), p.col_ptr.end() - 1);
+  for (int i = 0; i < p.n_in(); ++i)
+    for (int32_t k = p.ptr[i]; k < p.ptr[i + 1]; ++k) {
+      p.col_row[fill[p.col[k]]] = i;
+      p.col_val[fill[p.col[k]]++] = p.val[k];
+    }
   return p;
 }
 
@@ -102,24 +115,27 @@ inline bool all_zero(const float* p, int n) {
 
 // Y[c][r] = bias[c] + sum_i X[in[i]][r] * w, feature-major with row count n.
 RASP_VECTOR_CLONES void apply(const PackedMat& P, const float* X, int n, float* Y) {
+  if (!P.scan) {
+    for (int c = 0; c < P.n_out(); ++c) {
+      float* y = Y + static_cast<size_t>(c) * n;
+      std::fill(y, y + n, P.bias[c]);
+      for (int32_t k = P.col_ptr[c]; k < P.col_ptr[c + 1]; ++k) {
+        const float w = P.col_val[k];
+        const float* xi = X + static_cast<size_t>(P.in[P.col_row[k]]) * n;
+        for (int r = 0; r < n; ++r) y[r] += w * xi[r];
+      }
+    }
+    return;
+  }
   for (int c = 0; c < P.n_out(); ++c)
     std::fill(Y + static_cast<size_t>(c) * n, Y + static_cast<size_t>(c + 1) * n, P.bias[c]);
   for (int i = 0; i < P.n_in(); ++i) {
     const float* xi = X + static_cast<size_t>(P.in[i]) * n;
-    const int32_t k0 = P.ptr[i], k1 = P.ptr[i + 1];
-    if (P.scan) {
-      if (all_zero(xi, n)) continue;  // a one-hot variable's value that no row of the chunk holds
-      for (int r = 0; r < n; ++r) {
-        const float a = xi[r];
-        if (a == 0.0f) continue;
-        for (int32_t k = k0; k < k1; ++k) Y[static_cast<size_t>(P.col[k]) * n + r] += a * P.val[k];
-      }
-    } else {
-      for (int32_t k = k0; k < k1; ++k) {
-        const float w = P.val[k];
-        float* y = Y + static_cast<size_t>(P.col[k]) * n;
-        for (int r = 0; r < n; ++r) y[r] += w * xi[r];
-      }
+    if (all_zero(xi, n)) continue;  // a one-hot variable's value that no row of the chunk holds
+    for (int r = 0; r < n; ++r) {
+      const float a = xi[r];
+      if (a == 0.0f) continue;
+      for (int32_t k = P.ptr[i]; k < P.ptr[i + 1]; ++k) Y[static_cast<size_t>(P.col[k]) * n + r] += a * P.val[k];
     }
   }
 }

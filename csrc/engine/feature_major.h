@@ -22,6 +22,8 @@ struct PackedMat {
   std::vector<int32_t> out;       // output feature of each packed column (ascending)
   std::vector<int32_t> ptr, col;  // CSR over packed rows; col indexes packed columns
   std::vector<float> val;
+  std::vector<int32_t> col_ptr, col_row;  // the same weights by column (CSC), rows ascending in each
+  std::vector<float> col_val;
   std::vector<float> bias;        // per packed column
   bool scan = false;              // long rows: scan each input feature for its non-zero rows
   int n_in() const { return static_cast<int>(in.size()); }
