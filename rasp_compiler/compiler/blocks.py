@@ -555,13 +555,13 @@ def _stack(parts: list[tuple[list[str], np.ndarray]], dim: int) -> tuple[tuple[s
 
 
 def _classes(t: np.ndarray) -> list[list[int]]:
-    """Indices of identical rows, grouped (first occurrence order)."""
-    _, inverse = np.unique(t, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(inverse.tolist()):
-        groups.setdefault(c, []).append(i)
-    return sorted(groups.values(), key=lambda m: m[0])
+    """Indices of identical rows, grouped (first occurrence order). Rows are compared as packed bytes:
+    sorting the rows themselves (np.unique(axis=0)) took seconds on tables of 10^4 x 10^4 values."""
+    packed = np.packbits(np.asarray(t, dtype=bool), axis=1) if t.shape[1] else np.zeros((len(t), 0), np.uint8)
+    groups: dict[bytes, list[int]] = {}
+    for i, row in enumerate(packed):
+        groups.setdefault(row.tobytes(), []).append(i)
+    return list(groups.values())
 
 
 def _matrix(m: Mapping[str, Mapping[int, float]], dim: int) -> tuple[tuple[str, ...], np.ndarray]:

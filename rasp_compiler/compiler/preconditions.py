@@ -148,7 +148,13 @@ def _agrees(graph: ProgramGraph, values: ValueSets, label: str) -> bool:
         if key_values is None:
             continue
         rows = {frozenset(np.flatnonzero(row).tolist()) for row in g.table}
-        if all(_at_most_one_position(graph, values, g.keys, {key_values[i] for i in r}) for r in rows):
+        if _unique(graph, values, g.keys):  # (decided once, not once per row: it can cost O(n^2))
+            one_each = all(len({key_values[i] for i in r}) <= 1 for r in rows)
+        else:
+            one_each = all(
+                _at_most_one_position(graph, values, g.keys, {key_values[i] for i in r}) for r in rows
+            )
+        if one_each:
             return True  # this conjunct alone lets each query select at most one position
         if all(len(r) <= 1 for r in rows) and _determined_by(graph, values, sop, g.keys):
             return True  # all selected positions hold the same key value, hence the same SOp value
