@@ -491,23 +491,24 @@ def _factor(t: np.ndarray, mode: str) -> tuple[str, np.ndarray, np.ndarray]:
         wk = np.zeros((t.shape[1], len(keys)))
         wk[keys, np.arange(len(keys))] = 1.0
         return "tracr", t[:, keys].astype(float), wk
-    candidates: list[tuple[str, np.ndarray, np.ndarray]] = []
-    reps = [m for m in _classes(t) if t[m[0]].any()]
-    wq = np.zeros((t.shape[0], len(reps)))
-    for d, members in enumerate(reps):
-        wq[members, d] = 1.0
-    candidates.append(("query_classes", wq, t[[m[0] for m in reps]].T.astype(float)))
-    reps = [m for m in _classes(t.T) if t[:, m[0]].any()]
-    wk = np.zeros((t.shape[1], len(reps)))
-    for d, members in enumerate(reps):
-        wk[members, d] = 1.0
-    candidates.append(("key_classes", t[:, [m[0] for m in reps]].astype(float), wk))
+    wk, wq = _row_classes(t.T)
+    candidates = [("query_classes", *_row_classes(t)), ("key_classes", wq, wk)]
     blocks = _prefix_blocks(t)
     if blocks is not None:
         candidates.append(("key_rank_blocks", *blocks))
         wk, wq = _prefix_blocks(t.T)  # nested rows <=> nested columns
         candidates.append(("query_rank_blocks", wq, wk))
     return min(candidates, key=lambda c: np.count_nonzero(c[1]) + np.count_nonzero(c[2]))
+
+
+def _row_classes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """t = wq @ wk.T with one column per class of identical (non-empty) rows: wq marks the class's rows,
+    wk holds the row."""
+    reps = [m for m in _classes(t) if t[m[0]].any()]
+    wq = np.zeros((t.shape[0], len(reps)))
+    for d, members in enumerate(reps):
+        wq[members, d] = 1.0
+    return wq, t[[m[0] for m in reps]].T.astype(float)
 
 
 def _prefix_blocks(t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
