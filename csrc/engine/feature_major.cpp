@@ -325,10 +325,27 @@ bool scores_across(int nqk, int T) {
   return across <= each;
 }
 
+// Writes a feature-major [features][n] buffer (position-major rows) into sequences s0.. of a [B, T, D]
+// record: every feature in order (cols null), or the features `cols` with zeros elsewhere.
+void put_record(float* rec, const float* src, const std::vector<int32_t>* cols, int64_t s0, int ns, int T, int D) {
+  const int n = ns * T, n_cols = cols ? static_cast<int>(cols->size()) : D;
+  float* dst = rec + static_cast<size_t>(s0) * T * D;
+  if (cols) std::fill(dst, dst + static_cast<size_t>(n) * D, 0.0f);
+  for (int s = 0; s < ns; ++s)
+    for (int t = 0; t < T; ++t) {
+      float* row = dst + (static_cast<size_t>(s) * T + t) * D;
+      const float* col0 = src + static_cast<size_t>(t) * ns + s;
+      for (int c = 0; c < n_cols; ++c) row[cols ? (*cols)[c] : c] = col0[static_cast<size_t>(c) * n];
+    }
+}
+
 RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, const int32_t* tokens, int n_seq, int T,
-                                      float* out, Buffers& b) {
+                                      float* out, Buffers& b, const Record* rec, int64_t s0) {
   const ModelDims& d = m.dims;
-  const int ns = n_seq, n = n_seq * T, V = d.d_vocab_out;
+  const int ns = n_seq, n = n_seq * T, V = d.d_vocab_out, D = d.d_model;
+  auto record = [&](float* sink, const float* src, const std::vector<int32_t>* cols) {
+    if (sink) put_record(sink, src, cols, s0, ns, T, D);
+  };
   int32_t* tok = b.tok.data();
   for (int s = 0; s < ns; ++s)
     for (int t = 0; t < T; ++t) tok[static_cast<size_t>(t) * ns + s] = tokens[static_cast<size_t>(s) * T + t];
@@ -345,12 +362,24 @@ RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, cons
       for (int r = 0; r < n; ++r) x[r] = table[tok[r]];
     }
   }
+  if (rec) {
+    record(rec->embed, X, nullptr);
+    if (rec->pos_embed)
+      for (int s = 0; s < ns; ++s)
+        for (int t = 0; t < T; ++t)
+          std::copy(m.w_pos.data() + static_cast<size_t>(t) * D, m.w_pos.data() + static_cast<size_t>(t + 1) * D,
+                    rec->pos_embed + ((static_cast<size_t>(s0) + s) * T + t) * D);
+  }
   for (int t = 0; t < T; ++t)  // (e + p, as the per-sequence path adds them: two terms, either order)
     for (int32_t k = p.pos.ptr[t]; k < p.pos.ptr[t + 1]; ++k) {
       float* x = X + static_cast<size_t>(p.pos.col[k]) * n + static_cast<size_t>(t) * ns;
       for (int s = 0; s < ns; ++s) x[s] += p.pos.val[k];
     }
-  for (const PackedLayer& L : p.layers) {
+  for (size_t l = 0; l < p.layers.size(); ++l) {
+    const PackedLayer& L = p.layers[l];
+    const LayerRecord* r = (rec && !rec->layers.empty()) ? &rec->layers[l] : nullptr;
+    if (r) record(r->resid_pre, X, nullptr);
+    if (r && r->attn_out && L.attn_cols.empty()) record(r->attn_out, X, &L.attn_cols);  // all zero
     if (!L.attn_cols.empty()) {  // (b_O is added even without active heads)
       const int na = static_cast<int>(L.attn_cols.size());
       for (int u = 0; u < na; ++u)
@@ -368,23 +397,29 @@ RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, cons
           for (int r = 0; r < n; ++r) a[r] += y[r];
         }
       }
+      if (r) record(r->attn_out, b.acc.data(), &L.attn_cols);
       for (int u = 0; u < na; ++u) {
         float* x = X + static_cast<size_t>(L.attn_cols[u]) * n;
         const float* a = b.acc.data() + static_cast<size_t>(u) * n;
         for (int r = 0; r < n; ++r) x[r] += a[r];
       }
     }
+    if (r) record(r->resid_mid, X, nullptr);
     if (L.mlp_out.n_out() > 0) {
       apply(L.mlp_in, X, n, b.hidden.data());
       for (size_t i = 0, e = static_cast<size_t>(L.mlp_in.n_out()) * n; i < e; ++i)
         b.hidden[i] = b.hidden[i] > 0.0f ? b.hidden[i] : 0.0f;
       apply(L.mlp_out, b.hidden.data(), n, b.mlp.data());
+      if (r) record(r->mlp_out, b.mlp.data(), &L.mlp_out.out);
       for (int c = 0; c < L.mlp_out.n_out(); ++c) {
         float* x = X + static_cast<size_t>(L.mlp_out.out[c]) * n;
         const float* y = b.mlp.data() + static_cast<size_t>(c) * n;
         for (int r = 0; r < n; ++r) x[r] += y[r];
       }
+    } else if (r) {
+      record(r->mlp_out, X, &L.mlp_out.out);  // all zero
     }
+    if (r) record(r->resid_post, X, nullptr);
   }
   apply(p.unembed, X, n, b.unembed.data());
   const float* Y = b.unembed.data();
@@ -473,8 +508,14 @@ PackedModel pack_model(const Model& m) {
   return p;
 }
 
+bool residual_records_only(const Record& rec) {
+  for (const LayerRecord& r : rec.layers)
+    if (r.any_attention() || r.mlp_pre || r.mlp_post) return false;
+  return true;
+}
+
 void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* tokens, int B, int T, float* out,
-                           int threads) {
+                           int threads, const Record* rec) {
   if (B <= 0 || T <= 0) return;
   const int workers = resolve_threads(threads);
   int64_t per_chunk = std::max<int64_t>(1, kChunkFloats / (static_cast<int64_t>(T) * p.widest));
@@ -518,7 +559,7 @@ void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* 
   parallel_for_worker(chunks, threads, [&](int64_t c, int w) {
     const int64_t s0 = c * per_chunk;
     const int n_seq = static_cast<int>(std::min<int64_t>(per_chunk, B - s0));
-    forward_chunk(m, p, tokens + s0 * T, n_seq, T, out + s0 * TV, buffers[w]);
+    forward_chunk(m, p, tokens + s0 * T, n_seq, T, out + s0 * TV, buffers[w], rec, s0);
   });
 }
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/cpu_forward.h"
 #include "engine/model.h"
 
 namespace rasp {
@@ -61,8 +62,13 @@ struct PackedModel {
 
 PackedModel pack_model(const Model& m);
 
-// tokens [B, T] -> out [B, T, d_vocab_out]; same contract as forward_cpu without records or caches.
+// Whether every sink of `rec` is a residual-stream activation ([B, T, d_model]: embed, pos_embed,
+// resid_pre/mid/post, attn_out, mlp_out), the records the batched forward can write.
+bool residual_records_only(const Record& rec);
+
+// tokens [B, T] -> out [B, T, d_vocab_out]; same contract as forward_cpu without caches, and with records
+// only when residual_records_only(*rec).
 void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* tokens, int B, int T, float* out,
-                           int threads);
+                           int threads, const Record* rec = nullptr);
 
 }  // namespace rasp

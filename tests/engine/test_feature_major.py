@@ -1,9 +1,10 @@
-"""The batched feature-major forward (`Engine.run`, csrc/engine/feature_major.cpp) against the
-per-sequence path (`run_with_cache`, csrc/engine/cpu_forward.cpp): the same sums in the same order, so
-the outputs must be equal bit for bit, on every library program, causal models, random dense and sparse
-models with pads, batches that span several row chunks, both attention strategies and both matrix
-kernels (sort over 20 values x 20 positions reads a 400-value comparison table), and generated
-programs. The float64 reference checks of tests/engine/test_engine.py run through the same path."""
+"""The batched feature-major forward (`Engine.run`, and `run_with_cache` over residual-stream hooks;
+csrc/engine/feature_major.cpp) against the per-sequence path (csrc/engine/cpu_forward.cpp): the same
+sums in the same order, so outputs and records must be equal bit for bit, on every library program,
+causal models, random dense and sparse models with pads, batches that span several row chunks, both
+attention strategies and both matrix kernels (sort over 20 values x 20 positions reads a 400-value
+comparison table), and generated programs. The float64 reference checks of tests/engine/test_engine.py
+run through the same path."""
 
 from __future__ import annotations
 
@@ -19,10 +20,23 @@ from rasp_compiler.rasp import lib
 from rasp_compiler.rasp.lib import LIBRARY
 from rasp_compiler.testing.generate import sample_inputs, sample_programs
 
+# A record the batched forward does not write (an MLP's hidden activations) sends a run down the
+# per-sequence path.
+PER_SEQUENCE_HOOK = "blocks.0.mlp.hook_post"
+RESIDUAL_HOOKS = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_attn_out", "hook_resid_mid",
+                  "hook_mlp_out", "hook_resid_post")
+
 
 def per_sequence(engine: Engine, tokens: np.ndarray) -> np.ndarray:
-    """The per-sequence path: a recorded run that records nothing."""
-    return engine.run_with_cache(tokens, names=[])[0]
+    """The per-sequence path's output."""
+    return engine.run_with_cache(tokens, names=[PER_SEQUENCE_HOOK])[0]
+
+
+def residual_names(n_layers: int) -> list[str]:
+    out = ["hook_embed", "hook_pos_embed"]
+    for layer in range(n_layers):
+        out += [f"blocks.{layer}.{h}" for h in RESIDUAL_HOOKS[2:]]
+    return out
 
 
 def assert_bitwise(got: np.ndarray, want: np.ndarray, what: str) -> None:
@@ -40,6 +54,36 @@ def test_library_programs_bitwise(name: str) -> None:
     assert_bitwise(engine.run(tokens), want, name)
     assert_bitwise(Engine(model, threads=2).run(tokens), want, f"{name} threads=2")
     assert_bitwise(engine.run(tokens[:1]), want[:1], f"{name} batch 1")
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARY)[::3])
+def test_residual_records_bitwise(name: str) -> None:
+    """run_with_cache over residual-stream hooks only takes the batched forward; every array equals the
+    per-sequence path's (asked for together with a hook only that path records)."""
+    model = compiled(name)
+    tokens = library_batch(name, 300, seed=6)
+    engine = Engine(model, threads=2)
+    names = residual_names(model.config.n_layers)
+    out, fast = engine.run_with_cache(tokens, names=names)
+    ref_out, slow = engine.run_with_cache(tokens, names=[*names, PER_SEQUENCE_HOOK])
+    assert_bitwise(out, ref_out, f"{name} output")
+    for hook in names:
+        assert_bitwise(fast[hook], slow[hook], f"{name} {hook}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_residual_records_of_random_models(seed: int) -> None:
+    model = random_model(seed, sparse=seed % 2 == 1, pad=seed % 3 == 0, causal=seed % 2 == 0)
+    tokens = random_tokens(model, batch=200, seed=seed)
+    engine = Engine(model, threads=1)
+    names = residual_names(model.config.n_layers)
+    out, fast = engine.run_with_cache(tokens, names=names)
+    _, slow = engine.run_with_cache(tokens, names=[*names, PER_SEQUENCE_HOOK])
+    ref, _, ref_cache = reference_run(model, tokens)
+    for hook in names:
+        assert_bitwise(fast[hook], slow[hook], f"seed {seed} {hook}")
+        want = ref_cache[hook]
+        assert np.abs(fast[hook] - want).max() <= 2e-5 * (1 + np.abs(want).max()), hook
 
 
 @pytest.mark.parametrize("name", CAUSAL_NAMES[::2])
