@@ -75,15 +75,6 @@ std::vector<int32_t> iota(int n) {
   return v;
 }
 
-// Columns of W (or of its bias) holding a non-zero.
-std::vector<uint8_t> live_columns(const SparseMat& W, const float* bias) {
-  std::vector<uint8_t> live(W.cols, 0);
-  for (int64_t k = 0; k < W.nnz; ++k) live[W.col[k]] = 1;
-  if (bias)
-    for (int j = 0; j < W.cols; ++j) live[j] |= bias[j] != 0.0f;
-  return live;
-}
-
 std::vector<int32_t> where(const std::vector<uint8_t>& flags) {
   std::vector<int32_t> v;
   for (size_t i = 0; i < flags.size(); ++i)
@@ -466,7 +457,7 @@ PackedModel pack_model(const Model& m) {
       ph.v = pack(L.wv[h], bv, vo_cols, iota(static_cast<int>(vo_cols.size())), all_rows);
       std::vector<int32_t> z_index(E, -1);
       for (size_t c = 0; c < vo_cols.size(); ++c) z_index[vo_cols[c]] = static_cast<int32_t>(c);
-      const std::vector<uint8_t> o_live = live_columns(L.wo[h], nullptr);
+      const std::vector<uint8_t> o_live = L.wo[h].live_columns(nullptr);
       const std::vector<int32_t> o_cols = where(o_live);
       std::vector<int32_t> o_ids;
       for (int32_t j : o_cols) o_ids.push_back(attn_index[j]);
@@ -480,7 +471,7 @@ PackedModel pack_model(const Model& m) {
       std::vector<int32_t> hidden_index(M, -1);
       for (size_t c = 0; c < neurons.size(); ++c) hidden_index[neurons[c]] = static_cast<int32_t>(c);
       pl.mlp_in = pack(L.w_in, L.b_in.data(), neurons, iota(static_cast<int>(neurons.size())), all_rows);
-      const std::vector<int32_t> out_cols = where(live_columns(L.w_out, L.b_out.data()));
+      const std::vector<int32_t> out_cols = where(L.w_out.live_columns(L.b_out.data()));
       pl.mlp_out = pack(L.w_out, L.b_out.data(), out_cols, out_cols, hidden_index);
       widest = std::max({widest, pl.mlp_in.n_out(), pl.mlp_out.n_out()});
     }

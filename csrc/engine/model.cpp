@@ -35,6 +35,14 @@ std::vector<float> SparseMat::to_dense() const {
   return d;
 }
 
+std::vector<uint8_t> SparseMat::live_columns(const float* bias) const {
+  std::vector<uint8_t> live(cols, 0);
+  for (int64_t k = 0; k < nnz; ++k) live[col[k]] = 1;
+  if (bias)
+    for (int j = 0; j < cols; ++j) live[j] |= bias[j] != 0.0f;
+  return live;
+}
+
 void SparseMat::accumulate(const float* x, float* y) const {
   if (use_dense) {
     for (int32_t i : nz_rows) {
@@ -99,14 +107,12 @@ Model build_model(const ModelDims& d, const ModelWeightViews& w) {
     }
     L.cols.resize(H);
     for (int h = 0; h < H; ++h) {
-      std::vector<uint8_t> q(E, 0), k(E, 0), val(E, 0);
-      for (int64_t i = 0; i < L.wq[h].nnz; ++i) q[L.wq[h].col[i]] = 1;
-      for (int64_t i = 0; i < L.wk[h].nnz; ++i) k[L.wk[h].col[i]] = 1;
-      for (int64_t i = 0; i < L.wv[h].nnz; ++i) val[L.wv[h].col[i]] = 1;
+      const auto bias = [&](int m) { return L.bqkv.data() + static_cast<size_t>(m * H + h) * E; };
+      const std::vector<uint8_t> q = L.wq[h].live_columns(bias(0)), k = L.wk[h].live_columns(bias(1)),
+                                 val = L.wv[h].live_columns(bias(2));
       for (int e = 0; e < E; ++e) {
-        if ((q[e] || L.bqkv[(0 * H + h) * E + e] != 0.0f) && (k[e] || L.bqkv[(1 * H + h) * E + e] != 0.0f))
-          L.cols[h].qk.push_back(e);
-        if (val[e] || L.bqkv[(2 * H + h) * E + e] != 0.0f) L.cols[h].v.push_back(e);
+        if (q[e] && k[e]) L.cols[h].qk.push_back(e);
+        if (val[e]) L.cols[h].v.push_back(e);
       }
     }
     L.b_o.assign(v.b_O, v.b_O + D);

@@ -50,6 +50,8 @@ struct SparseMat {
   void accumulate(const float* x, float* y) const;
   bool is_zero() const { return nnz == 0; }
   std::vector<float> to_dense() const;  // [rows * cols], for backends that want the full matrix
+  // Per column: does it (or bias[j], when bias is non-null) hold a non-zero?
+  std::vector<uint8_t> live_columns(const float* bias) const;
 };
 
 // A head's d_head columns that can matter: qk where q and k can both be non-zero (weights or bias), v where
