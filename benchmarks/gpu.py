@@ -1,9 +1,11 @@
 """GPU benchmark: the CUDA engine vs the PyTorch module on CUDA (eager and torch.compile) and
 TransformerLens (when installed), batch 1 to 65,536; then a full edge sweep of a 6-layer model vs
-a hook loop on the PyTorch CUDA module.
+a hook loop on the PyTorch CUDA module; sort and hist scaled up to vocab = length = 50, with the
+weights uploaded in their automatic form (CSR where mostly zero) and as dense rows.
 
     python benchmarks/gpu.py [--batches 1,16,256,4096,65536] [--programs sort,reverse,...]
                              [--no-compile] [--sweep-program majority,second_largest] [--sweep-batch 32]
+                             [--scale-sizes 10,20,50]
 
 Times are medians of CUDA-event-timed calls on device-resident inputs and outputs (no host copies
 on either side). Ratios are (peer time) / (engine time): > 1 means the engine is faster. The table
@@ -142,12 +144,14 @@ def forward_table(args: argparse.Namespace) -> None:
                 f"{ratio(t_comp, t_eng)} |")
 
 
-def engine_with(model: Any, kernel: str, min_blocks: str = "2", xskip: str = "1") -> Engine:
-    """A CUDA engine whose kernel choice is forced (RASP_CUDA_KERNEL / RASP_CUDA_MINBLOCKS / RASP_CUDA_XSKIP
-    are read when an engine is made)."""
-    saved = {k: os.environ.get(k) for k in ("RASP_CUDA_KERNEL", "RASP_CUDA_MINBLOCKS", "RASP_CUDA_XSKIP")}
-    os.environ["RASP_CUDA_KERNEL"], os.environ["RASP_CUDA_MINBLOCKS"] = kernel, min_blocks
-    os.environ["RASP_CUDA_XSKIP"] = xskip
+def engine_with(model: Any, kernel: str, min_blocks: str = "2", xskip: str = "1",
+                sparse: str = "auto") -> Engine:
+    """A CUDA engine whose kernel choice and weight form are forced (RASP_CUDA_KERNEL / RASP_CUDA_MINBLOCKS /
+    RASP_CUDA_XSKIP / RASP_CUDA_SPARSE are read when an engine is made)."""
+    names = ("RASP_CUDA_KERNEL", "RASP_CUDA_MINBLOCKS", "RASP_CUDA_XSKIP", "RASP_CUDA_SPARSE")
+    saved = {k: os.environ.get(k) for k in names}
+    for k, v in zip(names, (kernel, min_blocks, xskip, sparse), strict=True):
+        os.environ[k] = v
     try:
         return Engine(model, device="cuda")
     finally:
@@ -207,6 +211,49 @@ def kernel_table(args: argparse.Namespace) -> None:
                     say(f"WARNING {name} batch {batch} {label(k, mb, t, xs)}: differs from old by {err}")
                 cells.append(fmt(cuda_time(lambda e=eng: e.run(ids), min_time=0.1)))
             say(f"| {name} | {batch} | " + " | ".join(cells) + " |")
+
+
+def scale_table(args: argparse.Namespace) -> None:
+    """sort and hist scaled up (vocab = length = n, benchmarks/scale.py's programs): the engine with each
+    matrix in its automatic form (CSR where it is mostly zero within its non-zero rows) and with every
+    matrix as dense rows, against eager PyTorch on the GPU; device memory of the engine's weights."""
+    from scale import scaled_programs
+
+    from rasp_compiler.compiler import compiling
+
+    say("")
+    say("## Scaled-up programs: weight forms (auto = CSR where sparse, dense = every matrix as dense rows)")
+    say("")
+    say("| program | n | d_model | non-zero MAC/seq | batch | auto | dense rows | torch eager | dense/auto "
+        "| eager/auto | weights auto / dense MB |")
+    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in (int(x) for x in args.scale_sizes.split(",")):
+        for name, program in scaled_programs(n):
+            scale_rows(name, n, compiling.compile_rasp_to_model(program, set(range(1, n + 1)), n))
+            torch.cuda.empty_cache()
+
+
+def scale_rows(name: str, n: int, model: Any) -> None:
+    from scale import _work
+
+    _, _, macs = _work(model, n)
+    auto, dense = engine_with(model, "auto"), engine_with(model, "auto", sparse="0")
+    module = model.to_torch().cuda().eval()
+    mb = [e.stats()["weight_bytes"] / 2**20 for e in (auto, dense)]
+    for batch in (1, 256, 4096):
+        ids = torch.from_numpy(random_ids(model, batch, seed=n)).cuda()
+        ids32 = ids.to(torch.int32)
+        with torch.no_grad():
+            want = eager_forward(module, ids)
+            for e, what in ((auto, "auto"), (dense, "dense")):
+                err = float((e.run(ids32) - want).abs().max())
+                if err > 1e-3:
+                    say(f"WARNING {name} n={n} batch {batch} {what}: max abs error vs torch {err}")
+            t_a = cuda_time(lambda: auto.run(ids32), min_time=0.1) / batch
+            t_d = cuda_time(lambda: dense.run(ids32), min_time=0.1) / batch
+            t_t = cuda_time(lambda: eager_forward(module, ids), min_time=0.1) / batch
+        say(f"| {name} | {n} | {model.config.d_model:,} | {macs:,} | {batch} | {fmt(t_a)} | {fmt(t_d)} "
+            f"| {fmt(t_t)} | {ratio(t_d, t_a)} | {ratio(t_t, t_a)} | {mb[0]:.2f} / {mb[1]:.2f} |")
 
 
 def hook_loop_edge(module: Any, tokens: torch.Tensor, src_cache: dict[str, torch.Tensor], edge: tuple) -> Any:
@@ -335,6 +382,8 @@ def main() -> None:
     ap.add_argument("--hook-sample", type=int, default=40, help="edges timed in the hook loop")
     ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--scale-sizes", default="10,20,50", help="vocab = length sizes of the scaled-up "
+                    "table ('' skips it; 100 compiles in about a minute and needs ~8 GB of host memory)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device visible to torch: nothing to benchmark")
@@ -351,6 +400,8 @@ def main() -> None:
     if not args.skip_forward:
         forward_table(args)
         kernel_table(args)
+    if args.scale_sizes:
+        scale_table(args)
     if not args.skip_sweep:
         for name in args.sweep_program.split(","):
             sweep_table(args, name)

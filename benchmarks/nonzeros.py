@@ -1,6 +1,7 @@
 """Parameters and non-zero weights of every library program, ours against tracr's assembled model.
 
     python benchmarks/nonzeros.py [--scaled]   # 2 minutes; --scaled about 20 (tracr assembling n = 50)
+    python benchmarks/nonzeros.py --components sort majority   # where the non-zeros are, layer by layer
 
 Same program, vocab and max_seq_len (the library defaults). Ours counts every weight array of the model;
 tracr's counts every array in `assembled.params`. tracr has no unembedding matrix (its output is read
@@ -34,8 +35,8 @@ def ours_nonzero(model: Any) -> int:
     return sum(int(np.count_nonzero(w)) for k, w in model.weights.items() if k not in ("W_U", "b_U"))
 
 
-def tracr_nonzero(program: Any, vocab: Any, max_seq_len: int) -> tuple[int, int] | str:
-    """(parameters, non-zero) of tracr's assembled model, or why tracr could not compile it."""
+def tracr_params(program: Any, vocab: Any, max_seq_len: int) -> dict[str, list[np.ndarray]] | str:
+    """tracr's assembled parameters by module name, or why tracr could not compile the program."""
     from support.compiler import to_tracr
     from tracr.compiler import compiling as tracr_compiling
 
@@ -44,8 +45,55 @@ def tracr_nonzero(program: Any, vocab: Any, max_seq_len: int) -> tuple[int, int]
                                                        compiler_bos="BOS")
     except Exception as err:  # noqa: BLE001 - tracr cannot compile some programs; say which
         return f"tracr fails: {type(err).__name__}"
-    arrays = [np.asarray(a) for block in theirs.params.values() for a in block.values()]
+    return {name: [np.asarray(a) for a in block.values()] for name, block in theirs.params.items()}
+
+
+def tracr_nonzero(program: Any, vocab: Any, max_seq_len: int) -> tuple[int, int] | str:
+    """(parameters, non-zero) of tracr's assembled model, or why tracr could not compile it."""
+    params = tracr_params(program, vocab, max_seq_len)
+    if isinstance(params, str):
+        return params
+    arrays = [a for block in params.values() for a in block]
     return sum(a.size for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays)
+
+
+def component_of(name: str) -> str:
+    """'embeddings', 'L<l> attn' or 'L<l> mlp' for a weight name of ours or a module name of tracr's."""
+    if name.startswith("blocks."):
+        layer, kind = name.split(".")[1:3]
+        return f"L{layer} {kind}"
+    if name.startswith("transformer/layer_"):
+        layer, kind = name.split("/")[1:3]
+        return f"L{layer.removeprefix('layer_')} {kind}"
+    return "embeddings"
+
+
+def layers_table(name: str) -> None:
+    """Non-zero weights component by component, ours against tracr's, with the QK encoding of each head."""
+    e = LIBRARY[name]
+    ours = compiling.compile_rasp_to_model(e.builder(), e.vocab, e.max_seq_len)
+    theirs = tracr_params(e.builder(), e.vocab, e.max_seq_len)
+    if isinstance(theirs, str):
+        print(f"{name}: {theirs}")
+        return
+    count: dict[str, list[int]] = {}
+    for k, w in ours.weights.items():
+        if k not in ("W_U", "b_U"):
+            count.setdefault(component_of(k), [0, 0])[0] += int(np.count_nonzero(w))
+    for k, arrays in theirs.items():
+        count.setdefault(component_of(k), [0, 0])[1] += sum(int(np.count_nonzero(a)) for a in arrays)
+    what: dict[str, list[str]] = {}
+    for b in ours.annotation.blocks if ours.annotation else ():
+        if b.layer is not None:
+            label = b.op + (f" ({', '.join(b.qk_encoding)})" if b.qk_encoding else "")
+            what.setdefault(f"L{b.layer} {b.component}", []).append(label)
+    print(f"\n{name}:\n\n| component | ops | ours | tracr | ours / tracr |\n|---|---|---:|---:|---:|")
+    for comp, (a, t) in sorted(count.items(), key=lambda kv: (kv[0] != "embeddings", kv[0])):
+        if a or t:
+            share = f"{a / t:.2f}" if t else "-"
+            print(f"| {comp} | {'; '.join(what.get(comp, []))} | {a:,} | {t:,} | {share} |")
+    a, t = (sum(v[i] for v in count.values()) for i in (0, 1))
+    print(f"| total | | {a:,} | {t:,} | {a / t:.2f} |")
 
 
 def row(name: str, program_of: Any, vocab: Any, max_seq_len: int) -> str:
@@ -76,7 +124,14 @@ def main() -> None:
     warnings.simplefilter("ignore")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scaled", action="store_true", help="also the order-comparison programs at 10, 20, 50")
+    p.add_argument("--components", nargs="+", metavar="PROGRAM", choices=sorted(LIBRARY),
+                   help="only these library programs, component by component (embeddings, each layer's "
+                   "attention and MLP) with the ops each component computes")
     args = p.parse_args()
+    if args.components:
+        for name in args.components:
+            layers_table(name)
+        return
     print(HEADER)
     for name, e in sorted(LIBRARY.items()):
         print(row(name, e.builder, e.vocab, e.max_seq_len), flush=True)

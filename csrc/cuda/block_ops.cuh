@@ -9,79 +9,134 @@ namespace {
 
 // ------------------------------------------------------------------------------------------ block helpers
 
-// Y[t, j] (+)= bias[j] + sum over rows r of X[t, r] * W[r, j], for t < T, j < ncols. rows == null means
-// every row in [0, nrows). X and Y are scratch (shared or global), W is a read-only weight matrix with
-// leading dimension ldw, already offset to its first column. Ends with a barrier.
-__device__ void mm(const Grp& g, const float* X, int ldx, int T, const float* __restrict__ W, int ldw, int ncols,
+// Warp mode's row skipping: lists in g.idx, in increasing order, the indices r into `rows` (row i = rows[r],
+// or r when rows is null) where X[t, i] is non-zero at some position t of the tile of tn positions at x0;
+// returns their count.
+// Compiled residual streams are nearly one-hot, so most rows are zero at every position of a tile. Ends
+// with a barrier.
+__device__ int list_rows(const Grp& g, const float* x0, int ldx, int tn, const int* __restrict__ rows, int nrows) {
+  int cnt = 0;
+  for (int r0 = 0; r0 < nrows; r0 += 32) {  // the same trip count on every lane
+#ifdef RASP_CUDA_EMULATE_HOST
+    for (int k = 0; k < 32 && r0 + k < nrows; ++k) {  // emulated warp groups are one thread
+      const int i = rows ? rows[r0 + k] : r0 + k;
+      bool nz = false;
+      for (int u = 0; u < tn; ++u) nz = nz || x0[static_cast<size_t>(u) * ldx + i] != 0.0f;
+      if (nz) g.idx[cnt++] = r0 + k;
+    }
+#else
+    const int r = r0 + g.tid;
+    int i = 0;
+    bool nz = false;
+    if (r < nrows) {
+      i = rows ? __ldg(rows + r) : r;
+      for (int u = 0; u < tn; ++u) nz = nz || x0[static_cast<size_t>(u) * ldx + i] != 0.0f;
+    }
+    const unsigned mask = __ballot_sync(0xffffffffu, nz);
+    if (nz) g.idx[cnt + __popc(mask & ((1u << g.tid) - 1u))] = r;
+    cnt += __popc(mask);
+#endif
+  }
+  g.sync();
+  return cnt;
+}
+
+// Y[t, j] (+)= bias[j] for t < T, j < ncols, the start of every product (bias null: 0, or Y unchanged).
+__device__ inline float start_value(const float* Y, int ldy, int t, int j, const float* __restrict__ bias,
+                                    bool accumulate) {
+  float s = accumulate ? Y[t * ldy + j] : 0.0f;
+  if (bias) s = accumulate ? s + __ldg(bias + j) : __ldg(bias + j);
+  return s;
+}
+
+// The product over a CSR matrix: each position's rows with a non-zero input add their non-zero weights to
+// Y, row after row in increasing order (the dense loop's order, less its exact zeros: the same sums). Threads
+// form teams of up to 32 (warp mode: the group) that take positions in turn; a team's lanes split a row's
+// entries (distinct columns) and meet between rows. Warp mode with a row list scans only its listed rows.
+__device__ void mm_sparse(const Grp& g, const float* X, int ldx, int T, const MatDev& W, int c0, int ncols,
+                          const int* __restrict__ rows, int nrows, const float* __restrict__ bias, float* Y, int ldy,
+                          bool accumulate, bool listed) {
+  const int team_n = g.n < 32 ? g.n : 32;
+  const int lane = g.tid % team_n, team = g.tid / team_n, n_teams = g.n / team_n;
+  auto team_sync = [&] {
+#ifndef RASP_CUDA_EMULATE_HOST
+    if (n_teams > 1) {
+      __syncwarp();
+      return;
+    }
+#endif
+    g.sync();  // one team: the group (the emulation's groups are at most 4 threads: always one team)
+  };
+  const int tile = listed ? 8 : 1;  // positions per row list (warp mode), else per team turn
+  for (int t0 = team * tile; t0 < T; t0 += n_teams * tile) {
+    const int tn = T - t0 < tile ? T - t0 : tile;
+    const float* x0 = X + static_cast<size_t>(t0) * ldx;
+    int n = nrows;
+    if (listed) n = list_rows(g, x0, ldx, tn, rows, nrows);  // warp mode: one team
+    for (int u = 0; u < tn; ++u) {
+      const int t = t0 + u;
+      const float* xt = X + static_cast<size_t>(t) * ldx;
+      float* yt = Y + static_cast<size_t>(t) * ldy;
+      for (int j = lane; j < ncols; j += team_n) yt[j] = start_value(Y, ldy, t, j, bias, accumulate);
+      team_sync();
+      for (int q = 0; q < n; ++q) {
+        const int r = listed ? g.idx[q] : q;
+        const int i = rows ? __ldg(rows + r) : r;
+        const float xi = xt[i];
+        if (xi == 0.0f) continue;  // the same on every lane of the team
+        for (int k = __ldg(W.ptr + i) + lane, k1 = __ldg(W.ptr + i + 1); k < k1; k += team_n) {
+          const int j = __ldg(W.col + k) - c0;
+          if (j >= 0 && j < ncols) yt[j] += xi * __ldg(W.val + k);
+        }
+        team_sync();
+      }
+    }
+    if (listed) g.sync();  // every lane is done with the list before the next tile rewrites it
+  }
+  g.sync();
+}
+
+// Y[t, j] (+)= bias[j] + sum over rows r of X[t, r] * W[r, c0 + j], for t < T, j < ncols. rows == null means
+// every row in [0, nrows). X and Y are scratch (shared or global), W a read-only weight matrix (dense or
+// CSR). Ends with a barrier.
+__device__ void mm(const Grp& g, const float* X, int ldx, int T, const MatDev& mat, int c0, int ncols,
                    const int* __restrict__ rows, int nrows, const float* __restrict__ bias, float* Y, int ldy,
                    bool accumulate, bool resid_in = false) {
+  // By default only matmuls reading the residual stream (resid_in: the sparsest inputs) list rows; attention
+  // z and MLP hidden rows are denser, and listing them cost more than it saved on shuffle_dyck2 (H200, run 3).
+  // Lists shorter than kSkipMin rows are not worth the extra pass.
+  constexpr int kSkipMin = 16;
+  const bool skip = g.warp && g.idx != nullptr && nrows >= kSkipMin && (resid_in || g.skip_all);
+  if (!mat.w) {
+    mm_sparse(g, X, ldx, T, mat, c0, ncols, rows, nrows, bias, Y, ldy, accumulate, skip);
+    return;
+  }
+  // Dense rows: row rows[r] of the matrix is row base + r of the array (uploaded matrices keep only their
+  // non-zero rows, and `rows` points into their list; the plan's projections are whole: rows null, base 0).
+  const float* __restrict__ W = mat.w + c0;
+  const int ldw = mat.ld;
+  const int base = rows && mat.rows ? static_cast<int>(rows - mat.rows) : 0;
   if (g.warp) {
     // Warp mode: a lane owns columns and keeps kTile positions in registers, so that each weight and row
     // index is loaded once per kTile positions (not once per position) and kTile independent sums give
     // the lane instruction-level parallelism. Same terms in the same order as below: same results.
+    // With row skipping the loop runs over the listed rows only: the skipped terms are exact zeros.
     constexpr int kTile = 8;
-    // Row skipping: compiled residual streams are nearly one-hot, so most rows i have X[t, i] == 0 at
-    // every position of a tile. The warp first lists the rows where some position is nonzero (a ballot
-    // per 32 rows), then runs the same loop over that list only: the skipped terms are exact zeros, so the
-    // sums are unchanged. Lists shorter than kSkipMin rows are not worth the extra pass. By default only
-    // matmuls reading the residual stream (resid_in: the sparsest inputs) skip; attention z and MLP hidden
-    // rows are denser, and listing them cost more than it saved on shuffle_dyck2 (H200, run 3).
-    constexpr int kSkipMin = 16;
-    const bool skip = g.idx != nullptr && nrows >= kSkipMin && (resid_in || g.skip_all);
-    const int* rows_all = rows;
-    const int nrows_all = nrows;
     for (int t0 = 0; t0 < T; t0 += kTile) {
       const int tn = T - t0 < kTile ? T - t0 : kTile;
       const float* x0 = X + static_cast<size_t>(t0) * ldx;
-      if (skip) {
-        int cnt = 0;
-        for (int r0 = 0; r0 < nrows_all; r0 += 32) {  // the same trip count on every lane
-#ifdef RASP_CUDA_EMULATE_HOST
-          for (int k = 0; k < 32 && r0 + k < nrows_all; ++k) {  // emulated warp groups are one thread
-            const int i = rows_all ? rows_all[r0 + k] : r0 + k;
-            bool nz = false;
-            for (int u = 0; u < tn; ++u) nz = nz || x0[static_cast<size_t>(u) * ldx + i] != 0.0f;
-            if (nz) g.idx[cnt++] = i;
-          }
-#else
-          const int r = r0 + g.tid;
-          int i = 0;
-          bool nz = false;
-          if (r < nrows_all) {
-            i = rows_all ? __ldg(rows_all + r) : r;
-            for (int u = 0; u < tn; ++u) nz = nz || x0[static_cast<size_t>(u) * ldx + i] != 0.0f;
-          }
-          const unsigned mask = __ballot_sync(0xffffffffu, nz);
-          if (nz) g.idx[cnt + __popc(mask & ((1u << g.tid) - 1u))] = i;
-          cnt += __popc(mask);
-#endif
-        }
-        g.sync();
-        rows = g.idx;
-        nrows = cnt;
-      }
+      const int n = skip ? list_rows(g, x0, ldx, tn, rows, nrows) : nrows;
       for (int j = g.tid; j < ncols; j += g.n) {
-        const float b = bias ? __ldg(bias + j) : 0.0f;
         float s[kTile];
         RASP_UNROLL
-        for (int u = 0; u < kTile; ++u) {  // slots past the last position repeat it; their sums are dropped
-          const int t = t0 + (u < tn ? u : tn - 1);
-          s[u] = accumulate ? Y[t * ldy + j] : 0.0f;
-          if (bias) s[u] = accumulate ? s[u] + b : b;
-        }
-        if (rows) {
-          for (int r = 0; r < nrows; ++r) {
-            const int i = skip ? rows[r] : __ldg(rows + r);  // the skip list is in shared memory: no __ldg
-            const float w = __ldg(W + static_cast<size_t>(i) * ldw + j);
-            RASP_UNROLL
-            for (int u = 0; u < kTile; ++u) s[u] += x0[static_cast<size_t>(u < tn ? u : tn - 1) * ldx + i] * w;
-          }
-        } else {
-          for (int i = 0; i < nrows; ++i) {
-            const float w = __ldg(W + static_cast<size_t>(i) * ldw + j);
-            RASP_UNROLL
-            for (int u = 0; u < kTile; ++u) s[u] += x0[static_cast<size_t>(u < tn ? u : tn - 1) * ldx + i] * w;
-          }
+        for (int u = 0; u < kTile; ++u)  // slots past the last position repeat it; their sums are dropped
+          s[u] = start_value(Y, ldy, t0 + (u < tn ? u : tn - 1), j, bias, accumulate);
+        for (int q = 0; q < n; ++q) {
+          const int r = skip ? g.idx[q] : q;  // the list is in shared memory: no __ldg
+          const int i = rows ? __ldg(rows + r) : r;
+          const float w = __ldg(W + static_cast<size_t>(base + r) * ldw + j);
+          RASP_UNROLL
+          for (int u = 0; u < kTile; ++u) s[u] += x0[static_cast<size_t>(u < tn ? u : tn - 1) * ldx + i] * w;
         }
         RASP_UNROLL
         for (int u = 0; u < kTile; ++u)
@@ -95,20 +150,20 @@ __device__ void mm(const Grp& g, const float* X, int ldx, int T, const float* __
   const int n = T * ncols;
   for (int idx = g.tid; idx < n; idx += g.n) {
     const int t = idx / ncols, j = idx - t * ncols;
-    float s = accumulate ? Y[t * ldy + j] : 0.0f;
-    if (bias) s = accumulate ? s + __ldg(bias + j) : __ldg(bias + j);
+    float s = start_value(Y, ldy, t, j, bias, accumulate);
     const float* xt = X + static_cast<size_t>(t) * ldx;
-    if (rows) {
-      for (int r = 0; r < nrows; ++r) {
-        const int i = __ldg(rows + r);
-        s += xt[i] * __ldg(W + static_cast<size_t>(i) * ldw + j);
-      }
-    } else {
-      for (int i = 0; i < nrows; ++i) s += xt[i] * __ldg(W + static_cast<size_t>(i) * ldw + j);
+    for (int r = 0; r < nrows; ++r) {
+      const int i = rows ? __ldg(rows + r) : r;
+      s += xt[i] * __ldg(W + static_cast<size_t>(base + r) * ldw + j);
     }
     Y[t * ldy + j] = s;
   }
   g.sync();
+}
+
+// A dense [rows, ld] matrix (the plan's projection matrices).
+__device__ inline MatDev dense_mat(const float* w, int ld) {
+  return MatDev{w, ld, nullptr, 0, nullptr, nullptr, nullptr};
 }
 
 __device__ void copy_block(const Grp& g, float* dst, const float* src, int n) {
@@ -192,7 +247,7 @@ __device__ void add_proj_diff(const Grp& g, const PlanDev& pl, int p, int D, int
     for (int i = g.tid; i < TD; i += g.n) diff[i] = src[i] - cur[i];
     g.sync();
     const float* P = pl.mat + static_cast<size_t>(p - pl.n_diag) * D * D;
-    mm(g, diff, D, TD / D, P, D, D, nullptr, D, nullptr, dst, D, true);
+    mm(g, diff, D, TD / D, dense_mat(P, D), 0, D, nullptr, D, nullptr, dst, D, true);
   }
   g.sync();
 }
@@ -208,7 +263,7 @@ __device__ void node_patch(const Grp& g, const PlanDev& pl, int p, int D, int TD
     for (int i = g.tid; i < TD; i += g.n) diff[i] = src[i] - v[i];
     g.sync();
     const float* P = pl.mat + static_cast<size_t>(p - pl.n_diag) * D * D;
-    mm(g, diff, D, TD / D, P, D, D, nullptr, D, nullptr, v, D, true);
+    mm(g, diff, D, TD / D, dense_mat(P, D), 0, D, nullptr, D, nullptr, v, D, true);
   }
   g.sync();
 }

@@ -31,7 +31,8 @@ struct DeviceState;  // device buffers and launch settings (defined in engine.cu
 // Every method throws std::runtime_error on a CUDA error and std::invalid_argument on bad input.
 class CudaEngine {
  public:
-  // Uploads the model (dense matrices plus the lists of their nonzero rows) to `device`.
+  // Uploads the model to `device`: each matrix as its dense non-zero rows, or as CSR where it is mostly zero
+  // even within those rows (RASP_CUDA_SPARSE=auto|0|1), with the list of its non-zero rows.
   CudaEngine(const Model& m, int device);
   ~CudaEngine();
   CudaEngine(const CudaEngine&) = delete;
@@ -59,6 +60,8 @@ class CudaEngine {
   int block_threads() const;
   int device() const;
   std::string device_name() const;
+  size_t weight_bytes() const;  // device memory of the uploaded weights and their index arrays
+  int csr_matrices() const;     // matrices uploaded as CSR
 
  private:
   std::unique_ptr<DeviceState> st_;

@@ -103,6 +103,8 @@ class CudaEngineCore {
     py::dict s = bind::model_stats(model_, d_);
     s["device"] = eng_->device_name();
     s["block_threads"] = eng_->block_threads();
+    s["weight_bytes"] = eng_->weight_bytes();
+    s["csr_matrices"] = eng_->csr_matrices();
     return s;
   }
 

@@ -49,12 +49,23 @@ enum RecKind {
 
 // ------------------------------------------------------------------------------------------ device data
 
+// A weight matrix as the kernel reads it: the list of its non-zero rows, and either those rows dense (w:
+// row rows[r] at w + r * ld) or, for a matrix mostly zero even within them, its CSR form only (w null).
+// Device memory follows the non-zeros either way (engine.cu's sparse_form decides; RASP_CUDA_SPARSE=0|1
+// forces one form).
+struct MatDev {
+  const float* w;
+  int ld;
+  const int* rows;  // rows with a non-zero, increasing; null: every row in [0, n_rows)
+  int n_rows;
+  const int *ptr, *col;  // CSR (sparse only): row i's entries are [ptr[i], ptr[i+1]), columns increasing
+  const float* val;
+};
+
 struct LayerDev {
-  const float *qkv, *bqkv, *wo, *bo, *win, *bin, *wout, *bout;  // qkv [D, 3HE], wo [HE, D], win [D, M], ...
-  const int *qkv_rows, *wo_rows, *win_rows, *wout_rows;           // nonzero rows of each matrix
-  int n_qkv_rows, n_wo_rows, n_win_rows, n_wout_rows;
-  const int* wo_head_rows;  // per head: nonzero rows of W_O inside [h*E, (h+1)*E), concatenated
-  const int* wo_head_off;   // [H + 1]
+  MatDev qkv, wo, win, wout;  // qkv [D, 3HE], wo [HE, D] (all heads stacked), win [D, M], wout [M, D]
+  const float *bqkv, *bo, *bin, *bout;
+  const int* wo_head_off;   // [H + 1]: head h's rows of W_O are wo.rows[wo_head_off[h] .. wo_head_off[h + 1])
   const unsigned char* active;  // per head: W_O[h] has a nonzero
   int any_active;
   const int* qk_cols;            // per head: d_head columns where q and k can both be non-zero, concatenated
@@ -64,9 +75,8 @@ struct LayerDev {
 
 struct ModelDev {
   int L, D, H, E, M, V, Vin, n_ctx, pad, causal;
-  const float *w_e, *w_pos, *w_u, *b_u;
-  const int* u_rows;
-  int n_u_rows;
+  const float *w_e, *w_pos, *b_u;
+  MatDev u;                // W_U [D, V]
   const LayerDev* layers;  // [L] in device memory
 };
 

@@ -2,8 +2,9 @@
 // items in a grid-stride loop and keeps the residual stream and every intermediate of one sequence
 // in shared memory (or, for models too large for it, in a per-block global workspace: the code is
 // the same, only the scratch pointer differs). Weights stay in global memory, read through the
-// read-only cache; each matrix carries the list of its nonzero rows, so the mostly-zero compiled
-// weights cost only their nonzero rows. Semantics follow engine/cpu_forward.cpp exactly.
+// read-only cache; each matrix carries the list of its nonzero rows and holds only those rows (dense), or
+// only its non-zero entries (CSR, for large matrices mostly zero even within those rows: sparse_form), so
+// memory and work follow the non-zeros. Semantics follow engine/cpu_forward.cpp exactly.
 // Two ways to map items to threads (DeviceState::launch picks per launch; RASP_CUDA_KERNEL=old|new|auto):
 // block mode, the whole block on one item (lowest latency: small batches), and warp mode, one warp per
 // item and threads/32 items per block with warp-level barriers only, register-tiled matmuls and a
@@ -59,6 +60,56 @@ struct DevBuf {
   }
 };
 
+// A weight matrix on its way to the device: its non-zero rows and CSR arrays (from the engine's SparseMat).
+struct HostMat {
+  int rows = 0, cols = 0;
+  std::vector<int32_t> nz_rows, ptr{0}, col;
+  std::vector<float> val;
+
+  // [nz_rows.size(), cols]: the non-zero rows only, in order (the kernel indexes them through the row list)
+  std::vector<float> dense_rows() const {
+    std::vector<float> w(nz_rows.size() * cols, 0.0f);
+    for (size_t r = 0; r < nz_rows.size(); ++r)
+      for (int k = ptr[nz_rows[r]]; k < ptr[nz_rows[r] + 1]; ++k) w[r * cols + col[k]] = val[k];
+    return w;
+  }
+};
+
+HostMat host_mat(const SparseMat& m) {
+  HostMat h;
+  h.rows = m.rows;
+  h.cols = m.cols;
+  h.nz_rows = m.nz_rows;
+  h.ptr = m.row_ptr;
+  h.col = m.col;
+  h.val = m.val;
+  return h;
+}
+
+// Row blocks stacked: parts[p]'s row r is row p * parts[p].rows + r (every part has the same shape).
+HostMat stack_rows(const std::vector<SparseMat>& parts) {
+  HostMat h;
+  h.cols = parts.empty() ? 0 : parts[0].cols;
+  for (const SparseMat& m : parts) {
+    for (int32_t r : m.nz_rows) h.nz_rows.push_back(h.rows + r);
+    for (int i = 0; i < m.rows; ++i) h.ptr.push_back(h.ptr.back() + m.row_ptr[i + 1] - m.row_ptr[i]);
+    h.col.insert(h.col.end(), m.col.begin(), m.col.end());
+    h.val.insert(h.val.end(), m.val.begin(), m.val.end());
+    h.rows += m.rows;
+  }
+  return h;
+}
+
+// CSR where dense rows would cost far more than their entries: matrices under 1 in 16 non-zero within their
+// non-zero rows and with at least 2^16 entries in those rows (large compiled models: sort at vocab 50 x
+// length 50 has 3.1M non-zeros in 122M weights), and empty ones. Small matrices keep the dense rows whose
+// register-tiled loop was tuned on an H200. mode 0 or 1 (RASP_CUDA_SPARSE) forces dense rows or CSR.
+bool sparse_form(const HostMat& m, int mode) {
+  if (mode >= 0) return mode == 1;
+  const int64_t dense = static_cast<int64_t>(m.nz_rows.size()) * m.cols;
+  return dense == 0 || (static_cast<int64_t>(m.val.size()) * 16 <= dense && dense >= (int64_t{1} << 16));
+}
+
 class DeviceGuard {
  public:
   explicit DeviceGuard(int dev) {
@@ -98,6 +149,8 @@ struct DeviceState {
   int kernel_mode = 0;  // RASP_CUDA_KERNEL: 0 auto, 1 block ("old"), 2 warp ("new")
   bool threads_set = false;  // set_block_threads was called: warp mode uses `threads` too
   int xskip = 1;  // RASP_CUDA_XSKIP: warp-mode matmuls skip all-zero input rows: 0 no, 1 residual inputs, 2 all
+  int sparse_mode = -1;  // RASP_CUDA_SPARSE: -1 auto (per matrix, see sparse_form), 0 dense rows, 1 CSR
+  int csr_matrices = 0;  // how many were uploaded as CSR
 
   // Threads per block in warp mode: the set size, else 256 (8 warps: measured a little faster than 128 on
   // an H200, run 2), halved back to 128 where 8 groups' scratch would not fit in shared memory.
@@ -292,6 +345,12 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     if (v == "0" || v == "1" || v == "2") st.xskip = v[0] - '0';
     else if (!v.empty()) throw std::invalid_argument("RASP_CUDA_XSKIP must be 0, 1 or 2, not '" + v + "'");
   }
+  if (const char* sp = std::getenv("RASP_CUDA_SPARSE")) {
+    const std::string v(sp);
+    if (v == "0" || v == "1") st.sparse_mode = v[0] - '0';
+    else if (!v.empty() && v != "auto")
+      throw std::invalid_argument("RASP_CUDA_SPARSE must be auto, 0 (dense rows) or 1 (CSR), not '" + v + "'");
+  }
   st.dims = m.dims;
   const ModelDims& d = m.dims;
   const int D = d.d_model, H = d.n_heads, E = d.d_head, L = d.n_layers;
@@ -310,49 +369,58 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     ints.insert(ints.end(), v.begin(), v.end());
     return off;
   };
+  // Each matrix: its row list, and its dense rows or its CSR arrays.
+  struct MatOff {
+    bool sparse;
+    int ld, n_rows;
+    size_t w, rows, ptr, col, val;
+  };
+  auto put_mat = [&](const HostMat& hm) {
+    MatOff o{};
+    o.sparse = sparse_form(hm, st.sparse_mode);
+    st.csr_matrices += o.sparse ? 1 : 0;
+    o.ld = hm.cols;
+    o.n_rows = static_cast<int>(hm.nz_rows.size());
+    o.rows = put_i(hm.nz_rows);
+    if (o.sparse) {
+      o.ptr = put_i(hm.ptr);
+      o.col = put_i(hm.col);
+      o.val = put_f(hm.val.data(), hm.val.size());
+    } else {
+      const std::vector<float> dense = hm.dense_rows();
+      o.w = put_f(dense.data(), dense.size());
+    }
+    return o;
+  };
   struct LayerOff {
-    size_t qkv, bqkv, wo, bo, win, bin, wout, bout, qkv_rows, wo_rows, win_rows, wout_rows, head_rows, head_off,
-        active, qk_cols, qk_off, v_live;
-    int n_qkv, n_wo, n_win, n_wout, any;
+    MatOff qkv, wo, win, wout;
+    size_t bqkv, bo, bin, bout, head_off, active, qk_cols, qk_off, v_live;
+    int any;
   };
   const size_t o_we = put_f(m.w_e.data(), m.w_e.size());
   const size_t o_wpos = put_f(m.w_pos.data(), m.w_pos.size());
-  const size_t o_wu = put_f(m.w_u.to_dense().data(), static_cast<size_t>(m.w_u.rows) * m.w_u.cols);
+  const MatOff o_u = put_mat(host_mat(m.w_u));
   const size_t o_bu = put_f(m.b_u.data(), m.b_u.size());
-  const size_t o_urows = put_i(m.w_u.nz_rows);
   std::vector<LayerOff> lo(L);
   for (int l = 0; l < L; ++l) {
     const LayerWeights& W = m.layers[l];
     LayerOff& o = lo[l];
-    o.qkv = put_f(W.qkv.to_dense().data(), static_cast<size_t>(W.qkv.rows) * W.qkv.cols);
+    o.qkv = put_mat(host_mat(W.qkv));
     o.bqkv = put_f(W.bqkv.data(), W.bqkv.size());
-    // W_O of all heads stacked: [H*E, D]
-    std::vector<float> wo(static_cast<size_t>(H) * E * D);
-    std::vector<int32_t> wo_rows, head_rows, head_off{0};
+    o.wo = put_mat(stack_rows(W.wo));  // W_O of all heads stacked: [H*E, D]
+    std::vector<int32_t> head_off{0};  // head h's rows are entries [head_off[h], head_off[h + 1]) of the list
     std::vector<int32_t> active;
     int any = 0;
     for (int h = 0; h < H; ++h) {
-      const std::vector<float> dense = W.wo[h].to_dense();
-      std::copy(dense.begin(), dense.end(), wo.begin() + static_cast<size_t>(h) * E * D);
-      for (int32_t r : W.wo[h].nz_rows) {
-        wo_rows.push_back(h * E + r);
-        head_rows.push_back(h * E + r);
-      }
-      head_off.push_back(static_cast<int32_t>(head_rows.size()));
+      head_off.push_back(head_off.back() + static_cast<int32_t>(W.wo[h].nz_rows.size()));
       active.push_back(W.head_active[h]);
       any |= W.head_active[h];
     }
-    o.wo = put_f(wo.data(), wo.size());
     o.bo = put_f(W.b_o.data(), W.b_o.size());
-    o.win = put_f(W.w_in.to_dense().data(), static_cast<size_t>(W.w_in.rows) * W.w_in.cols);
+    o.win = put_mat(host_mat(W.w_in));
     o.bin = put_f(W.b_in.data(), W.b_in.size());
-    o.wout = put_f(W.w_out.to_dense().data(), static_cast<size_t>(W.w_out.rows) * W.w_out.cols);
+    o.wout = put_mat(host_mat(W.w_out));
     o.bout = put_f(W.b_out.data(), W.b_out.size());
-    o.qkv_rows = put_i(W.qkv.nz_rows);
-    o.wo_rows = put_i(wo_rows);
-    o.win_rows = put_i(W.w_in.nz_rows);
-    o.wout_rows = put_i(W.w_out.nz_rows);
-    o.head_rows = put_i(head_rows);
     o.head_off = put_i(head_off);
     // Per head (model.h's HeadColumns): the d_head columns scores sum over, and where z can be non-zero.
     std::vector<int32_t> qk_cols, qk_off{0};
@@ -372,35 +440,26 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     std::vector<int32_t> packed((H + 3) / 4 + 1, 0);
     for (int h = 0; h < H; ++h) packed[h / 4] |= (active[h] ? 1 : 0) << (8 * (h % 4));
     o.active = put_i(packed);
-    o.n_qkv = static_cast<int>(W.qkv.nz_rows.size());
-    o.n_wo = static_cast<int>(wo_rows.size());
-    o.n_win = static_cast<int>(W.w_in.nz_rows.size());
-    o.n_wout = static_cast<int>(W.w_out.nz_rows.size());
     o.any = any;
   }
   const float* fw = st.weights.upload(f);
   const int* iw = st.ints.upload(ints);
+  auto mat_dev = [&](const MatOff& o) {
+    return o.sparse ? MatDev{nullptr, o.ld, iw + o.rows, o.n_rows, iw + o.ptr, iw + o.col, fw + o.val}
+                    : MatDev{fw + o.w, o.ld, iw + o.rows, o.n_rows, nullptr, nullptr, nullptr};
+  };
   std::vector<LayerDev> ld(L);
   for (int l = 0; l < L; ++l) {
     const LayerOff& o = lo[l];
     LayerDev& x = ld[l];
-    x.qkv = fw + o.qkv;
+    x.qkv = mat_dev(o.qkv);
+    x.wo = mat_dev(o.wo);
+    x.win = mat_dev(o.win);
+    x.wout = mat_dev(o.wout);
     x.bqkv = fw + o.bqkv;
-    x.wo = fw + o.wo;
     x.bo = fw + o.bo;
-    x.win = fw + o.win;
     x.bin = fw + o.bin;
-    x.wout = fw + o.wout;
     x.bout = fw + o.bout;
-    x.qkv_rows = iw + o.qkv_rows;
-    x.wo_rows = iw + o.wo_rows;
-    x.win_rows = iw + o.win_rows;
-    x.wout_rows = iw + o.wout_rows;
-    x.n_qkv_rows = o.n_qkv;
-    x.n_wo_rows = o.n_wo;
-    x.n_win_rows = o.n_win;
-    x.n_wout_rows = o.n_wout;
-    x.wo_head_rows = iw + o.head_rows;
     x.wo_head_off = iw + o.head_off;
     x.active = reinterpret_cast<const unsigned char*>(iw + o.active);
     x.qk_cols = iw + o.qk_cols;
@@ -421,10 +480,8 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
   md.causal = d.causal ? 1 : 0;
   md.w_e = fw + o_we;
   md.w_pos = fw + o_wpos;
-  md.w_u = fw + o_wu;
+  md.u = mat_dev(o_u);
   md.b_u = fw + o_bu;
-  md.u_rows = iw + o_urows;
-  md.n_u_rows = static_cast<int>(m.w_u.nz_rows.size());
   md.layers = st.layers.upload(ld);
   st.err.ensure(sizeof(int));
 }
@@ -446,6 +503,8 @@ void CudaEngine::set_block_threads(int n) {
 }
 int CudaEngine::block_threads() const { return st_->threads; }
 int CudaEngine::device() const { return st_->device; }
+size_t CudaEngine::weight_bytes() const { return st_->weights.bytes + st_->ints.bytes + st_->layers.bytes; }
+int CudaEngine::csr_matrices() const { return st_->csr_matrices; }
 std::string CudaEngine::device_name() const {
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, st_->device) != cudaSuccess) return {};

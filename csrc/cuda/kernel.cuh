@@ -169,8 +169,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
       const bool rec_attn = rl && (rec(l, kRecQ) || rec(l, kRecK) || rec(l, kRecV) || rec(l, kRecZ) ||
                                    rec(l, kRecScores) || rec(l, kRecPattern) || rec(l, kRecResult));
       if (Ld.any_active || rec_attn) {
-        mm(g, x, D, T, Ld.qkv, 3 * HE, 3 * HE, Ld.qkv_rows, Ld.n_qkv_rows, Ld.bqkv, qkv, 3 * HE, false,
-           true);
+        mm(g, x, D, T, Ld.qkv, 0, 3 * HE, Ld.qkv.rows, Ld.qkv.n_rows, Ld.bqkv, qkv, 3 * HE, false, true);
         if (patched) {
           for (int h = 0; h < H; ++h) {
             if (!Ld.active[h]) continue;  // an inactive head's output is 0 whatever its inputs
@@ -178,8 +177,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
             for (int mi = 0; mi < 3; ++mi) {
               if (!edge_delta(reader, mi, inb)) continue;
               const int c0 = (mi * H + h) * E;
-              mm(g, inb, D, T, Ld.qkv + c0, 3 * HE, E, Ld.qkv_rows, Ld.n_qkv_rows, nullptr, qkv + c0, 3 * HE, true,
-                 true);
+              mm(g, inb, D, T, Ld.qkv, c0, E, Ld.qkv.rows, Ld.qkv.n_rows, nullptr, qkv + c0, 3 * HE, true, true);
             }
           }
         }
@@ -208,13 +206,13 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
           rec_result || p.cache.writer || (patched && pl.head_per[static_cast<size_t>(s) * m.L + l]);
       if (!per_head) {
         // attn_out = b_O + z @ W_O (all heads at once); rows of inactive heads are not in the list
-        mm(g, z, HE, T, Ld.wo, D, D, Ld.wo_rows, Ld.n_wo_rows, Ld.bo, acc, D, false);
+        mm(g, z, HE, T, Ld.wo, 0, D, Ld.wo.rows, Ld.wo.n_rows, Ld.bo, acc, D, false);
       } else {
         for (int i = g.tid; i < TD; i += g.n) acc[i] = __ldg(Ld.bo + i % D);
         for (int h = 0; h < H; ++h) {
           const int r0 = Ld.wo_head_off[h], r1 = Ld.wo_head_off[h + 1];
-          // rows are global row indices of W_O [HE, D]; X = z with the same column indexing
-          mm(g, z, HE, T, Ld.wo, D, D, Ld.wo_head_rows + r0, r1 - r0, nullptr, res, D, false);
+          // the head's slice of W_O's row list (global rows of [HE, D]); X = z with the same column indexing
+          mm(g, z, HE, T, Ld.wo, 0, D, Ld.wo.rows + r0, r1 - r0, nullptr, res, D, false);
           finish_writer(2 + l * (H + 1) + h, res);
           if (rec_result)
             for (int i = g.tid; i < TD; i += g.n) {
@@ -237,14 +235,14 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
         in = inb;
       }
       float* hid = work;
-      mm(g, in, D, T, Ld.win, M, M, Ld.win_rows, Ld.n_win_rows, Ld.bin, hid, M, false, true);
+      mm(g, in, D, T, Ld.win, 0, M, Ld.win.rows, Ld.win.n_rows, Ld.bin, hid, M, false, true);
       const size_t bTM = static_cast<size_t>(b) * T * M;
       if (float* r = rec(l, kRecMlpPre)) copy_block(g, r + bTM, hid, T * M);
       g.sync();
       for (int i = g.tid; i < T * M; i += g.n) hid[i] = hid[i] > 0.0f ? hid[i] : 0.0f;
       g.sync();
       if (float* r = rec(l, kRecMlpPost)) copy_block(g, r + bTM, hid, T * M);
-      mm(g, hid, M, T, Ld.wout, D, D, Ld.wout_rows, Ld.n_wout_rows, Ld.bout, acc, D, false);
+      mm(g, hid, M, T, Ld.wout, 0, D, Ld.wout.rows, Ld.wout.n_rows, Ld.bout, acc, D, false);
       finish_writer(2 + l * (H + 1) + H, acc);
       if (float* r = rec(l, kRecMlpOut)) copy_block(g, r + bTD, acc, TD);
       for (int i = g.tid; i < TD; i += g.n) x[i] += acc[i];
@@ -260,7 +258,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) engine_kernel(Params 
       fin = inb;
     }
     float* logits = work;
-    mm(g, fin, D, T, m.w_u, V, V, m.u_rows, m.n_u_rows, m.b_u, logits, V, false, true);
+    mm(g, fin, D, T, m.u, 0, V, m.u.rows, m.u.n_rows, m.b_u, logits, V, false, true);
     const int TV = T * V;
     if (p.out) copy_block(g, p.out + static_cast<size_t>(b) * TV, logits, TV);
     if (p.cache.out) copy_block(g, p.cache.out + static_cast<size_t>(b) * TV, logits, TV);

@@ -147,7 +147,8 @@ class Engine:
         return w
 
     def stats(self) -> dict[str, Any]:
-        """Sparsity of the loaded weights (nonzeros vs entries), active heads, component counts."""
+        """Sparsity of the loaded weights (nonzeros vs entries), active heads, component counts; on CUDA
+        also the device memory of the weights (`weight_bytes`) and how many matrices went up as CSR."""
         return dict(self._core.stats())
 
     # ------------------------------------------------------------------------------------ inputs

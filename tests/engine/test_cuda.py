@@ -306,3 +306,74 @@ def test_bad_row_skipping_setting_is_rejected(monkeypatch) -> None:
     monkeypatch.setenv("RASP_CUDA_XSKIP", "yes")
     with pytest.raises((EngineError, ValueError), match="RASP_CUDA_XSKIP"):
         Engine(compiled("sort"), device="cuda")
+
+
+# Each weight matrix is uploaded as dense rows or, when mostly zero within its non-zero rows, as CSR only
+# (RASP_CUDA_SPARSE=auto); these force each form everywhere, in both kernel modes and with warp mode's row
+# lists on and off, on models with several heads (per-head W_O rows, per-head q/k/v edge corrections).
+@pytest.mark.parametrize("sparse,mode,xskip,name", [
+    ("1", "old", "1", "sort"), ("1", "new", "1", "sort"), ("1", "new", "0", "shuffle_dyck2"),
+    ("1", "new", "2", "shuffle_dyck2"), ("1", "old", "1", "shuffle_dyck2"),
+    ("1", "new", "1", "most_frequent"),
+    ("0", "old", "1", "shuffle_dyck2"), ("0", "new", "2", "most_frequent")])
+def test_weight_forms_equal_cpu(sparse: str, mode: str, xskip: str, name: str, monkeypatch) -> None:
+    monkeypatch.setenv("RASP_CUDA_SPARSE", sparse)
+    monkeypatch.setenv("RASP_CUDA_KERNEL", mode)
+    monkeypatch.setenv("RASP_CUDA_XSKIP", xskip)
+    compare_everything(compiled(name), library_batch(name, 6, 4), library_batch(name, 6, 5), 4,
+                       f"{name} (weights sparse={sparse}, kernel {mode}, row skipping {xskip})")
+
+
+@pytest.mark.parametrize("sparse,mode", [("1", "old"), ("1", "new")])
+def test_csr_weights_random_models_long_sequences(sparse: str, mode: str, monkeypatch) -> None:
+    """CSR weights on dense random weights, pads and sequences longer than warp mode's tile of 8."""
+    monkeypatch.setenv("RASP_CUDA_SPARSE", sparse)
+    monkeypatch.setenv("RASP_CUDA_KERNEL", mode)
+    model = factory_model(6, n_layers=2, d_model=24, n_heads=2, d_head=6, d_mlp=20, max_seq_len=20,
+                          vocab=tuple(range(1, 7)), scale=0.3)
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(1, model.config.d_vocab, size=(4, 21))
+    tokens[:, 0] = 0
+    source = rng.integers(1, model.config.d_vocab, size=(4, 21))
+    source[:, 0] = 0
+    compare_everything(model, tokens, source, 6, f"T=21 (weights sparse={sparse}, kernel {mode})")
+    for seed in (0, 3):
+        rand = random_model(seed, sparse=True, pad=seed == 0)
+        compare_everything(rand, random_tokens(rand, 7, seed), random_tokens(rand, 7, seed + 50), seed,
+                           f"random model {seed} (weights sparse={sparse}, kernel {mode})")
+
+
+@pytest.mark.parametrize("mode", ["old", "new"])
+def test_large_sorting_model(mode: str, monkeypatch) -> None:
+    """sort at 20 values x 20 positions: its comparison head's W_Q/W_K are a few per cent non-zero within
+    their non-zero rows, so the automatic choice uploads them as CSR (far less device memory); outputs
+    as the CPU engine's and as dense rows', answers as the evaluator's."""
+    from rasp_compiler import rasp
+    from rasp_compiler.compiler import compiling
+    from rasp_compiler.rasp import lib
+
+    monkeypatch.setenv("RASP_CUDA_KERNEL", mode)
+    monkeypatch.setenv("RASP_CUDA_SPARSE", "auto")
+    program = lib.make_sort(rasp.tokens, rasp.tokens, max_seq_len=20, min_key=1)
+    model = compiling.compile_rasp_to_model(program, set(range(1, 21)), 20)
+    rng = np.random.default_rng(7)
+    inputs = [[int(v) for v in rng.integers(1, 21, 20)] for _ in range(40)]
+    tokens = np.array([model.encode(["BOS", *xs]) for xs in inputs])
+    gpu = Engine(model, device="cuda")
+    out = gpu.run(tokens)
+    check(out, Engine(model, threads=2).run(tokens), True, f"sort 20x20 ({mode})")
+    stats = gpu.stats()
+    assert stats["csr_matrices"] >= 1, stats
+    monkeypatch.setenv("RASP_CUDA_SPARSE", "0")
+    dense = Engine(model, device="cuda")
+    assert dense.stats()["csr_matrices"] == 0
+    assert stats["weight_bytes"] < dense.stats()["weight_bytes"] / 4, (stats, dense.stats())
+    check(dense.run(tokens), out, True, f"sort 20x20 ({mode}, dense rows)")
+    for xs, row in zip(inputs, out, strict=True):  # the answers themselves: the evaluator's
+        assert model.decode(row)[1:] == rasp.evaluate(program, xs)
+
+
+def test_bad_weight_form_setting_is_rejected(monkeypatch) -> None:
+    monkeypatch.setenv("RASP_CUDA_SPARSE", "csr")
+    with pytest.raises((EngineError, ValueError), match="RASP_CUDA_SPARSE"):
+        Engine(compiled("sort"), device="cuda")
