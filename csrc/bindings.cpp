@@ -86,7 +86,7 @@ class EngineCore {
     float* op = out.mutable_data();
     {
       py::gil_scoped_release release;
-      if (rasp::residual_records_only(rec))  // residual-stream activations: the batched forward writes them
+      if (rasp::batched_records(rec))  // all but q/k/v/z: the batched forward writes them
         rasp::forward_feature_major(model_, packed_, tp, static_cast<int>(B), static_cast<int>(T), op, threads, &rec);
       else
         rasp::forward_cpu(model_, tp, static_cast<int>(B), static_cast<int>(T), op, &rec, nullptr, threads);

@@ -157,10 +157,20 @@ struct Buffers {
 // Rows of a chunk are position-major (row t * n_seq + s is position t of sequence s), so every
 // position's activations across the chunk's sequences are contiguous.
 
+// One head's attention records ([B, H, T, T] scores and pattern, null when not wanted), already offset to
+// the chunk's first sequence and the head; a sequence's rows are `stride` floats apart.
+struct AttnRecord {
+  float *scores = nullptr, *pattern = nullptr;
+  size_t stride = 0;
+  float* row(float* base, int s, int i, int T) const {
+    return base + static_cast<size_t>(s) * stride + static_cast<size_t>(i) * T;
+  }
+};
+
 // Attention with every (query, key) pair computed across all sequences at once (vectorised over
 // sequences): the choice for heads with few q/k features.
 RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, const int32_t* tok, int pad, bool causal,
-                                      Buffers& b) {
+                                      Buffers& b, const AttnRecord& rec) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int ns = n_seq, n = n_seq * T, nqk = h.q.n_out(), nvo = h.v.n_out();
   float* S = b.scores.data();  // [T][ns]: scores, then weights, of one query against every key
@@ -181,6 +191,11 @@ RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, con
       for (int j = 0; j < keys; ++j)
         for (int s = 0; s < ns; ++s)
           if (tok[static_cast<size_t>(j) * ns + s] == pad) S[static_cast<size_t>(j) * ns + s] = neg_inf;
+    if (rec.scores)
+      for (int s = 0; s < ns; ++s) {
+        float* row = rec.row(rec.scores, s, i, T);
+        for (int j = 0; j < T; ++j) row[j] = j < keys ? S[static_cast<size_t>(j) * ns + s] : neg_inf;
+      }
     std::fill(mx, mx + ns, neg_inf);
     for (int j = 0; j < keys; ++j)
       for (int s = 0; s < ns; ++s) mx[s] = std::max(mx[s], S[static_cast<size_t>(j) * ns + s]);
@@ -224,6 +239,12 @@ RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, con
       for (int s = 0; s < ns; ++s) inv[s] += Sj[s];
     }
     for (int s = 0; s < ns; ++s) inv[s] = mx[s] == neg_inf ? 0.0f : 1.0f / inv[s];  // all masked: z = 0
+    if (rec.pattern)  // (the normalised weight, rounded as below)
+      for (int s = 0; s < ns; ++s) {
+        float* row = rec.row(rec.pattern, s, i, T);
+        for (int j = 0; j < T; ++j)
+          row[j] = j < keys && inv[s] != 0.0f ? S[static_cast<size_t>(j) * ns + s] * inv[s] : 0.0f;
+      }
     // z = sum over keys of (weight * inv) * v: the normalised weight is rounded first, as everywhere;
     // with one v column it is formed inside the mixing loop instead of in a pass of its own
     if (nvo > 1)
@@ -251,7 +272,7 @@ RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, con
 // Attention one sequence at a time, skipping zero q entries and unattended keys: the choice for heads
 // with many q/k features read through a one-hot variable (a comparison table over many values).
 RASP_VECTOR_CLONES void attend_each(const PackedHead& h, int n_seq, int T, const int32_t* tok, int pad, bool causal,
-                                    Buffers& b) {
+                                    Buffers& b, const AttnRecord& rec) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int ns = n_seq, n = n_seq * T, nqk = h.q.n_out(), nvo = h.v.n_out();
   float* S = b.scores.data();  // [T][T] of one sequence
@@ -277,6 +298,9 @@ RASP_VECTOR_CLONES void attend_each(const PackedHead& h, int n_seq, int T, const
         if ((causal && j > i) || (pad >= 0 && tok[static_cast<size_t>(j) * ns + s] == pad)) Si[j] = neg_inf;
         mx = std::max(mx, Si[j]);
       }
+      if (rec.scores) std::copy(Si, Si + T, rec.row(rec.scores, s, i, T));
+      float* pattern = rec.pattern ? rec.row(rec.pattern, s, i, T) : nullptr;
+      if (pattern) std::fill(pattern, pattern + T, 0.0f);
       int nk = 0;
       if (mx != neg_inf) {  // else every key is masked and z stays 0
         float sum = 0.0f;
@@ -288,6 +312,7 @@ RASP_VECTOR_CLONES void attend_each(const PackedHead& h, int n_seq, int T, const
         const float inv = 1.0f / sum;
         for (int j = 0; j < T; ++j) {
           const float p = Si[j] * inv;
+          if (pattern) pattern[j] = p;
           if (p == 0.0f) continue;
           keys[i * T + nk] = j;
           weights[i * T + nk] = p;
@@ -317,7 +342,8 @@ bool scores_across(int nqk, int T) {
 }
 
 // Writes a feature-major [features][n] buffer (position-major rows) into sequences s0.. of a [B, T, D]
-// record: every feature in order (cols null), or the features `cols` with zeros elsewhere.
+// record (D: the record's width): every feature in order (cols null), or the features `cols` with zeros
+// elsewhere.
 void put_record(float* rec, const float* src, const std::vector<int32_t>* cols, int64_t s0, int ns, int T, int D) {
   const int n = ns * T, n_cols = cols ? static_cast<int>(cols->size()) : D;
   float* dst = rec + static_cast<size_t>(s0) * T * D;
@@ -333,9 +359,9 @@ void put_record(float* rec, const float* src, const std::vector<int32_t>* cols, 
 RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, const int32_t* tokens, int n_seq, int T,
                                       float* out, Buffers& b, const Record* rec, int64_t s0) {
   const ModelDims& d = m.dims;
-  const int ns = n_seq, n = n_seq * T, V = d.d_vocab_out, D = d.d_model;
-  auto record = [&](float* sink, const float* src, const std::vector<int32_t>* cols) {
-    if (sink) put_record(sink, src, cols, s0, ns, T, D);
+  const int ns = n_seq, n = n_seq * T, V = d.d_vocab_out, D = d.d_model, H = d.n_heads;
+  auto record = [&](float* sink, const float* src, const std::vector<int32_t>* cols, int width = -1) {
+    if (sink) put_record(sink, src, cols, s0, ns, T, width < 0 ? D : width);
   };
   int32_t* tok = b.tok.data();
   for (int s = 0; s < ns; ++s)
@@ -371,21 +397,36 @@ RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, cons
     const LayerRecord* r = (rec && !rec->layers.empty()) ? &rec->layers[l] : nullptr;
     if (r) record(r->resid_pre, X, nullptr);
     if (r && r->attn_out && L.attn_cols.empty()) record(r->attn_out, X, &L.attn_cols);  // all zero
-    if (!L.attn_cols.empty()) {  // (b_O is added even without active heads)
+    float* result = r ? r->result : nullptr;  // [B, T, H, D]: zero but where a head writes
+    if (result) std::fill(result + s0 * T * H * D, result + (s0 + ns) * T * H * D, 0.0f);
+    const bool patterns = r && (r->scores || r->pattern);  // every head's, active or not
+    if (!L.attn_cols.empty() || patterns) {  // (b_O is added even without active heads)
       const int na = static_cast<int>(L.attn_cols.size());
       for (int u = 0; u < na; ++u)
         std::fill(b.acc.data() + static_cast<size_t>(u) * n, b.acc.data() + static_cast<size_t>(u + 1) * n, L.b_o[u]);
+      const size_t HTT = static_cast<size_t>(H) * T * T;
       for (const PackedHead& h : L.heads) {
+        if (!h.active && !patterns) continue;  // an inactive head changes nothing
         apply(h.q, X, n, b.q.data());
         apply(h.k, X, n, b.k.data());
         apply(h.v, X, n, b.v.data());
-        if (scores_across(h.q.n_out(), T)) attend_across(h, ns, T, tok, d.pad_token_id, d.causal, b);
-        else attend_each(h, ns, T, tok, d.pad_token_id, d.causal, b);
+        AttnRecord ar;
+        if (patterns) {
+          const size_t at = (s0 * H + h.head) * static_cast<size_t>(T) * T;
+          ar = AttnRecord{r->scores ? r->scores + at : nullptr, r->pattern ? r->pattern + at : nullptr, HTT};
+        }
+        if (scores_across(h.q.n_out(), T)) attend_across(h, ns, T, tok, d.pad_token_id, d.causal, b, ar);
+        else attend_each(h, ns, T, tok, d.pad_token_id, d.causal, b, ar);
         apply(h.o, b.z.data(), n, b.o.data());
         for (int c = 0; c < h.o.n_out(); ++c) {
           float* a = b.acc.data() + static_cast<size_t>(h.o.out[c]) * n;
           const float* y = b.o.data() + static_cast<size_t>(c) * n;
           for (int r = 0; r < n; ++r) a[r] += y[r];
+          if (result)
+            for (int s = 0; s < ns; ++s)
+              for (int t = 0; t < T; ++t)
+                result[(((s0 + s) * T + t) * H + h.head) * D + L.attn_cols[h.o.out[c]]] =
+                    y[static_cast<size_t>(t) * ns + s];
         }
       }
       if (r) record(r->attn_out, b.acc.data(), &L.attn_cols);
@@ -396,10 +437,14 @@ RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, cons
       }
     }
     if (r) record(r->resid_mid, X, nullptr);
-    if (L.mlp_out.n_out() > 0) {
+    if (L.mlp_out.n_out() > 0 || (r && (r->mlp_pre || r->mlp_post))) {
       apply(L.mlp_in, X, n, b.hidden.data());
+      if (r) record(r->mlp_pre, b.hidden.data(), &L.neurons, d.d_mlp);
       for (size_t i = 0, e = static_cast<size_t>(L.mlp_in.n_out()) * n; i < e; ++i)
         b.hidden[i] = b.hidden[i] > 0.0f ? b.hidden[i] : 0.0f;
+      if (r) record(r->mlp_post, b.hidden.data(), &L.neurons, d.d_mlp);
+    }
+    if (L.mlp_out.n_out() > 0) {
       apply(L.mlp_out, b.hidden.data(), n, b.mlp.data());
       if (r) record(r->mlp_out, b.mlp.data(), &L.mlp_out.out);
       for (int c = 0; c < L.mlp_out.n_out(); ++c) {
@@ -442,7 +487,6 @@ PackedModel pack_model(const Model& m) {
     std::vector<int32_t> attn_index(D, -1);
     for (size_t u = 0; u < pl.attn_cols.size(); ++u) attn_index[pl.attn_cols[u]] = static_cast<int32_t>(u);
     for (int h = 0; h < d.n_heads; ++h) {
-      if (!L.head_active[h]) continue;
       const float* bq = L.bqkv.data() + static_cast<size_t>(0 * d.n_heads + h) * E;
       const float* bk = L.bqkv.data() + static_cast<size_t>(1 * d.n_heads + h) * E;
       const float* bv = L.bqkv.data() + static_cast<size_t>(2 * d.n_heads + h) * E;
@@ -452,6 +496,7 @@ PackedModel pack_model(const Model& m) {
                             std::back_inserter(vo_cols));
       PackedHead ph;
       ph.head = h;
+      ph.active = L.head_active[h] != 0;
       ph.q = pack(L.wq[h], bq, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
       ph.k = pack(L.wk[h], bk, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
       ph.v = pack(L.wv[h], bv, vo_cols, iota(static_cast<int>(vo_cols.size())), all_rows);
@@ -467,10 +512,11 @@ PackedModel pack_model(const Model& m) {
     }
     widest = std::max(widest, static_cast<int>(pl.attn_cols.size()));
     {  // (b_out is added even without neurons)
-      std::vector<int32_t> neurons(L.w_out.nz_rows.begin(), L.w_out.nz_rows.end());
+      const std::vector<int32_t> neurons = where(L.w_in.live_columns(L.b_in.data()));  // the rest are 0
       std::vector<int32_t> hidden_index(M, -1);
       for (size_t c = 0; c < neurons.size(); ++c) hidden_index[neurons[c]] = static_cast<int32_t>(c);
       pl.mlp_in = pack(L.w_in, L.b_in.data(), neurons, iota(static_cast<int>(neurons.size())), all_rows);
+      pl.neurons = neurons;
       const std::vector<int32_t> out_cols = where(L.w_out.live_columns(L.b_out.data()));
       pl.mlp_out = pack(L.w_out, L.b_out.data(), out_cols, out_cols, hidden_index);
       widest = std::max({widest, pl.mlp_in.n_out(), pl.mlp_out.n_out()});
@@ -499,9 +545,9 @@ PackedModel pack_model(const Model& m) {
   return p;
 }
 
-bool residual_records_only(const Record& rec) {
+bool batched_records(const Record& rec) {
   for (const LayerRecord& r : rec.layers)
-    if (r.any_attention() || r.mlp_pre || r.mlp_post) return false;
+    if (r.q || r.k || r.v || r.z) return false;
   return true;
 }
 

@@ -32,17 +32,20 @@ struct PackedMat {
 };
 
 // One head with its q/k columns cut to those where both sides can be non-zero and its v columns to
-// those W_O reads; o's columns are indexes into the layer's attention output features.
+// those W_O reads; o's columns are indexes into the layer's attention output features. Heads whose W_O is
+// zero (inactive) change nothing; they are run only for attention-pattern records.
 struct PackedHead {
   int head = 0;
+  bool active = true;
   PackedMat q, k, v, o;
 };
 
 struct PackedLayer {
-  std::vector<PackedHead> heads;   // heads whose W_O is non-zero
+  std::vector<PackedHead> heads;   // every head, in order
   std::vector<int32_t> attn_cols;  // residual features the attention sublayer can change
   std::vector<float> b_o;          // b_O at attn_cols
-  PackedMat mlp_in, mlp_out;       // neurons W_out reads; mlp_out.out are residual features
+  std::vector<int32_t> neurons;    // the MLP's neurons that can be non-zero (a W_in column or b_in)
+  PackedMat mlp_in, mlp_out;       // mlp_in's columns are `neurons`; mlp_out.out are residual features
 };
 
 struct PackedModel {
@@ -62,12 +65,12 @@ struct PackedModel {
 
 PackedModel pack_model(const Model& m);
 
-// Whether every sink of `rec` is a residual-stream activation ([B, T, d_model]: embed, pos_embed,
-// resid_pre/mid/post, attn_out, mlp_out), the records the batched forward can write.
-bool residual_records_only(const Record& rec);
+// Whether the batched forward writes every sink of `rec`: all but q, k, v and z (residual-stream
+// activations, attn_out, mlp_out, each head's result, attention scores and patterns, MLP pre/post).
+bool batched_records(const Record& rec);
 
 // tokens [B, T] -> out [B, T, d_vocab_out]; same contract as forward_cpu without caches, and with records
-// only when residual_records_only(*rec).
+// only when batched_records(*rec).
 void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* tokens, int B, int T, float* out,
                            int threads, const Record* rec = nullptr);
 
