@@ -3,7 +3,8 @@
 # csrc/cuda/emulate/cuda_runtime.h (one thread per block, blocks in sequence), links it with the
 # rest of the engine into a throwaway rasp_compiler package under $WORK (default /tmp/rasp_cuda_emu),
 # and runs tests/engine/test_cuda.py against it. Finds indexing and logic errors; with EMU_THREADS=N (N > 1
-# threads per block, meeting at real barriers) and TSAN=1 (ThreadSanitizer) also shared-memory races.
+# threads per block, meeting at real barriers) and TSAN=1 (ThreadSanitizer) also shared-memory races. The
+# test suite runs it once as it is (tests/engine/test_cuda_emulated.py).
 #   bash scripts/cuda_emulate_check.sh [pytest args...]
 #   EMU_THREADS=4 TSAN=1 bash scripts/cuda_emulate_check.sh -k "sort or random_model"
 set -euo pipefail
