@@ -240,7 +240,8 @@ def scale_rows(name: str, n: int, model: Any) -> None:
     auto, dense = engine_with(model, "auto"), engine_with(model, "auto", sparse="0")
     module = model.to_torch().cuda().eval()
     mb = [e.stats()["weight_bytes"] / 2**20 for e in (auto, dense)]
-    for batch in (1, 256, 4096):
+    # eager torch holds several [batch, T, d_model] activations: smaller batches for the large models
+    for batch in (1, 64, 512) if model.config.d_model > 1000 else (1, 256, 4096):
         ids = torch.from_numpy(random_ids(model, batch, seed=n)).cuda()
         ids32 = ids.to(torch.int32)
         with torch.no_grad():
