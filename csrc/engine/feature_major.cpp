@@ -178,13 +178,27 @@ RASP_VECTOR_CLONES void attend_across(const PackedHead& h, int n_seq, int T, con
   float* inv = b.inv.data();
   for (int i = 0; i < T; ++i) {
     const int keys = causal ? i + 1 : T;
-    std::fill(S, S + static_cast<size_t>(keys) * ns, 0.0f);
-    for (int c = 0; c < nqk; ++c) {
-      const float* qi = b.q.data() + static_cast<size_t>(c) * n + static_cast<size_t>(i) * ns;
-      for (int j = 0; j < keys; ++j) {
-        const float* kj = b.k.data() + static_cast<size_t>(c) * n + static_cast<size_t>(j) * ns;
-        float* Sj = S + static_cast<size_t>(j) * ns;
-        for (int s = 0; s < ns; ++s) Sj[s] += qi[s] * kj[s];
+    // scores summed over the q/k columns in registers, 16 sequences at a time (each sum still starts at 0
+    // and adds the columns in order)
+    constexpr int kLanes = 16;
+    const float* q0 = b.q.data() + static_cast<size_t>(i) * ns;
+    for (int j = 0; j < keys; ++j) {
+      const float* k0 = b.k.data() + static_cast<size_t>(j) * ns;
+      float* Sj = S + static_cast<size_t>(j) * ns;
+      int s0 = 0;
+      for (; s0 + kLanes <= ns; s0 += kLanes) {
+        float acc[kLanes] = {};
+        for (int c = 0; c < nqk; ++c) {
+          const float* qc = q0 + static_cast<size_t>(c) * n + s0;
+          const float* kc = k0 + static_cast<size_t>(c) * n + s0;
+          for (int u = 0; u < kLanes; ++u) acc[u] += qc[u] * kc[u];
+        }
+        std::copy(acc, acc + kLanes, Sj + s0);
+      }
+      for (int s = s0; s < ns; ++s) {
+        float acc = 0.0f;
+        for (int c = 0; c < nqk; ++c) acc += q0[static_cast<size_t>(c) * n + s] * k0[static_cast<size_t>(c) * n + s];
+        Sj[s] = acc;
       }
     }
     if (pad >= 0)
