@@ -74,9 +74,10 @@ class EngineCore {
     return std::move(out);
   }
 
-  // hooks: (kind, layer) pairs; returns (out, [arrays in the same order]).
+  // hooks: (kind, layer) pairs; returns (out, [arrays in the same order]). The batched forward writes them;
+  // per_sequence takes the one-sequence-at-a-time path instead (the reference it is tested against).
   py::tuple forward_record(const py::handle& tokens_obj, const std::vector<std::pair<std::string, int>>& hooks,
-                           int threads) const {
+                           int threads, bool per_sequence) const {
     auto tokens = check_tokens(tokens_obj, "tokens");
     const py::ssize_t B = tokens.shape(0), T = tokens.shape(1);
     rasp::Record rec;
@@ -86,10 +87,10 @@ class EngineCore {
     float* op = out.mutable_data();
     {
       py::gil_scoped_release release;
-      if (rasp::batched_records(rec))  // all but q/k/v/z: the batched forward writes them
-        rasp::forward_feature_major(model_, packed_, tp, static_cast<int>(B), static_cast<int>(T), op, threads, &rec);
-      else
+      if (per_sequence)  // the reference path the batched forward is tested against
         rasp::forward_cpu(model_, tp, static_cast<int>(B), static_cast<int>(T), op, &rec, nullptr, threads);
+      else
+        rasp::forward_feature_major(model_, packed_, tp, static_cast<int>(B), static_cast<int>(T), op, threads, &rec);
     }
     return py::make_tuple(out, arrays);
   }
@@ -229,7 +230,7 @@ PYBIND11_MODULE(_engine, m) {
       .def("forward", &EngineCore::forward, py::arg("tokens"), py::arg("threads") = 0)
       .def("forward_ids", &EngineCore::forward_ids, py::arg("tokens"), py::arg("bos"), py::arg("threads") = 0)
       .def("forward_record", &EngineCore::forward_record, py::arg("tokens"), py::arg("hooks"),
-           py::arg("threads") = 0)
+           py::arg("threads") = 0, py::arg("per_sequence") = false)
       .def("sweep", &EngineCore::sweep, py::arg("tokens"), py::arg("source_tokens"), py::arg("nodes"),
            py::arg("node_offsets"), py::arg("edges"), py::arg("edge_offsets"), py::arg("proj_diag"),
            py::arg("proj_mat"), py::arg("metric"), py::arg("atol"), py::arg("return_outputs"),

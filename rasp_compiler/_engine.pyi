@@ -16,7 +16,8 @@ class EngineCore:
     def __init__(self, dims: dict[str, int | None], weights: list[npt.NDArray[np.float32]]) -> None: ...
     def forward(self, tokens: npt.NDArray[np.int32], threads: int = 0) -> npt.NDArray[np.float32]: ...
     def forward_record(
-        self, tokens: npt.NDArray[np.int32], hooks: list[tuple[str, int]], threads: int = 0
+        self, tokens: npt.NDArray[np.int32], hooks: list[tuple[str, int]], threads: int = 0,
+        per_sequence: bool = False,
     ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]: ...
     def sweep(
         self,

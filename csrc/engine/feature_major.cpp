@@ -150,7 +150,7 @@ struct Scratch {
 };
 
 struct Buffers {
-  Scratch<float> x, q, k, v, z, o, acc, hidden, mlp, unembed, scores, weights, mx, inv;
+  Scratch<float> x, q, k, v, z, o, acc, hidden, mlp, unembed, scores, weights, mx, inv, head_rec;
   Scratch<int32_t> tok, keys, n_keys;
 };
 
@@ -370,6 +370,17 @@ void put_record(float* rec, const float* src, const std::vector<int32_t>* cols, 
     }
 }
 
+// Writes a head's feature-major [cols][n] buffer into sequences s0.. of a [B, T, H, width] record, at head h
+// and columns `cols` (the caller has zeroed the rest).
+void put_head_record(float* rec, const float* src, const std::vector<int32_t>& cols, int64_t s0, int ns, int T,
+                     int H, int h, int width) {
+  const size_t n = static_cast<size_t>(ns) * T;
+  for (size_t c = 0; c < cols.size(); ++c)
+    for (int s = 0; s < ns; ++s)
+      for (int t = 0; t < T; ++t)
+        rec[(((s0 + s) * T + t) * H + h) * width + cols[c]] = src[c * n + static_cast<size_t>(t) * ns + s];
+}
+
 RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, const int32_t* tokens, int n_seq, int T,
                                       float* out, Buffers& b, const Record* rec, int64_t s0) {
   const ModelDims& d = m.dims;
@@ -411,36 +422,49 @@ RASP_VECTOR_CLONES void forward_chunk(const Model& m, const PackedModel& p, cons
     const LayerRecord* r = (rec && !rec->layers.empty()) ? &rec->layers[l] : nullptr;
     if (r) record(r->resid_pre, X, nullptr);
     if (r && r->attn_out && L.attn_cols.empty()) record(r->attn_out, X, &L.attn_cols);  // all zero
-    float* result = r ? r->result : nullptr;  // [B, T, H, D]: zero but where a head writes
-    if (result) std::fill(result + s0 * T * H * D, result + (s0 + ns) * T * H * D, 0.0f);
-    const bool patterns = r && (r->scores || r->pattern);  // every head's, active or not
-    if (!L.attn_cols.empty() || patterns) {  // (b_O is added even without active heads)
+    const bool head_records = r && r->any_attention();  // every head's, active or not
+    if (head_records) {  // [B, T, H, E] and [B, T, H, D]: zero but where a head writes
+      const int64_t from = s0 * T * H, to = (s0 + ns) * T * H;
+      for (float* a : {r->q, r->k, r->v, r->z})
+        if (a) std::fill(a + from * d.d_head, a + to * d.d_head, 0.0f);
+      if (r->result) std::fill(r->result + from * D, r->result + to * D, 0.0f);
+    }
+    auto put_head = [&](float* sink, const float* src, const std::vector<int32_t>& cols, int h, int width) {
+      if (sink) put_head_record(sink, src, cols, s0, ns, T, H, h, width);
+    };
+    if (!L.attn_cols.empty() || head_records) {  // (b_O is added even without active heads)
       const int na = static_cast<int>(L.attn_cols.size());
       for (int u = 0; u < na; ++u)
         std::fill(b.acc.data() + static_cast<size_t>(u) * n, b.acc.data() + static_cast<size_t>(u + 1) * n, L.b_o[u]);
       const size_t HTT = static_cast<size_t>(H) * T * T;
       for (const PackedHead& h : L.heads) {
-        if (!h.active && !patterns) continue;  // an inactive head changes nothing
+        if (!h.active && !head_records) continue;  // an inactive head changes nothing
+        if (r && r->q) {
+          apply(h.q_all, X, n, b.head_rec.data());
+          put_head(r->q, b.head_rec.data(), h.q_cols, h.head, d.d_head);
+        }
+        if (r && r->k) {
+          apply(h.k_all, X, n, b.head_rec.data());
+          put_head(r->k, b.head_rec.data(), h.k_cols, h.head, d.d_head);
+        }
         apply(h.q, X, n, b.q.data());
         apply(h.k, X, n, b.k.data());
         apply(h.v, X, n, b.v.data());
+        if (r) put_head(r->v, b.v.data(), h.v_cols, h.head, d.d_head);
         AttnRecord ar;
-        if (patterns) {
+        if (r && (r->scores || r->pattern)) {
           const size_t at = (s0 * H + h.head) * static_cast<size_t>(T) * T;
           ar = AttnRecord{r->scores ? r->scores + at : nullptr, r->pattern ? r->pattern + at : nullptr, HTT};
         }
         if (scores_across(h.q.n_out(), T)) attend_across(h, ns, T, tok, d.pad_token_id, d.causal, b, ar);
         else attend_each(h, ns, T, tok, d.pad_token_id, d.causal, b, ar);
+        if (r) put_head(r->z, b.z.data(), h.v_cols, h.head, d.d_head);
         apply(h.o, b.z.data(), n, b.o.data());
+        if (r) put_head(r->result, b.o.data(), h.o_features, h.head, D);
         for (int c = 0; c < h.o.n_out(); ++c) {
           float* a = b.acc.data() + static_cast<size_t>(h.o.out[c]) * n;
           const float* y = b.o.data() + static_cast<size_t>(c) * n;
           for (int r = 0; r < n; ++r) a[r] += y[r];
-          if (result)
-            for (int s = 0; s < ns; ++s)
-              for (int t = 0; t < T; ++t)
-                result[(((s0 + s) * T + t) * H + h.head) * D + L.attn_cols[h.o.out[c]]] =
-                    y[static_cast<size_t>(t) * ns + s];
         }
       }
       if (r) record(r->attn_out, b.acc.data(), &L.attn_cols);
@@ -505,23 +529,26 @@ PackedModel pack_model(const Model& m) {
       const float* bk = L.bqkv.data() + static_cast<size_t>(1 * d.n_heads + h) * E;
       const float* bv = L.bqkv.data() + static_cast<size_t>(2 * d.n_heads + h) * E;
       const std::vector<int32_t>& qk_cols = L.cols[h].qk;
-      std::vector<int32_t> vo_cols;  // v columns that W_O reads (both lists ascending)
-      std::set_intersection(L.cols[h].v.begin(), L.cols[h].v.end(), L.wo[h].nz_rows.begin(), L.wo[h].nz_rows.end(),
-                            std::back_inserter(vo_cols));
       PackedHead ph;
       ph.head = h;
       ph.active = L.head_active[h] != 0;
       ph.q = pack(L.wq[h], bq, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
       ph.k = pack(L.wk[h], bk, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
-      ph.v = pack(L.wv[h], bv, vo_cols, iota(static_cast<int>(vo_cols.size())), all_rows);
+      ph.q_cols = where(L.wq[h].live_columns(bq));
+      ph.k_cols = where(L.wk[h].live_columns(bk));
+      ph.q_all = pack(L.wq[h], bq, ph.q_cols, iota(static_cast<int>(ph.q_cols.size())), all_rows);
+      ph.k_all = pack(L.wk[h], bk, ph.k_cols, iota(static_cast<int>(ph.k_cols.size())), all_rows);
+      ph.v_cols = L.cols[h].v;  // (W_O reads them all, but for columns of z that are only recorded)
+      ph.v = pack(L.wv[h], bv, ph.v_cols, iota(static_cast<int>(ph.v_cols.size())), all_rows);
       std::vector<int32_t> z_index(E, -1);
-      for (size_t c = 0; c < vo_cols.size(); ++c) z_index[vo_cols[c]] = static_cast<int32_t>(c);
+      for (size_t c = 0; c < ph.v_cols.size(); ++c) z_index[ph.v_cols[c]] = static_cast<int32_t>(c);
       const std::vector<uint8_t> o_live = L.wo[h].live_columns(nullptr);
       const std::vector<int32_t> o_cols = where(o_live);
       std::vector<int32_t> o_ids;
       for (int32_t j : o_cols) o_ids.push_back(attn_index[j]);
       ph.o = pack(L.wo[h], nullptr, o_cols, o_ids, z_index);
-      widest = std::max({widest, ph.q.n_out(), ph.v.n_out(), ph.o.n_out()});
+      ph.o_features = o_cols;
+      widest = std::max({widest, ph.q.n_out(), ph.v.n_out(), ph.o.n_out(), ph.q_all.n_out(), ph.k_all.n_out()});
       pl.heads.push_back(std::move(ph));
     }
     widest = std::max(widest, static_cast<int>(pl.attn_cols.size()));
@@ -559,12 +586,6 @@ PackedModel pack_model(const Model& m) {
   return p;
 }
 
-bool batched_records(const Record& rec) {
-  for (const LayerRecord& r : rec.layers)
-    if (r.q || r.k || r.v || r.z) return false;
-  return true;
-}
-
 void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* tokens, int B, int T, float* out,
                            int threads, const Record* rec) {
   if (B <= 0 || T <= 0) return;
@@ -577,9 +598,10 @@ void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* 
   const size_t cap = static_cast<size_t>(per_chunk) * T;
   for (Buffers& b : buffers) {
     const ModelDims& d = m.dims;
-    int nqk = 0, nvo = 0, no = 0, na = 0, nh = 0, nm = 0;
+    int nqk = 0, nvo = 0, no = 0, na = 0, nh = 0, nm = 0, nrec = 0;
     for (const PackedLayer& L : p.layers) {
       for (const PackedHead& h : L.heads) {
+        nrec = rec ? std::max({nrec, h.q_all.n_out(), h.k_all.n_out()}) : 0;
         nqk = std::max(nqk, h.q.n_out());
         nvo = std::max(nvo, h.v.n_out());
         no = std::max(no, h.o.n_out());
@@ -596,6 +618,7 @@ void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* 
     b.o.resize(no * cap);
     b.acc.resize(na * cap);
     b.hidden.resize(nh * cap);
+    b.head_rec.resize(nrec * cap);
     b.mlp.resize(nm * cap);
     b.unembed.resize(static_cast<size_t>(d.d_vocab_out) * cap);
     b.scores.resize(static_cast<size_t>(T) * std::max<int64_t>(T, per_chunk));

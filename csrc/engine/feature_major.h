@@ -32,12 +32,15 @@ struct PackedMat {
 };
 
 // One head with its q/k columns cut to those where both sides can be non-zero and its v columns to
-// those W_O reads; o's columns are indexes into the layer's attention output features. Heads whose W_O is
-// zero (inactive) change nothing; they are run only for attention-pattern records.
+// those that can be (v_cols); o's columns are indexes into the layer's attention output features
+// (o_features: the residual features they are). q_all/k_all are q and k over every column that can be
+// non-zero (q_cols, k_cols), computed only for hook_q/hook_k records. Heads whose W_O is zero (inactive)
+// change nothing; they are run only for attention records.
 struct PackedHead {
   int head = 0;
   bool active = true;
-  PackedMat q, k, v, o;
+  PackedMat q, k, v, o, q_all, k_all;
+  std::vector<int32_t> q_cols, k_cols, v_cols, o_features;
 };
 
 struct PackedLayer {
@@ -65,12 +68,7 @@ struct PackedModel {
 
 PackedModel pack_model(const Model& m);
 
-// Whether the batched forward writes every sink of `rec`: all but q, k, v and z (residual-stream
-// activations, attn_out, mlp_out, each head's result, attention scores and patterns, MLP pre/post).
-bool batched_records(const Record& rec);
-
-// tokens [B, T] -> out [B, T, d_vocab_out]; same contract as forward_cpu without caches, and with records
-// only when batched_records(*rec).
+// tokens [B, T] -> out [B, T, d_vocab_out]; same contract as forward_cpu without caches (every record).
 void forward_feature_major(const Model& m, const PackedModel& p, const int32_t* tokens, int B, int T, float* out,
                            int threads, const Record* rec = nullptr);
 

@@ -242,8 +242,8 @@ class Engine:
 
         Shapes follow TransformerLens: `hook_q/k/v/z` `[B,T,H,d_head]`, `hook_attn_scores` and
         `hook_pattern` `[B,H,T,T]`, `hook_result` `[B,T,H,d_model]`, `mlp.hook_pre/post` `[B,T,d_mlp]`,
-        the others `[B,T,d_model]`. Without q/k/v/z the whole batch runs at once (the batched forward
-        writes every other record); asking for any of those four runs one sequence at a time.
+        the others `[B,T,d_model]`. The whole batch runs at once (the batched forward writes every
+        record), equal bit for bit to the engine's one-sequence-at-a-time path.
         """
         ids, squeeze, is_torch = self._tokens(tokens)
         all_names = hook_kinds(self.n_layers)

@@ -1,4 +1,4 @@
-"""The batched feature-major forward (`Engine.run`, and `run_with_cache` over every hook but q/k/v/z;
+"""The batched feature-major forward (`Engine.run` and `run_with_cache`;
 csrc/engine/feature_major.cpp) against the per-sequence path (csrc/engine/cpu_forward.cpp): the same
 sums in the same order, so outputs and records must be equal bit for bit, on every library program,
 causal models, random dense and sparse models with pads, batches that span several row chunks, both
@@ -15,29 +15,27 @@ from support.library_models import CAUSAL_NAMES, compiled, library_batch
 
 from rasp_compiler import rasp
 from rasp_compiler.compiler import compiling
-from rasp_compiler.engine import Engine
+from rasp_compiler.engine import Engine, hook_kinds
 from rasp_compiler.rasp import lib
 from rasp_compiler.rasp.lib import LIBRARY
 from rasp_compiler.testing.generate import sample_inputs, sample_programs
 
-# A record the batched forward does not write (a head's z) sends a run down the per-sequence path.
-PER_SEQUENCE_HOOK = "blocks.0.attn.hook_z"
-BLOCK_HOOKS = ("hook_resid_pre", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_result",
-               "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out",
-               "hook_resid_post")
+
+def per_sequence_cache(engine: Engine, tokens: np.ndarray, names: list[str]) -> tuple[np.ndarray, dict]:
+    """Output and records of the engine's one-sequence-at-a-time path (csrc/engine/cpu_forward.cpp)."""
+    ids = np.ascontiguousarray(tokens, dtype=np.int32)
+    out, arrays = engine._core.forward_record(ids, [engine._hook(n) for n in names], 1, True)
+    return out, dict(zip(names, arrays, strict=True))
 
 
 def per_sequence(engine: Engine, tokens: np.ndarray) -> np.ndarray:
     """The per-sequence path's output."""
-    return engine.run_with_cache(tokens, names=[PER_SEQUENCE_HOOK])[0]
+    return per_sequence_cache(engine, tokens, [])[0]
 
 
 def batched_names(n_layers: int) -> list[str]:
-    """Every hook the batched forward records."""
-    out = ["hook_embed", "hook_pos_embed"]
-    for layer in range(n_layers):
-        out += [f"blocks.{layer}.{h}" for h in BLOCK_HOOKS]
-    return out
+    """Every hook."""
+    return hook_kinds(n_layers)
 
 
 def assert_bitwise(got: np.ndarray, want: np.ndarray, what: str) -> None:
@@ -59,14 +57,13 @@ def test_library_programs_bitwise(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(LIBRARY)[::3])
 def test_batched_records_bitwise(name: str) -> None:
-    """run_with_cache over every hook but q/k/v/z takes the batched forward; every array equals the
-    per-sequence path's (asked for together with a hook only that path records)."""
+    """run_with_cache takes the batched forward; every array equals the per-sequence path's."""
     model = compiled(name)
     tokens = library_batch(name, 300, seed=6)
     engine = Engine(model, threads=2)
     names = batched_names(model.config.n_layers)
     out, fast = engine.run_with_cache(tokens, names=names)
-    ref_out, slow = engine.run_with_cache(tokens, names=[*names, PER_SEQUENCE_HOOK])
+    ref_out, slow = per_sequence_cache(engine, tokens, names)
     assert_bitwise(out, ref_out, f"{name} output")
     for hook in names:
         assert_bitwise(fast[hook], slow[hook], f"{name} {hook}")
@@ -79,7 +76,7 @@ def test_batched_records_of_random_models(seed: int) -> None:
     engine = Engine(model, threads=1)
     names = batched_names(model.config.n_layers)
     out, fast = engine.run_with_cache(tokens, names=names)
-    _, slow = engine.run_with_cache(tokens, names=[*names, PER_SEQUENCE_HOOK])
+    _, slow = per_sequence_cache(engine, tokens, names)
     ref, _, ref_cache = reference_run(model, tokens)
     for hook in names:
         assert_bitwise(fast[hook], slow[hook], f"seed {seed} {hook}")
@@ -138,8 +135,13 @@ def test_generated_programs_bitwise() -> None:
         by_length: dict[int, list] = {}
         for xs in sample_inputs(gp, 64, seed=1):
             by_length.setdefault(len(xs), []).append(model.encode(["BOS", *xs]))
+        names = batched_names(model.config.n_layers)
         for rows in by_length.values():
             tokens = np.array(rows)
-            assert_bitwise(engine.run(tokens), per_sequence(engine, tokens), f"generated program {checked}")
+            want, slow = per_sequence_cache(engine, tokens, names)
+            assert_bitwise(engine.run(tokens), want, f"generated program {checked}")
+            _, fast = engine.run_with_cache(tokens, names=names)
+            for hook in names:
+                assert_bitwise(fast[hook], slow[hook], f"generated program {checked} {hook}")
         checked += 1
     assert checked >= 30
