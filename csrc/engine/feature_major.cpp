@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <iterator>
 #include <limits>
 #include <memory>
 
@@ -538,7 +537,7 @@ PackedModel pack_model(const Model& m) {
       ph.k_cols = where(L.wk[h].live_columns(bk));
       ph.q_all = pack(L.wq[h], bq, ph.q_cols, iota(static_cast<int>(ph.q_cols.size())), all_rows);
       ph.k_all = pack(L.wk[h], bk, ph.k_cols, iota(static_cast<int>(ph.k_cols.size())), all_rows);
-      ph.v_cols = L.cols[h].v;  // (W_O reads them all, but for columns of z that are only recorded)
+      ph.v_cols = L.cols[h].v;  // every v column that can be non-zero (z records need the ones W_O skips)
       ph.v = pack(L.wv[h], bv, ph.v_cols, iota(static_cast<int>(ph.v_cols.size())), all_rows);
       std::vector<int32_t> z_index(E, -1);
       for (size_t c = 0; c < ph.v_cols.size(); ++c) z_index[ph.v_cols[c]] = static_cast<int32_t>(c);
@@ -548,7 +547,7 @@ PackedModel pack_model(const Model& m) {
       for (int32_t j : o_cols) o_ids.push_back(attn_index[j]);
       ph.o = pack(L.wo[h], nullptr, o_cols, o_ids, z_index);
       ph.o_features = o_cols;
-      widest = std::max({widest, ph.q.n_out(), ph.v.n_out(), ph.o.n_out(), ph.q_all.n_out(), ph.k_all.n_out()});
+      widest = std::max({widest, ph.q.n_out(), ph.v.n_out(), ph.o.n_out()});  // (q_all/k_all: their own buffer)
       pl.heads.push_back(std::move(ph));
     }
     widest = std::max(widest, static_cast<int>(pl.attn_cols.size()));
