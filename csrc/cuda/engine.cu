@@ -60,51 +60,29 @@ struct DevBuf {
   }
 };
 
-// A weight matrix on its way to the device: its non-zero rows and CSR arrays (from the engine's SparseMat).
-struct HostMat {
-  int rows = 0, cols = 0;
-  std::vector<int32_t> nz_rows, ptr{0}, col;
-  std::vector<float> val;
-
-  // [nz_rows.size(), cols]: the non-zero rows only, in order (the kernel indexes them through the row list)
-  std::vector<float> dense_rows() const {
-    std::vector<float> w(nz_rows.size() * cols, 0.0f);
-    for (size_t r = 0; r < nz_rows.size(); ++r)
-      for (int k = ptr[nz_rows[r]]; k < ptr[nz_rows[r] + 1]; ++k) w[r * cols + col[k]] = val[k];
-    return w;
+// Row blocks stacked into one matrix (CSR only): parts[p]'s row r is row p * parts[p].rows + r (every part
+// has the same shape).
+SparseMat stack_rows(const std::vector<SparseMat>& parts) {
+  SparseMat m;
+  m.use_dense = false;
+  m.cols = parts.empty() ? 0 : parts[0].cols;
+  m.row_ptr.assign(1, 0);
+  for (const SparseMat& p : parts) {
+    for (int32_t r : p.nz_rows) m.nz_rows.push_back(m.rows + r);
+    for (int i = 0; i < p.rows; ++i) m.row_ptr.push_back(m.row_ptr.back() + p.row_ptr[i + 1] - p.row_ptr[i]);
+    m.col.insert(m.col.end(), p.col.begin(), p.col.end());
+    m.val.insert(m.val.end(), p.val.begin(), p.val.end());
+    m.rows += p.rows;
+    m.nnz += p.nnz;
   }
-};
-
-HostMat host_mat(const SparseMat& m) {
-  HostMat h;
-  h.rows = m.rows;
-  h.cols = m.cols;
-  h.nz_rows = m.nz_rows;
-  h.ptr = m.row_ptr;
-  h.col = m.col;
-  h.val = m.val;
-  return h;
-}
-
-// Row blocks stacked: parts[p]'s row r is row p * parts[p].rows + r (every part has the same shape).
-HostMat stack_rows(const std::vector<SparseMat>& parts) {
-  HostMat h;
-  h.cols = parts.empty() ? 0 : parts[0].cols;
-  for (const SparseMat& m : parts) {
-    for (int32_t r : m.nz_rows) h.nz_rows.push_back(h.rows + r);
-    for (int i = 0; i < m.rows; ++i) h.ptr.push_back(h.ptr.back() + m.row_ptr[i + 1] - m.row_ptr[i]);
-    h.col.insert(h.col.end(), m.col.begin(), m.col.end());
-    h.val.insert(h.val.end(), m.val.begin(), m.val.end());
-    h.rows += m.rows;
-  }
-  return h;
+  return m;
 }
 
 // CSR where dense rows would cost far more than their entries: matrices under 1 in 16 non-zero within their
 // non-zero rows and with at least 2^16 entries in those rows (large compiled models: sort at vocab 50 x
 // length 50 has 3.1M non-zeros in 122M weights), and empty ones. Small matrices keep the dense rows whose
 // register-tiled loop was tuned on an H200. mode 0 or 1 (RASP_CUDA_SPARSE) forces dense rows or CSR.
-bool sparse_form(const HostMat& m, int mode) {
+bool sparse_form(const SparseMat& m, int mode) {
   if (mode >= 0) return mode == 1;
   const int64_t dense = static_cast<int64_t>(m.nz_rows.size()) * m.cols;
   return dense == 0 || (static_cast<int64_t>(m.val.size()) * 16 <= dense && dense >= (int64_t{1} << 16));
@@ -375,19 +353,19 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
     int ld, n_rows;
     size_t w, rows, ptr, col, val;
   };
-  auto put_mat = [&](const HostMat& hm) {
+  auto put_mat = [&](const SparseMat& mat) {
     MatOff o{};
-    o.sparse = sparse_form(hm, st.sparse_mode);
+    o.sparse = sparse_form(mat, st.sparse_mode);
     st.csr_matrices += o.sparse ? 1 : 0;
-    o.ld = hm.cols;
-    o.n_rows = static_cast<int>(hm.nz_rows.size());
-    o.rows = put_i(hm.nz_rows);
+    o.ld = mat.cols;
+    o.n_rows = static_cast<int>(mat.nz_rows.size());
+    o.rows = put_i(mat.nz_rows);
     if (o.sparse) {
-      o.ptr = put_i(hm.ptr);
-      o.col = put_i(hm.col);
-      o.val = put_f(hm.val.data(), hm.val.size());
+      o.ptr = put_i(mat.row_ptr);
+      o.col = put_i(mat.col);
+      o.val = put_f(mat.val.data(), mat.val.size());
     } else {
-      const std::vector<float> dense = hm.dense_rows();
+      const std::vector<float> dense = mat.dense_rows();
       o.w = put_f(dense.data(), dense.size());
     }
     return o;
@@ -399,13 +377,13 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
   };
   const size_t o_we = put_f(m.w_e.data(), m.w_e.size());
   const size_t o_wpos = put_f(m.w_pos.data(), m.w_pos.size());
-  const MatOff o_u = put_mat(host_mat(m.w_u));
+  const MatOff o_u = put_mat(m.w_u);
   const size_t o_bu = put_f(m.b_u.data(), m.b_u.size());
   std::vector<LayerOff> lo(L);
   for (int l = 0; l < L; ++l) {
     const LayerWeights& W = m.layers[l];
     LayerOff& o = lo[l];
-    o.qkv = put_mat(host_mat(W.qkv));
+    o.qkv = put_mat(W.qkv);
     o.bqkv = put_f(W.bqkv.data(), W.bqkv.size());
     o.wo = put_mat(stack_rows(W.wo));  // W_O of all heads stacked: [H*E, D]
     std::vector<int32_t> head_off{0};  // head h's rows are entries [head_off[h], head_off[h + 1]) of the list
@@ -417,9 +395,9 @@ CudaEngine::CudaEngine(const Model& m, int device) : st_(std::make_unique<Device
       any |= W.head_active[h];
     }
     o.bo = put_f(W.b_o.data(), W.b_o.size());
-    o.win = put_mat(host_mat(W.w_in));
+    o.win = put_mat(W.w_in);
     o.bin = put_f(W.b_in.data(), W.b_in.size());
-    o.wout = put_mat(host_mat(W.w_out));
+    o.wout = put_mat(W.w_out);
     o.bout = put_f(W.b_out.data(), W.b_out.size());
     o.head_off = put_i(head_off);
     // Per head (model.h's HeadColumns): the d_head columns scores sum over, and where z can be non-zero.

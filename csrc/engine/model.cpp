@@ -35,6 +35,13 @@ std::vector<float> SparseMat::to_dense() const {
   return d;
 }
 
+std::vector<float> SparseMat::dense_rows() const {
+  std::vector<float> d(nz_rows.size() * cols, 0.0f);
+  for (size_t r = 0; r < nz_rows.size(); ++r)
+    for (int32_t k = row_ptr[nz_rows[r]]; k < row_ptr[nz_rows[r] + 1]; ++k) d[r * cols + col[k]] = val[k];
+  return d;
+}
+
 std::vector<uint8_t> SparseMat::live_columns(const float* bias) const {
   std::vector<uint8_t> live(cols, 0);
   for (int64_t k = 0; k < nnz; ++k) live[col[k]] = 1;

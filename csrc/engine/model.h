@@ -50,6 +50,7 @@ struct SparseMat {
   void accumulate(const float* x, float* y) const;
   bool is_zero() const { return nnz == 0; }
   std::vector<float> to_dense() const;  // [rows * cols], for backends that want the full matrix
+  std::vector<float> dense_rows() const;  // [nz_rows.size() * cols]: the non-zero rows only, in order
   // Per column: does it (or bias[j], when bias is non-null) hold a non-zero?
   std::vector<uint8_t> live_columns(const float* bias) const;
 };
