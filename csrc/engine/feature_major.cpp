@@ -533,8 +533,8 @@ PackedModel pack_model(const Model& m) {
       ph.active = L.head_active[h] != 0;
       ph.q = pack(L.wq[h], bq, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
       ph.k = pack(L.wk[h], bk, qk_cols, iota(static_cast<int>(qk_cols.size())), all_rows);
-      ph.q_cols = where(L.wq[h].live_columns(bq));
-      ph.k_cols = where(L.wk[h].live_columns(bk));
+      ph.q_cols = L.cols[h].q;
+      ph.k_cols = L.cols[h].k;
       ph.q_all = pack(L.wq[h], bq, ph.q_cols, iota(static_cast<int>(ph.q_cols.size())), all_rows);
       ph.k_all = pack(L.wk[h], bk, ph.k_cols, iota(static_cast<int>(ph.k_cols.size())), all_rows);
       ph.v_cols = L.cols[h].v;  // every v column that can be non-zero (z records need the ones W_O skips)

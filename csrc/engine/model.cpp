@@ -118,6 +118,8 @@ Model build_model(const ModelDims& d, const ModelWeightViews& w) {
       const std::vector<uint8_t> q = L.wq[h].live_columns(bias(0)), k = L.wk[h].live_columns(bias(1)),
                                  val = L.wv[h].live_columns(bias(2));
       for (int e = 0; e < E; ++e) {
+        if (q[e]) L.cols[h].q.push_back(e);
+        if (k[e]) L.cols[h].k.push_back(e);
         if (q[e] && k[e]) L.cols[h].qk.push_back(e);
         if (val[e]) L.cols[h].v.push_back(e);
       }

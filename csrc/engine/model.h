@@ -55,10 +55,10 @@ struct SparseMat {
   std::vector<uint8_t> live_columns(const float* bias) const;
 };
 
-// A head's d_head columns that can matter: qk where q and k can both be non-zero (weights or bias), v where
-// v can be. Padded heads (every head has the model's d_head) use few of them.
+// A head's d_head columns that can be non-zero (weights or bias): q, k and v each, and qk where q and k
+// both can (the only ones scores sum over). Padded heads (every head has the model's d_head) use few.
 struct HeadColumns {
-  std::vector<int32_t> qk, v;
+  std::vector<int32_t> q, k, qk, v;
 };
 
 struct LayerWeights {
